@@ -1,0 +1,137 @@
+"""The `vlmkd` command and its `vlmkd-*` twins: a thin dispatcher over each stage's own `main(argv)`.
+
+Every stage module exposes `main(argv: list[str] | None) -> int` with its own argparse parser; this file
+only routes to it and turns user errors (`VlmkdError`) into one-line messages instead of tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from vlmkd.errors import VlmkdError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: where its `main` lives and a one-line summary for `vlmkd --help`."""
+
+    target: str  # "module:function"
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "info": Command("vlmkd.cli:info_main", "show which backends (reference, cpp, triton, cuda) are usable here"),
+    "data": Command("vlmkd.data.cli:main", "build datasets: the embedded MNIST-LT demo, long-tail cuts, inspect"),
+    "caption": Command("vlmkd.caption.cli:main", "caption every training image with a VLM (General + T1-T4)"),
+    "caption-info": Command("vlmkd.caption.cli:info_main", "summarise a caption store"),
+    "encode": Command("vlmkd.encode.cli:main", "encode captions into a fp16 feature store"),
+    "train": Command("vlmkd.train.cli:main", "train a long-tail classifier with VLM-KD"),
+    "eval": Command("vlmkd.evaluate.cli:main", "Many/Medium/Few/All top-1, per-class accuracy and t-SNE plots"),
+    "demo": Command("vlmkd.demo:main", "run the whole pipeline on the embedded MNIST-LT with a tiny VLM"),
+    "experiment": Command("vlmkd.experiment:main", "baseline vs VLM-KD over seeds, controls and prompt ablation"),
+}
+
+
+def _resolve(name: str) -> Callable[[list[str]], int] | None:
+    module_name, function_name = COMMANDS[name].target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            return None  # the stage itself is missing from this build, not one of its dependencies
+        raise
+    return getattr(module, function_name)
+
+
+def run_command(name: str, argv: Sequence[str]) -> int:
+    """Run subcommand `name` with `argv`; user errors become a one-line message and exit code 2."""
+    prog = f"vlmkd {name}"
+    try:
+        entry = _resolve(name)
+        if entry is None:
+            print(f"{prog}: not built yet in vlmkd {_version()}", file=sys.stderr)
+            return 2
+        return entry(list(argv))
+    except VlmkdError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
+        return 130
+
+
+def _version() -> str:
+    from vlmkd import __version__
+
+    return __version__
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: vlmkd COMMAND [ARGS...]",
+        "",
+        "VLM-KD: distil vision-language-model captions into long-tail image classifiers.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "Run `vlmkd COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def info_main(argv: list[str] | None = None) -> int:
+    """`vlmkd info`: print the version and each backend's status."""
+    import argparse
+
+    from vlmkd.backends import backends
+
+    parser = argparse.ArgumentParser(prog="vlmkd info", description="Show which compute backends are usable here.")
+    parser.parse_args(argv)
+    print(f"vlmkd {_version()}")
+    for status in backends().values():
+        state = "usable" if status.usable else ("built, not usable here" if status.built else "not available")
+        print(f"  {status.name:<10} {state:<24} {status.detail}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `vlmkd`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"vlmkd {_version()}")
+        return 0
+    if args[0] not in COMMANDS:
+        print(f"vlmkd: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return run_command(args[0], args[1:])
+
+
+def caption_main() -> int:
+    """Entry point of `vlmkd-caption`."""
+    return run_command("caption", sys.argv[1:])
+
+
+def encode_main() -> int:
+    """Entry point of `vlmkd-encode`."""
+    return run_command("encode", sys.argv[1:])
+
+
+def train_main() -> int:
+    """Entry point of `vlmkd-train`."""
+    return run_command("train", sys.argv[1:])
+
+
+def eval_main() -> int:
+    """Entry point of `vlmkd-eval`."""
+    return run_command("eval", sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

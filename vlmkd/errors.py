@@ -1,0 +1,19 @@
+"""Errors a user can act on. The CLIs print them as one line (no traceback) and exit non-zero."""
+
+from __future__ import annotations
+
+
+class VlmkdError(Exception):
+    """Base class of every error vlmkd reports to a user as a one-line message."""
+
+
+class InputError(VlmkdError, ValueError):
+    """Bad input data or arguments: the message names the file (line, index) and the problem."""
+
+
+class StoreMismatchError(VlmkdError):
+    """A store was made from another dataset, prompt set, model or encoder than the one in use."""
+
+
+class MissingDependencyError(VlmkdError, ImportError):
+    """An optional dependency (DALI, TensorRT-LLM, torchvision...) is needed but not installed."""
