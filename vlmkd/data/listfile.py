@@ -1,0 +1,84 @@
+"""Parse ImageNet-LT style list files: one `relative/path label` per line (also Places-LT, iNaturalist 2018)."""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+from vlmkd.errors import InputError
+
+
+def parse_list_line(line: str, where: str) -> tuple[str, int] | None:
+    """One line -> (normalised relative path, label), None for blank and `#` comment lines.
+
+    `where` is "file:line" for error messages. Paths must stay inside the dataset root.
+    """
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    parts = text.rsplit(maxsplit=1)
+    if len(parts) != 2:
+        raise InputError(f"{where}: expected 'relative/path label', got {text!r}")
+    raw_path, raw_label = parts
+    try:
+        label = int(raw_label)
+    except ValueError:
+        raise InputError(f"{where}: label {raw_label!r} is not an integer") from None
+    if label < 0:
+        raise InputError(f"{where}: label {label} is negative")
+    return safe_relative_path(raw_path, where), label
+
+
+def safe_relative_path(raw_path: str, where: str) -> str:
+    """Normalise a dataset-relative path; reject absolute paths and paths that escape the root."""
+    path = raw_path.replace("\\", "/")
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        raise InputError(f"{where}: path {raw_path!r} is absolute; list files hold paths relative to the root")
+    normalised = posixpath.normpath(path)
+    if normalised == ".." or normalised.startswith("../") or normalised == ".":
+        raise InputError(f"{where}: path {raw_path!r} escapes the dataset root")
+    return normalised
+
+
+def read_list_file(path: Path, num_classes: int | None = None) -> list[tuple[str, int]]:
+    """All (relative path, label) entries of a list file, checked: no duplicates, labels < num_classes."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not a UTF-8 text list file ({error.reason})") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read list file ({error.strerror})") from None
+    entries: list[tuple[str, int]] = []
+    first_line_of: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        where = f"{path}:{number}"
+        parsed = parse_list_line(line, where)
+        if parsed is None:
+            continue
+        relative, label = parsed
+        if num_classes is not None and label >= num_classes:
+            raise InputError(f"{where}: label {label} is out of range [0, {num_classes})")
+        if relative in first_line_of:
+            raise InputError(f"{where}: duplicate entry {relative!r} (first on line {first_line_of[relative]})")
+        first_line_of[relative] = number
+        entries.append((relative, label))
+    if not entries:
+        raise InputError(f"{path}: list file has no entries")
+    return entries
+
+
+def read_classnames(path: Path) -> list[str]:
+    """Class names, one per line, in label order; blank lines are an error (they would shift labels)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read class names ({error.strerror})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise InputError(f"{path}:{number}: empty class name")
+    names = [line.strip() for line in lines]
+    if not names:
+        raise InputError(f"{path}: no class names")
+    return names
