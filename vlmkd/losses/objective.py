@@ -1,0 +1,71 @@
+"""The training objective: task loss + lambda * VLM-KD contrastive loss + kd_weight * logit KD, by parts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from vlmkd.losses.kd import logit_kd
+from vlmkd.losses.task import TaskLoss
+
+Gather = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _no_gather(
+    features: torch.Tensor, text: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return features, text, labels
+
+
+class VlmkdObjective(nn.Module):
+    """Returns `{"loss", "task_loss", "vlmkd_loss", "kd_loss"}`; disabled terms are exact zeros.
+
+    `contrastive(v, t, labels)` is the VLM-KD loss module (it owns the text adaptor and the temperature, so
+    its parameters train with the model and are dropped from the deployable classifier). `gather` collects
+    image features (with gradient), text features and labels from every process, so in-batch negatives span
+    the global batch under DDP.
+    """
+
+    def __init__(
+        self,
+        task: TaskLoss,
+        contrastive: nn.Module | None = None,
+        vlmkd_weight: float = 0.0,
+        kd_weight: float = 0.0,
+        kd_temperature: float = 4.0,
+        gather: Gather = _no_gather,
+    ) -> None:
+        super().__init__()
+        if vlmkd_weight > 0 and contrastive is None:
+            raise ValueError("vlmkd_weight > 0 needs a contrastive loss module")
+        self.task = task
+        self.contrastive = contrastive if vlmkd_weight > 0 else None
+        self.vlmkd_weight = vlmkd_weight
+        self.kd_weight = kd_weight
+        self.kd_temperature = kd_temperature
+        self.gather = gather
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        text: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        zero = logits.new_zeros((), dtype=torch.float32)
+        task_loss = self.task(logits, labels)
+        vlmkd_loss = kd_loss = zero
+        if self.contrastive is not None:
+            if text is None:
+                raise ValueError("the VLM-KD term needs text features for the batch")
+            v, t, y = self.gather(features.float(), text.float(), labels)
+            vlmkd_loss = self.contrastive(v, t, y)
+        if self.kd_weight > 0:
+            if teacher_logits is None:
+                raise ValueError("kd_weight > 0 needs teacher logits")
+            kd_loss = logit_kd(logits, teacher_logits, self.kd_temperature)
+        loss = task_loss + self.vlmkd_weight * vlmkd_loss + self.kd_weight * kd_loss
+        return {"loss": loss, "task_loss": task_loss, "vlmkd_loss": vlmkd_loss, "kd_loss": kd_loss}
