@@ -1,0 +1,319 @@
+"""The caption store: one directory of Parquet shards plus a JSON manifest that says how they were made.
+
+Layout::
+
+    STORE/manifest.json                      settings and identity (written once, atomically)
+    STORE/shard-00000-of-00004.parquet       rows (image_index, image_path, prompt_id, caption)
+    ...
+
+Shard `k` holds a contiguous block of images (`CaptionStore.shard_range(k)`), every prompt per image, in
+(image, prompt) order. A shard file exists only once it is complete: it is written to a temporary file,
+fsynced and renamed. Images that could not be read are listed in the shard's Parquet metadata
+(`vlmkd.failed`) so later stages can name them. A rerun with the same settings keeps finished shards; a
+store made with other settings is refused unless the caller asks for it to be replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlmkd.errors import InputError, StoreMismatchError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from vlmkd.data import ImageList
+
+FORMAT = "vlmkd-captions"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+FAILED_KEY = b"vlmkd.failed"
+SHARD_KEY = b"vlmkd.shard"
+_SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.parquet")
+_TMP_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.\d+\.tmp")
+
+# The manifest fields that must agree for two runs to write into the same store.
+SETTINGS_FIELDS = ("format", "version", "dataset_fingerprint", "num_images", "prompt_set", "engine", "model_id",
+                   "model_fingerprint", "generation", "num_shards")  # fmt: skip
+# The fields that define what the captions are (sharding excluded): `CaptionStore.fingerprint()` hashes them.
+IDENTITY_FIELDS = ("dataset_fingerprint", "num_images", "prompt_set", "engine", "model_fingerprint", "generation")
+
+Row = tuple[int, str, str, str]  # (image_index, image_path, prompt_id, caption)
+Failure = tuple[int, str, str]  # (image_index, image_path, reason)
+
+
+def prompt_set_record(name: str, prompts: Mapping[str, str]) -> dict[str, Any]:
+    """Manifest record of a prompt set: its name, a fingerprint of its ids and templates, and the prompts."""
+    items = [{"id": prompt_id, "template": template} for prompt_id, template in prompts.items()]
+    digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+    return {"name": name, "fingerprint": digest, "prompts": items}
+
+
+def make_manifest(
+    *,
+    dataset_fingerprint: str,
+    num_images: int,
+    prompt_set: Mapping[str, Any],
+    engine: str,
+    model_id: str,
+    model_fingerprint: str | None = None,
+    generation: Mapping[str, Any] | None = None,
+    num_shards: int = 1,
+) -> dict[str, Any]:
+    """A manifest dict; `prompt_set` comes from `prompt_set_record`. Deterministic: no dates, no hosts."""
+    if num_images < 1:
+        raise InputError(f"a caption store needs at least one image, got {num_images}")
+    if not 1 <= num_shards <= num_images:
+        raise InputError(f"num_shards must be in [1, {num_images}] for {num_images} images, got {num_shards}")
+    if not prompt_set.get("prompts"):
+        raise InputError("a caption store needs at least one prompt")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "dataset_fingerprint": dataset_fingerprint,
+        "num_images": int(num_images),
+        "prompt_set": dict(prompt_set),
+        "engine": engine,
+        "model_id": model_id,
+        "model_fingerprint": model_fingerprint if model_fingerprint is not None else model_id,
+        "generation": dict(generation or {}),
+        "num_shards": int(num_shards),
+    }
+
+
+class CaptionStore:
+    """A caption store on disk. `open` an existing one; `create` one (or resume it) to write shards."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.prompt_ids: tuple[str, ...] = tuple(p["id"] for p in manifest["prompt_set"]["prompts"])
+
+    # ----------------------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: Path) -> CaptionStore:
+        """Open an existing store; `InputError` naming the path if it is not one."""
+        path = Path(path)
+        manifest_file = path / MANIFEST_NAME
+        if not manifest_file.is_file():
+            raise InputError(f"{path}: not a caption store (no {MANIFEST_NAME})")
+        try:
+            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{manifest_file}: unreadable caption-store manifest ({error})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise InputError(f"{manifest_file}: not a caption-store manifest (format is not {FORMAT!r})")
+        if manifest.get("version") != VERSION:
+            raise InputError(f"{manifest_file}: caption-store version {manifest.get('version')} is not {VERSION}")
+        missing = [name for name in SETTINGS_FIELDS if name not in manifest]
+        if missing:
+            raise InputError(f"{manifest_file}: manifest lacks {', '.join(missing)}")
+        return cls(path, manifest)
+
+    @classmethod
+    def create(cls, path: Path, manifest: Mapping[str, Any], *, overwrite: bool = False) -> CaptionStore:
+        """Create a store at `path` with `manifest` (from `make_manifest`), or reopen it to resume.
+
+        An existing store with the same settings is returned as is: its finished shards are kept. One made
+        with other settings raises `StoreMismatchError` naming the differences, unless `overwrite`, which
+        deletes its manifest and shards (nothing else) first. Safe to call from several processes at once.
+        """
+        path = Path(path)
+        manifest = json.loads(json.dumps(manifest))  # the form it takes on disk: lists, str keys
+        if (path / MANIFEST_NAME).exists():
+            existing = cls.open(path)
+            differences = settings_differences(existing.manifest, manifest)
+            if not differences:
+                return existing
+            if not overwrite:
+                raise StoreMismatchError(
+                    f"{path}: caption store was made with other settings ({'; '.join(differences)}); "
+                    "pass --overwrite to replace it or choose another --out"
+                )
+            existing.delete_files()
+        elif path.exists() and any(path.iterdir()):
+            raise InputError(f"{path}: directory exists and is not a caption store; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        _publish_json(path / MANIFEST_NAME, manifest)
+        store = cls.open(path)
+        differences = settings_differences(store.manifest, manifest)
+        if differences:  # another process created it first, with other settings
+            raise StoreMismatchError(f"{path}: another run created this store with other settings: {differences}")
+        return store
+
+    def delete_files(self) -> None:
+        """Remove this store's manifest, shards and leftover temporary files (and nothing else)."""
+        for entry in self.path.iterdir():
+            if _SHARD_RE.fullmatch(entry.name) or _TMP_RE.fullmatch(entry.name):
+                entry.unlink(missing_ok=True)
+        (self.path / MANIFEST_NAME).unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------------------------------- identity
+    @property
+    def num_shards(self) -> int:
+        return int(self.manifest["num_shards"])
+
+    @property
+    def num_images(self) -> int:
+        return int(self.manifest["num_images"])
+
+    def fingerprint(self) -> str:
+        """Identity of what the captions are: dataset, prompt set, engine, model and generation settings."""
+        identity = {name: self.manifest[name] for name in IDENTITY_FIELDS}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_dataset(self, dataset: ImageList) -> None:
+        """`StoreMismatchError` if this store was made for another dataset than `dataset`."""
+        fingerprint = dataset.fingerprint()
+        if fingerprint != self.manifest["dataset_fingerprint"] or len(dataset) != self.num_images:
+            raise StoreMismatchError(
+                f"{self.path}: caption store was made for another dataset "
+                f"({self.num_images} images, fingerprint {self.manifest['dataset_fingerprint']}) than "
+                f"{dataset.source} ({len(dataset)} images, fingerprint {fingerprint})"
+            )
+
+    # ----------------------------------------------------------------------------------------- shards
+    def shard_range(self, shard: int) -> range:
+        """Image indices of shard `shard`: contiguous blocks whose sizes differ by at most one."""
+        self._check_shard(shard)
+        base, extra = divmod(self.num_images, self.num_shards)
+        start = shard * base + min(shard, extra)
+        return range(start, start + base + (1 if shard < extra else 0))
+
+    def shard_path(self, shard: int) -> Path:
+        self._check_shard(shard)
+        return self.path / f"shard-{shard:05d}-of-{self.num_shards:05d}.parquet"
+
+    def missing_shards(self) -> list[int]:
+        """Shards not written yet, in order."""
+        return [k for k in range(self.num_shards) if not self.shard_path(k).exists()]
+
+    def write_shard(self, shard: int, rows: Iterable[Row], failed: Sequence[Failure] = ()) -> Path:
+        """Write shard `shard` atomically (temporary file, fsync, rename): its rows and its unreadable images.
+
+        Every image of `shard_range(shard)` must appear either with one row per prompt id or in `failed`.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = list(rows)
+        self._check_shard_content(shard, rows, failed)
+        columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
+        failed_json = json.dumps([list(f) for f in failed]).encode()
+        table = pa.table(
+            {
+                "image_index": pa.array(columns[0], type=pa.int64()),
+                "image_path": pa.array(columns[1], type=pa.string()),
+                "prompt_id": pa.array(columns[2], type=pa.string()),
+                "caption": pa.array(columns[3], type=pa.string()),
+            }
+        ).replace_schema_metadata({SHARD_KEY: str(shard).encode(), FAILED_KEY: failed_json})
+        target = self.shard_path(shard)
+        tmp = self.path / f".{target.name}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.path)
+        return target
+
+    def read_shard(self, shard: int) -> pa.Table:
+        """The rows of one finished shard."""
+        import pyarrow.parquet as pq
+
+        path = self.shard_path(shard)
+        if not path.exists():
+            raise InputError(f"{self.path}: shard {shard} is not written yet; rerun vlmkd-caption to finish it")
+        return pq.read_table(path).replace_schema_metadata(None)
+
+    def read_table(self) -> pa.Table:
+        """All rows in (image, prompt) order; `InputError` listing the missing shards if incomplete."""
+        import pyarrow as pa
+
+        missing = self.missing_shards()
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+            raise InputError(
+                f"{self.path}: caption store is incomplete: {len(missing)} of {self.num_shards} shards missing "
+                f"({shown}); rerun vlmkd-caption with the same settings to finish it"
+            )
+        return pa.concat_tables([self.read_shard(k) for k in range(self.num_shards)])
+
+    def failed_images(self) -> list[Failure]:
+        """(image_index, image_path, reason) of every image skipped as unreadable, over finished shards."""
+        import pyarrow.parquet as pq
+
+        failures: list[Failure] = []
+        for shard in range(self.num_shards):
+            path = self.shard_path(shard)
+            if path.exists():
+                metadata = pq.read_schema(path).metadata or {}
+                failures += [(int(i), str(p), str(r)) for i, p, r in json.loads(metadata.get(FAILED_KEY, b"[]"))]
+        return failures
+
+    # --------------------------------------------------------------------------------------- checking
+    def _check_shard(self, shard: int) -> None:
+        if not 0 <= shard < self.num_shards:
+            raise InputError(f"{self.path}: shard index {shard} is out of range [0, {self.num_shards})")
+
+    def _check_shard_content(self, shard: int, rows: list[Row], failed: Sequence[Failure]) -> None:
+        expected = self.shard_range(shard)
+        failed_indices = {f[0] for f in failed}
+        wanted = [(i, p) for i in expected if i not in failed_indices for p in self.prompt_ids]
+        got = [(row[0], row[2]) for row in rows]
+        if got != wanted or not failed_indices <= set(expected):
+            raise ValueError(
+                f"shard {shard}: rows must cover images {expected.start}..{expected.stop - 1} x prompts "
+                f"{list(self.prompt_ids)} in order, failed images excepted ({len(got)} rows, {len(wanted)} expected)"
+            )
+
+
+def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable list of the settings in which two manifests differ (empty when compatible)."""
+    differences = []
+    for name in SETTINGS_FIELDS:
+        a, b = old.get(name), new.get(name)
+        if a != b:
+            if name == "prompt_set":
+                a, b = a and a.get("name"), b and b.get("name")
+                a = f"{a} ({old[name].get('fingerprint')})" if a is not None else a
+                b = f"{b} ({new[name].get('fingerprint')})" if b is not None else b
+            differences.append(f"{name}: {a!r} in the store, {b!r} now")
+    return differences
+
+
+def _publish_json(path: Path, content: Mapping[str, Any]) -> None:
+    """Write JSON to `path` atomically without replacing a file another process published first."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(content, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, path)  # fails if it exists: the first writer wins, the others compare with it
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

