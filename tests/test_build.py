@@ -67,13 +67,15 @@ def test_cpp_rejects_wrong_rank_with_a_message_naming_the_argument() -> None:
         _C.l2_normalize_rows(np.zeros(4, np.float32))
 
 
-def test_cli_info_lists_backends() -> None:
-    result = subprocess.run([sys.executable, "-m", "vlmkd", "info"], capture_output=True, text=True, check=True)
-    assert "cpp" in result.stdout and "usable" in result.stdout
+def test_cli_info_lists_backends(tmp_path) -> None:
+    command = [sys.executable, "-m", "vlmkd", "info"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path)
+    cpp_line = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["cpp"])
+    assert cpp_line.split()[1] == "usable", cpp_line
 
 
-def test_cli_unknown_command_exits_non_zero_with_usage() -> None:
-    result = subprocess.run([sys.executable, "-m", "vlmkd", "frobnicate"], capture_output=True, text=True)
+def test_cli_unknown_command_exits_non_zero_with_usage(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "vlmkd", "frobnicate"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown command" in result.stderr and "caption" in result.stderr
 
