@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
+from collections.abc import Iterable
 from pathlib import Path
 
 from vlmkd.errors import InputError
@@ -82,3 +84,33 @@ def read_classnames(path: Path) -> list[str]:
     if not names:
         raise InputError(f"{path}: no class names")
     return names
+
+
+def write_list_file(path: Path, entries: Iterable[tuple[str, int]]) -> None:
+    """Write `relative/path label` lines atomically (temporary file, then rename); paths are checked."""
+    lines = []
+    for number, (relative, label) in enumerate(entries, start=1):
+        checked = safe_relative_path(relative, f"{path}: entry {number}")
+        if checked != relative or any(char in relative for char in "\n\r") or relative != relative.strip():
+            raise InputError(f"{path}: entry {number}: path {relative!r} cannot be written to a list file")
+        if label < 0:
+            raise InputError(f"{path}: entry {number}: label {label} is negative")
+        lines.append(f"{relative} {int(label)}\n")
+    write_text_atomic(path, "".join(lines))
+
+
+def write_classnames(path: Path, names: Iterable[str]) -> None:
+    """Write class names, one per line, atomically."""
+    names = list(names)
+    for number, name in enumerate(names, start=1):
+        if not name.strip() or "\n" in name or "\r" in name:
+            raise InputError(f"{path}: class {number - 1}: name {name!r} cannot be written one per line")
+    write_text_atomic(path, "".join(f"{name}\n" for name in names))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
