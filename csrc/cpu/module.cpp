@@ -3,6 +3,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "cpu/contrastive.h"
+
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -61,4 +63,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("max_threads", &max_threads, "Threads an OpenMP parallel region would use (1 without OpenMP).");
   m.def("l2_normalize_rows", &l2_normalize_rows, py::arg("x"), py::arg("eps") = 1e-12f,
         "Return float32 (N, D) rows scaled to unit L2 norm.");
+  vlmkd::bind_contrastive(m);
 }

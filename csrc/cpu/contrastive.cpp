@@ -1,0 +1,428 @@
+// The non-GEMM parts of the VLM-KD contrastive loss on the CPU, templated over float and double:
+//   - row L2 normalisation (times a scale) and its backward, with the bias gradient as a fused column sum;
+//   - the symmetric (multi-positive) InfoNCE over the B x B logit matrix S = scale * v^ u^T: row and column
+//     log-sum-exp in one sweep over S (row blocks that stay in cache, online column statistics per thread),
+//     then one sweep that overwrites S in place with dL/dS (for an upstream gradient of 1).
+// The GEMMs around these stay on PyTorch's BLAS (vlmkd/ops/contrastive_cpp.py). Buffers arrive as numpy
+// arrays (zero-copy views of torch CPU tensors); the checks here name the offending argument.
+#include "cpu/contrastive.h"
+
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#ifdef VLMKD_WITH_OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace vlmkd {
+namespace {
+
+int thread_count() {
+#ifdef VLMKD_WITH_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef VLMKD_WITH_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// exp(x) for x <= 0 in a form the compiler vectorises: Cody-Waite range reduction and Cephes' degree-6
+// polynomial (about 2 ulp). x is clamped to [-87.3, 0], so anything below -87.3 gives ~1e-38 instead of 0
+// (harmless: every sum it feeds also holds a term equal to 1) and masked-out lanes never overflow.
+inline float vexp(float x) {
+  x = std::min(std::max(x, -87.3f), 0.0f);
+  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // x / ln 2 rounded to nearest
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
+inline double vexp(double x) { return std::exp(std::min(x, 0.0)); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Row L2 normalisation.
+
+// out = scale * x / max(|x|, eps) row by row, norms = |x|. out may alias x.
+template <typename T>
+void normalize_rows_impl(const T* x, T* out, T* norms, std::int64_t rows, std::int64_t cols, T scale, T eps) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* in = x + r * cols;
+    T* y = out + r * cols;
+    T sum_sq = 0;
+#pragma omp simd reduction(+ : sum_sq)
+    for (std::int64_t c = 0; c < cols; ++c) sum_sq += in[c] * in[c];
+    const T norm = std::sqrt(sum_sq);
+    norms[r] = norm;
+    const T k = scale / std::max(norm, eps);
+#pragma omp simd
+    for (std::int64_t c = 0; c < cols; ++c) y[c] = in[c] * k;
+  }
+}
+
+// Backward of x^ = x / max(|x|, eps), where the forward stored y = y_scale * x^ and norms = |x|: given
+// dL/dx^ = grad_scale * grad, writes dx = (dx^ - x^ (x^ . dx^)) / |x| (just dx^ / eps where |x| <= eps) to out
+// (may alias grad) and, when col_sum is given, its column sums.
+template <typename T>
+void normalize_rows_backward_impl(const T* y, const T* grad, const T* norms, T* out, T* col_sum, std::int64_t rows,
+                                  std::int64_t cols, T y_scale, T grad_scale, T eps) {
+  const int threads = thread_count();
+  std::vector<T> partial(col_sum ? std::size_t(threads) * cols : 0, T(0));
+#pragma omp parallel
+  {
+    T* acc = col_sum ? partial.data() + std::size_t(thread_id()) * cols : nullptr;
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const T* yr = y + r * cols;
+      const T* gr = grad + r * cols;
+      T* o = out + r * cols;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (std::int64_t c = 0; c < cols; ++c) dot += yr[c] * gr[c];
+      const T norm = norms[r];
+      const T a = grad_scale / std::max(norm, eps);
+      const T b = norm > eps ? dot / (y_scale * y_scale) : T(0);
+#pragma omp simd
+      for (std::int64_t c = 0; c < cols; ++c) o[c] = a * (gr[c] - yr[c] * b);
+      if (acc) {
+#pragma omp simd
+        for (std::int64_t c = 0; c < cols; ++c) acc[c] += o[c];
+      }
+    }
+  }
+  if (col_sum) {  // fixed summation order: the result does not depend on thread timing
+    std::fill(col_sum, col_sum + cols, T(0));
+    for (int t = 0; t < threads; ++t) {
+      const T* p = partial.data() + std::size_t(t) * cols;
+      for (std::int64_t c = 0; c < cols; ++c) col_sum[c] += p[c];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Symmetric InfoNCE over S, gradient in place.
+
+// Labels renumbered 0..K-1 as int32, so the positive mask compares in the lane width of float.
+std::vector<std::int32_t> dense_labels(const std::int64_t* labels, std::int64_t n) {
+  std::vector<std::int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return labels[a] < labels[b]; });
+  std::vector<std::int32_t> dense(n);
+  std::int32_t id = -1;
+  for (std::int64_t k = 0; k < n; ++k) {
+    if (k == 0 || labels[order[k]] != labels[order[k - 1]]) ++id;
+    dense[order[k]] = id;
+  }
+  return dense;
+}
+
+// Running (max, sum of exp(s - max)) of every column, one set per thread, updated one row block at a time.
+template <typename T>
+struct ColumnStats {
+  T* max;
+  T* sum;
+};
+
+// Row i of S: log-sum-exp over all columns and over the positives (same label; the diagonal in instance mode).
+template <typename T, bool kClass>
+void row_stats(const T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T* lse, T* pos_lse) {
+  const T lowest = -std::numeric_limits<T>::max();
+  T m = lowest;
+#pragma omp simd reduction(max : m)
+  for (std::int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (std::int64_t j = 0; j < n; ++j) sum += vexp(row[j] - m);
+  *lse = m + std::log(sum);
+  if constexpr (kClass) {
+    const std::int32_t li = label[i];
+    T pm = lowest;
+#pragma omp simd reduction(max : pm)
+    for (std::int64_t j = 0; j < n; ++j) pm = std::max(pm, label[j] == li ? row[j] : lowest);
+    T pos = 0;
+#pragma omp simd reduction(+ : pos)
+    for (std::int64_t j = 0; j < n; ++j) {
+      const T e = vexp(row[j] - pm);
+      pos += label[j] == li ? e : T(0);
+    }
+    *pos_lse = pm + std::log(pos);
+  } else {
+    *pos_lse = row[i];
+  }
+}
+
+// Folds rows [r0, r1) of S into the running column statistics; `block_max` is scratch of length n.
+// With `label`, only entries whose row label equals the column label count (the positives).
+template <typename T>
+void fold_rows_into_columns(const T* s, const std::int32_t* label, std::int64_t r0, std::int64_t r1, std::int64_t n,
+                            ColumnStats<T> stats, T* block_max) {
+  const T lowest = -std::numeric_limits<T>::max();
+  std::fill(block_max, block_max + n, lowest);
+  for (std::int64_t i = r0; i < r1; ++i) {
+    const T* row = s + i * n;
+    if (label) {
+      const std::int32_t li = label[i];
+#pragma omp simd
+      for (std::int64_t j = 0; j < n; ++j) block_max[j] = std::max(block_max[j], label[j] == li ? row[j] : lowest);
+    } else {
+#pragma omp simd
+      for (std::int64_t j = 0; j < n; ++j) block_max[j] = std::max(block_max[j], row[j]);
+    }
+  }
+#pragma omp simd
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T m = std::max(stats.max[j], block_max[j]);
+    stats.sum[j] *= vexp(stats.max[j] - m);
+    stats.max[j] = m;
+  }
+  for (std::int64_t i = r0; i < r1; ++i) {
+    const T* row = s + i * n;
+    if (label) {
+      const std::int32_t li = label[i];
+#pragma omp simd
+      for (std::int64_t j = 0; j < n; ++j) {
+        const T e = vexp(row[j] - stats.max[j]);
+        stats.sum[j] += label[j] == li ? e : T(0);
+      }
+    } else {
+#pragma omp simd
+      for (std::int64_t j = 0; j < n; ++j) stats.sum[j] += vexp(row[j] - stats.max[j]);
+    }
+  }
+}
+
+// Combines the per-thread column statistics into one log-sum-exp per column.
+template <typename T>
+void merge_columns(const std::vector<T>& max, const std::vector<T>& sum, int threads, std::int64_t n, T* lse) {
+  for (std::int64_t j = 0; j < n; ++j) {
+    T m = -std::numeric_limits<T>::max();
+    for (int t = 0; t < threads; ++t) m = std::max(m, max[std::size_t(t) * n + j]);
+    T total = 0;
+    for (int t = 0; t < threads; ++t) total += sum[std::size_t(t) * n + j] * vexp(max[std::size_t(t) * n + j] - m);
+    lse[j] = m + std::log(total);
+  }
+}
+
+// Rows per block: about 128 KiB of S, so a block is read from memory once and then from cache.
+std::int64_t rows_per_block(std::int64_t n, std::size_t elem_size) {
+  const std::int64_t rows = std::int64_t(128 * 1024 / (std::size_t(n) * elem_size));
+  return std::clamp<std::int64_t>(rows, 1, 64);
+}
+
+// Loss and sum(dL/dS * S); S (n x n) is overwritten with dL/dS.
+template <typename T, bool kClass>
+std::pair<double, double> contrastive_grad_impl(T* s, const std::int32_t* label, std::int64_t n) {
+  const T lowest = -std::numeric_limits<T>::max();
+  const int threads = thread_count();
+  std::vector<T> row_lse(n), row_pos(n), col_lse(n), col_pos(n);
+  const std::size_t stats_len = std::size_t(threads) * n;
+  std::vector<T> col_max(stats_len, lowest), col_sum(stats_len, T(0));
+  std::vector<T> pos_max(kClass ? stats_len : 0, lowest), pos_sum(kClass ? stats_len : 0, T(0));
+  const std::int64_t block = rows_per_block(n, sizeof(T));
+  const std::int64_t blocks = (n + block - 1) / block;
+
+#pragma omp parallel
+  {
+    const std::size_t offset = std::size_t(thread_id()) * n;
+    std::vector<T> scratch(n);
+#pragma omp for schedule(static)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t r0 = b * block, r1 = std::min(n, r0 + block);
+      for (std::int64_t i = r0; i < r1; ++i) {
+        row_stats<T, kClass>(s + i * n, label, i, n, &row_lse[i], &row_pos[i]);
+      }
+      fold_rows_into_columns<T>(s, nullptr, r0, r1, n, {col_max.data() + offset, col_sum.data() + offset},
+                                scratch.data());
+      if constexpr (kClass) {
+        fold_rows_into_columns<T>(s, label, r0, r1, n, {pos_max.data() + offset, pos_sum.data() + offset},
+                                  scratch.data());
+      }
+    }
+  }
+  merge_columns(col_max, col_sum, threads, n, col_lse.data());
+  if constexpr (kClass) {
+    merge_columns(pos_max, pos_sum, threads, n, col_pos.data());
+  } else {
+    col_pos = row_pos;  // the diagonal
+  }
+
+  double loss = 0;
+  for (std::int64_t i = 0; i < n; ++i) loss += double(row_lse[i] - row_pos[i]) + double(col_lse[i] - col_pos[i]);
+  loss /= 2.0 * double(n);
+
+  const T c = T(0.5) / T(n);
+  double grad_dot_s = 0;
+#pragma omp parallel for schedule(static) reduction(+ : grad_dot_s)
+  for (std::int64_t i = 0; i < n; ++i) {
+    T* row = s + i * n;
+    const T rl = row_lse[i], rp = row_pos[i];
+    const T diagonal = row[i];
+    T dot = 0;
+    if constexpr (kClass) {
+      const std::int32_t li = label[i];
+#pragma omp simd reduction(+ : dot)
+      for (std::int64_t j = 0; j < n; ++j) {
+        const T x = row[j];
+        const T all = vexp(x - rl) + vexp(x - col_lse[j]);
+        const T pos = vexp(x - rp) + vexp(x - col_pos[j]);
+        const T g = c * (label[j] == li ? all - pos : all);
+        dot += g * x;
+        row[j] = g;
+      }
+    } else {
+#pragma omp simd reduction(+ : dot)
+      for (std::int64_t j = 0; j < n; ++j) {
+        const T x = row[j];
+        const T g = c * (vexp(x - rl) + vexp(x - col_lse[j]));
+        dot += g * x;
+        row[j] = g;
+      }
+      row[i] -= 2 * c;
+      dot -= 2 * c * diagonal;
+    }
+    grad_dot_s += double(dot);
+  }
+  return {loss, grad_dot_s};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Python boundary: numpy arrays, checked by name.
+
+std::string shape_text(const std::vector<py::ssize_t>& shape) {
+  std::string text = "(";
+  for (std::size_t k = 0; k < shape.size(); ++k) text += (k ? ", " : "") + std::to_string(shape[k]);
+  return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
+
+// Throws ValueError unless `a` is a C-contiguous array of `dtype` and `shape` (writable when `writable`).
+void check_array(const py::array& a, const char* name, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+                 bool writable) {
+  const bool ok = a.dtype().is(dtype) && shape_of(a) == shape && (a.flags() & py::array::c_style);
+  if (!ok) {
+    throw std::invalid_argument(std::string(name) + " must be a C-contiguous " + std::string(py::str(dtype)) + " " +
+                                shape_text(shape) + " array, got " + std::string(py::str(a.dtype())) + " " +
+                                shape_text(shape_of(a)) + ((a.flags() & py::array::c_style) ? "" : " (strided)"));
+  }
+  if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + " must be writable");
+}
+
+void check_rank(const py::array& a, const char* name, py::ssize_t ndim) {
+  if (a.ndim() != ndim) {
+    throw std::invalid_argument(std::string(name) + " must have " + std::to_string(ndim) + " dimension(s), got " +
+                                std::to_string(a.ndim()));
+  }
+}
+
+// Calls fn(T{}) with T = float or double, the dtype of `a`.
+template <typename Fn>
+auto by_dtype(const py::array& a, const char* name, Fn&& fn) {
+  if (a.dtype().is(py::dtype::of<float>())) return fn(float{});
+  if (a.dtype().is(py::dtype::of<double>())) return fn(double{});
+  throw std::invalid_argument(std::string(name) + " must be float32 or float64, got " + std::string(py::str(a.dtype())));
+}
+
+void normalize_rows(const py::array& x, py::array& out, py::array& norms, double scale, double eps) {
+  check_rank(x, "x", 2);
+  const py::ssize_t rows = x.shape(0), cols = x.shape(1);
+  by_dtype(x, "x", [&](auto zero) {
+    using T = decltype(zero);
+    const auto dtype = py::dtype::of<T>();
+    check_array(x, "x", dtype, {rows, cols}, false);
+    check_array(out, "out", dtype, {rows, cols}, true);
+    check_array(norms, "norms", dtype, {rows}, true);
+    const T* src = static_cast<const T*>(x.data());
+    T* dst = static_cast<T*>(out.mutable_data());
+    T* nrm = static_cast<T*>(norms.mutable_data());
+    py::gil_scoped_release release;
+    normalize_rows_impl<T>(src, dst, nrm, rows, cols, T(scale), T(eps));
+  });
+}
+
+void normalize_rows_backward(const py::array& y, const py::array& grad, const py::array& norms, py::array& out,
+                             const py::object& col_sum, double y_scale, double grad_scale, double eps) {
+  check_rank(y, "y", 2);
+  const py::ssize_t rows = y.shape(0), cols = y.shape(1);
+  by_dtype(y, "y", [&](auto zero) {
+    using T = decltype(zero);
+    const auto dtype = py::dtype::of<T>();
+    check_array(y, "y", dtype, {rows, cols}, false);
+    check_array(grad, "grad", dtype, {rows, cols}, false);
+    check_array(norms, "norms", dtype, {rows}, false);
+    check_array(out, "out", dtype, {rows, cols}, true);
+    T* sums = nullptr;
+    if (!col_sum.is_none()) {
+      auto array = col_sum.cast<py::array>();
+      check_array(array, "col_sum", dtype, {cols}, true);
+      sums = static_cast<T*>(array.mutable_data());
+    }
+    const T* yp = static_cast<const T*>(y.data());
+    const T* gp = static_cast<const T*>(grad.data());
+    const T* np_ = static_cast<const T*>(norms.data());
+    T* op = static_cast<T*>(out.mutable_data());
+    py::gil_scoped_release release;
+    normalize_rows_backward_impl<T>(yp, gp, np_, op, sums, rows, cols, T(y_scale), T(grad_scale), T(eps));
+  });
+}
+
+std::pair<double, double> contrastive_grad(py::array& s, const py::array& labels, bool class_positives) {
+  check_rank(s, "s", 2);
+  const py::ssize_t n = s.shape(0);
+  check_array(labels, "labels", py::dtype::of<std::int64_t>(), {n}, false);
+  return by_dtype(s, "s", [&](auto zero) {
+    using T = decltype(zero);
+    check_array(s, "s", py::dtype::of<T>(), {n, n}, true);
+    T* sp = static_cast<T*>(s.mutable_data());
+    const auto* lp = static_cast<const std::int64_t*>(labels.data());
+    py::gil_scoped_release release;
+    if (n == 0) return std::pair<double, double>{0.0, 0.0};
+    if (class_positives) return contrastive_grad_impl<T, true>(sp, dense_labels(lp, n).data(), n);
+    return contrastive_grad_impl<T, false>(sp, nullptr, n);
+  });
+}
+
+}  // namespace
+
+void bind_contrastive(py::module_& m) {
+  m.def("normalize_rows", &normalize_rows, py::arg("x"), py::arg("out"), py::arg("norms"), py::arg("scale") = 1.0,
+        py::arg("eps") = 1e-12,
+        "out = scale * x / max(|x|, eps) row by row and norms = |x| (float32 or float64; out may be x).");
+  m.def("normalize_rows_backward", &normalize_rows_backward, py::arg("y"), py::arg("grad"), py::arg("norms"),
+        py::arg("out"), py::arg("col_sum") = py::none(), py::arg("y_scale") = 1.0, py::arg("grad_scale") = 1.0,
+        py::arg("eps") = 1e-12,
+        "Gradient w.r.t. x of y = y_scale * x / max(|x|, eps), given grad_scale * grad w.r.t. y / y_scale; "
+        "writes it to out (may be grad) and its column sums to col_sum.");
+  m.def("contrastive_grad_", &contrastive_grad, py::arg("s"), py::arg("labels"), py::arg("class_positives"),
+        "Symmetric InfoNCE over logits s (B, B); overwrites s with dL/ds and returns (loss, sum(dL/ds * s)).");
+}
+
+}  // namespace vlmkd

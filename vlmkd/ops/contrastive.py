@@ -1,0 +1,243 @@
+"""The VLM-KD contrastive loss: public op, backend dispatch, and the loss module that owns the adaptor.
+
+Backends (see `vlmkd.backends()`): "ref" (`contrastive_ref`, plain PyTorch autograd), "cpp" (C++/OpenMP on
+CPU), "triton" (GPU, or CPU under TRITON_INTERPRET=1) and "cuda". Each fused backend module registers
+`torch.ops.vlmkd.contrastive_forward_<b>` / `contrastive_backward_<b>`; this module checks the inputs once,
+brings them to one dtype (fp16/bf16 computed in fp32), and wraps the pair in an autograd.Function, which
+`torch.compile(fullgraph=True)` traces through.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+
+import torch
+from torch import nn
+
+from vlmkd.backends import backends, triton_interpret
+from vlmkd.errors import InputError
+from vlmkd.ops.reference import contrastive_ref
+
+BACKENDS = ("ref", "cpp", "triton", "cuda")
+_MODULES = {
+    "cpp": "vlmkd.ops.contrastive_cpp",
+    "triton": "vlmkd.ops.contrastive_triton",
+    "cuda": "vlmkd.ops.contrastive_cuda",
+}
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpp", "ref")}
+
+
+@functools.cache
+def _unusable_reason(name: str, device_type: str, interpret: bool) -> str | None:
+    """Why backend `name` cannot run on `device_type` tensors here (None when it can); imports its ops."""
+    if name == "ref":
+        return None
+    status = backends()[name]
+    if not status.usable:
+        return status.detail
+    if name == "cpp" and device_type != "cpu":
+        return f"it runs on CPU tensors, got {device_type} tensors"
+    if name == "cuda" and device_type != "cuda":
+        return f"it runs on CUDA tensors, got {device_type} tensors"
+    if name == "triton" and device_type != "cuda" and not (device_type == "cpu" and interpret):
+        return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device_type} tensors"
+    try:
+        importlib.import_module(_MODULES[name])
+    except ImportError as error:
+        return f"{_MODULES[name]} did not import: {error}"
+    return None
+
+
+@torch.compiler.assume_constant_result
+def resolve_backend(device_type: str, requested: str | None = None) -> str:
+    """The backend to use for tensors on `device_type`: `requested`, else $VLMKD_BACKEND, else the fastest usable.
+
+    Raises InputError for an unknown name or a backend that cannot run here, saying why.
+    """
+    source = "backend"
+    if requested is None and os.environ.get("VLMKD_BACKEND"):
+        requested, source = os.environ["VLMKD_BACKEND"], "VLMKD_BACKEND"
+    interpret = triton_interpret()
+    if requested is None:
+        order = _AUTO_ORDER.get(device_type, ("ref",))
+        return next(name for name in order if _unusable_reason(name, device_type, interpret) is None)
+    if requested not in BACKENDS:
+        raise InputError(f"{source} must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    reason = _unusable_reason(requested, device_type, interpret)
+    if reason is not None:
+        raise InputError(f"{source}={requested!r} cannot run here: {reason}")
+    return requested
+
+
+def _ops(backend: str) -> tuple[torch._ops.OpOverload, torch._ops.OpOverload]:
+    namespace = torch.ops.vlmkd
+    return (
+        getattr(namespace, f"contrastive_forward_{backend}").default,
+        getattr(namespace, f"contrastive_backward_{backend}").default,
+    )
+
+
+class _FusedContrastive(torch.autograd.Function):
+    """Autograd around a backend's forward/backward ops; t and labels get no gradient."""
+
+    @staticmethod
+    def forward(ctx, v, t, weight, bias, logit_scale, labels, class_positives: bool, backend: str):
+        forward_op, _ = _ops(backend)
+        with torch.autocast(v.device.type, enabled=False):
+            loss, *saved = forward_op(v, t, weight, bias, logit_scale, labels, class_positives)
+        ctx.save_for_backward(v, t, weight, bias, logit_scale, labels, *saved)
+        ctx.class_positives, ctx.backend = class_positives, backend
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        v, t, weight, bias, logit_scale, labels, *saved = ctx.saved_tensors
+        _, backward_op = _ops(ctx.backend)
+        with torch.autocast(v.device.type, enabled=False):
+            grad_v, grad_weight, grad_bias, grad_logit_scale = backward_op(
+                grad_loss, v, t, weight, bias, logit_scale, labels, ctx.class_positives, saved
+            )
+        return grad_v, None, grad_weight, grad_bias, grad_logit_scale, None, None, None
+
+
+def _describe(x: torch.Tensor) -> str:
+    return f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+
+
+def _check_inputs(
+    v: torch.Tensor,
+    t: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    logit_scale: torch.Tensor,
+    labels: torch.Tensor | None,
+    class_positives: bool,
+) -> None:
+    """Raise InputError naming the first argument whose shape, dtype or device is wrong."""
+    named = {"v": v, "t": t, "weight": weight, "logit_scale": logit_scale}
+    if bias is not None:
+        named["bias"] = bias
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = _describe(x) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"{name} must be a floating-point tensor, got {got}")
+    if v.dim() != 2 or v.shape[0] == 0:
+        raise InputError(f"v must be (B, Dv) with B >= 1, got {tuple(v.shape)}")
+    batch, dim = v.shape
+    if t.dim() != 2 or t.shape[0] != batch:
+        raise InputError(f"t must be (B, Dt) with B = {batch} like v, got {tuple(t.shape)}")
+    if tuple(weight.shape) != (dim, t.shape[1]):
+        raise InputError(f"weight must be (Dv, Dt) = ({dim}, {t.shape[1]}), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (dim,):
+        raise InputError(f"bias must be (Dv,) = ({dim},), got {tuple(bias.shape)}")
+    if logit_scale.numel() != 1:
+        raise InputError(f"logit_scale must hold one value, got shape {tuple(logit_scale.shape)}")
+    if class_positives:
+        if labels is None:
+            raise InputError("labels are required when positives='class'")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise InputError(f"labels must be an integer tensor, got {_describe(labels)}")
+        if tuple(labels.shape) != (batch,):
+            raise InputError(f"labels must be (B,) = ({batch},), got {tuple(labels.shape)}")
+        named["labels"] = labels
+    for name, x in named.items():
+        if x.device != v.device:
+            raise InputError(f"{name} is on {x.device} but v is on {v.device}: put every input on one device")
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 when every input is float64 or promotes to it, else float32 (fp16/bf16 are computed in fp32)."""
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in tensors))
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def vlmkd_contrastive_loss(
+    v: torch.Tensor,
+    t: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    logit_scale: torch.Tensor | float,
+    labels: torch.Tensor | None = None,
+    positives: str = "instance",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between normalised image features v (B, Dv) and normalised t @ weight.T + bias.
+
+    `logit_scale` is the log of the similarity scale (CLIP's; clamped at log 100). `positives="class"`
+    counts every pair with equal `labels` as a positive. Gradients flow to v, weight, bias and logit_scale;
+    t is frozen data (the fused backends refuse a t that requires grad). `backend` ("ref", "cpp", "triton",
+    "cuda") overrides $VLMKD_BACKEND and the choice by device. fp16/bf16 inputs are computed in fp32; the
+    loss comes back in the compute dtype (float64 only when the inputs are float64).
+    """
+    if positives not in ("instance", "class"):
+        raise InputError(f"positives must be 'instance' or 'class', got {positives!r}")
+    class_positives = positives == "class"
+    if not isinstance(logit_scale, torch.Tensor):
+        logit_scale = torch.tensor(float(logit_scale), device=v.device)
+    _check_inputs(v, t, weight, bias, logit_scale, labels, class_positives)
+    name = resolve_backend(v.device.type, backend)
+    if name != "ref" and t.requires_grad:
+        raise InputError(f"t requires grad, but backend {name!r} treats it as frozen data: pass t.detach()")
+
+    dtype = _compute_dtype(v, t, weight, logit_scale, *(() if bias is None else (bias,)))
+    v, t, weight = (x.to(dtype).contiguous() for x in (v, t, weight))
+    bias = weight.new_zeros(weight.shape[0]) if bias is None else bias.to(dtype).contiguous()
+    logit_scale = logit_scale.to(dtype).reshape(())
+    if name == "ref":
+        with torch.autocast(v.device.type, enabled=False):
+            return contrastive_ref(v, t, weight, bias, logit_scale, labels, positives)
+    labels = labels.to(torch.int64).contiguous() if class_positives else torch.arange(v.shape[0], device=v.device)
+    return _FusedContrastive.apply(v, t, weight, bias, logit_scale, labels, class_positives, name)
+
+
+class VlmkdContrastiveLoss(nn.Module):
+    """VLM-KD loss with its text adaptor and learnable temperature: forward(v, t, labels) -> loss.
+
+    The adaptor maps text features (Dt) to the image-feature width (Dv): a Linear with bias (fused path), or
+    with `hidden_dim` a 2-layer MLP (Linear, GELU, Linear), whose first layer needs gradients through t, so
+    that variant runs on the reference backend. `logit_scale` starts at log(1 / init_temperature).
+    """
+
+    def __init__(
+        self,
+        text_dim: int,
+        image_dim: int,
+        *,
+        positives: str = "instance",
+        init_temperature: float = 0.07,
+        learn_temperature: bool = True,
+        hidden_dim: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if positives not in ("instance", "class"):
+            raise InputError(f"positives must be 'instance' or 'class', got {positives!r}")
+        if not init_temperature > 0:
+            raise InputError(f"init_temperature must be > 0, got {init_temperature}")
+        if hidden_dim is None:
+            self.adaptor: nn.Module = nn.Linear(text_dim, image_dim)
+        else:
+            self.adaptor = nn.Sequential(nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, image_dim))
+        logit_scale = torch.tensor(math.log(1.0 / init_temperature))
+        if learn_temperature:
+            self.logit_scale = nn.Parameter(logit_scale)
+        else:
+            self.register_buffer("logit_scale", logit_scale)
+        self.positives = positives
+        self.backend = backend
+
+    def forward(self, v: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss between image features v (B, Dv) and text features t (B, Dt); labels for positives="class"."""
+        if isinstance(self.adaptor, nn.Linear):
+            last, backend = self.adaptor, self.backend
+        else:
+            last, t, backend = self.adaptor[-1], self.adaptor[:-1](t), "ref"
+        return vlmkd_contrastive_loss(
+            v, t, last.weight, last.bias, self.logit_scale, labels, self.positives, backend=backend
+        )
+
+    def extra_repr(self) -> str:
+        return f"positives={self.positives!r}, backend={self.backend!r}"
