@@ -1,0 +1,67 @@
+"""`vlmkd encode` / `vlmkd-encode`: turn a caption store into a fp16 feature store."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from vlmkd.encode.runner import encode_captions
+from vlmkd.encode.text_encoder import DEFAULT_ENCODER, DTYPES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmkd-encode",
+        description="Encode every caption of a caption store with a text encoder into a feature store: "
+        "float16 features (images x prompts x dim) in features.npy plus manifest.json. An interrupted run "
+        "resumes where it stopped when rerun with the same arguments.",
+    )
+    parser.add_argument("captions", type=Path, metavar="CAPTIONS", help="caption store directory (vlmkd-caption)")
+    parser.add_argument("--out", type=Path, required=True, metavar="FEATURES", help="feature store directory")
+    parser.add_argument(
+        "--encoder",
+        metavar="NAME_OR_PATH",
+        default=None,
+        help="sentence-transformers or Hugging Face encoder: a directory or a cached hub id "
+        f"(default: {DEFAULT_ENCODER}, bundled offline)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass (default: 64)")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help=f"torch device (default here: {default_device})")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default: float32)")
+    parser.add_argument(
+        "--no-normalize", dest="normalize", action="store_false", help="store features without L2 normalisation"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=1024, help="images per committed chunk, the unit of resuming (default: 1024)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a feature store made by another job")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `vlmkd encode`; user errors propagate as `VlmkdError` for the dispatcher to print."""
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    store = encode_captions(
+        args.captions,
+        args.out,
+        encoder=args.encoder,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        normalize=args.normalize,
+        progress=not args.quiet,
+        chunk_size=args.chunk_size,
+        overwrite=args.overwrite,
+    )
+    images, prompts, dim = store.features.shape
+    print(
+        f"{store.path}: {images} images x {prompts} prompts x {dim} float16 features "
+        f"({store.manifest['encoder']}) in {time.perf_counter() - start:.1f} s"
+    )
+    return 0

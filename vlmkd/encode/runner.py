@@ -1,0 +1,81 @@
+"""`encode_captions`: every caption of a caption store through a text encoder into a feature store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vlmkd.caption.store import CaptionStore
+from vlmkd.encode.captions import read_caption_grid
+from vlmkd.encode.store import FORMAT, VERSION, FeatureStore
+from vlmkd.encode.text_encoder import TextEncoder, load_text_encoder
+from vlmkd.encode.writer import FeatureWriter
+from vlmkd.errors import InputError
+
+
+def encode_captions(
+    captions: Path | str | CaptionStore,
+    out: Path | str,
+    *,
+    encoder: str | TextEncoder | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: str = "float32",
+    normalize: bool = True,
+    progress: bool = True,
+    chunk_size: int = 1024,
+    overwrite: bool = False,
+) -> FeatureStore:
+    """Encode every (image, prompt) caption into the fp16 feature store `out`, resuming an unfinished one.
+
+    `encoder` is a name or path for `load_text_encoder` (None: the bundled all-MiniLM-L6-v2) or an already
+    loaded encoder. `normalize` L2-normalises each feature before it is stored. Work is committed every
+    `chunk_size` images, so a rerun after a crash encodes only the chunks that were not finished.
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    store = captions if isinstance(captions, CaptionStore) else CaptionStore.open(Path(captions))
+    grid = read_caption_grid(store)
+    text_encoder = encoder if isinstance(encoder, TextEncoder) else load_text_encoder(encoder, device, dtype)
+    writer = FeatureWriter(
+        Path(out), feature_manifest(store, text_encoder, normalize), chunk_size=chunk_size, overwrite=overwrite
+    )
+    width = len(grid.prompt_ids)
+    total = sum(len(writer.chunk_rows(chunk)) for chunk in writer.pending) * width
+    with tqdm(total=total, unit="caption", desc="encode", disable=not progress) as bar:
+        for chunk in writer.pending:
+            images = writer.chunk_rows(chunk)
+            vectors = encode_unique(text_encoder, grid.rows(images), batch_size=batch_size)
+            if normalize:
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            writer.write(chunk, vectors.reshape(len(images), width, text_encoder.dim))
+            bar.update(len(images) * width)
+    return writer.finish()
+
+
+def encode_unique(encoder: TextEncoder, texts: list[str], *, batch_size: int) -> np.ndarray:
+    """`encoder.encode(texts)`, encoding each distinct text once (VLMs often repeat a caption verbatim)."""
+    first: dict[str, int] = {}
+    inverse = np.fromiter((first.setdefault(text, len(first)) for text in texts), dtype=np.int64, count=len(texts))
+    return encoder.encode(list(first), batch_size=batch_size)[inverse]
+
+
+def feature_manifest(store: CaptionStore, encoder: TextEncoder, normalize: bool) -> dict[str, Any]:
+    """The manifest of the features of `store` under `encoder`: everything that defines them, nothing else."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "encoder": encoder.name,
+        "encoder_dtype": encoder.dtype,
+        "dim": int(encoder.dim),
+        "normalized": bool(normalize or encoder.normalized),
+        "dtype": "float16",
+        "prompt_ids": list(store.prompt_ids),
+        "num_images": store.num_images,
+        "dataset_fingerprint": store.manifest["dataset_fingerprint"],
+        "caption_store_fingerprint": store.fingerprint(),
+        "caption_model_id": store.manifest["model_id"],
+    }
