@@ -1,0 +1,182 @@
+"""Triton backend of the fused VLM-KD contrastive loss: ops `vlmkd::contrastive_{forward,backward}_triton`.
+
+Forward: u = t W^T on torch.mm, then one kernel per side for bias + row normalisation, then a row pass and a
+column pass of online log-sum-exp over tiles of S = scale v_hat u_hat^T. Backward recomputes S tiles: one
+pass accumulates dv_hat = scale dS u_hat, the other du_hat = scale dS^T v_hat, then one kernel per side goes
+back through the normalisation and torch.mm gives dW = du^T t. Nothing of size B x B is ever stored: the
+saved state is v_hat, u_hat (B x Dv), their norms and four LSE vectors.
+
+Computes in the input dtype (float32 or float64). For float32, tl.dot uses TF32 tensor cores unless
+`torch.get_float32_matmul_precision()` is "highest" (the PyTorch default), which asks for IEEE fp32.
+Importing this module registers the ops; it needs triton, and never launches anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from vlmkd.ops import triton_kernels as kernels
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: IEEE for float64 and for float32 at 'highest' matmul precision, else TF32."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def _tile_blocks(n_dims: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of the similarity tiles: smaller for float64, K no wider than needed."""
+    block = 32 if dtype == torch.float64 else 64
+    return block, block, min(block, max(16, triton.next_power_of_2(n_dims)))
+
+
+def _grad_block_d(n_dims: int) -> int:
+    """Width of the gradient accumulator per program; wider rows are split over program_id(1) (S recomputed)."""
+    return min(256, max(16, triton.next_power_of_2(n_dims)))
+
+
+def _normalize(x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(x + bias) / max(|x + bias|, eps) row-wise, and the row norms."""
+    rows, cols = x.shape
+    out = torch.empty_like(x)
+    norm = torch.empty(rows, dtype=x.dtype, device=x.device)
+    block_d = triton.next_power_of_2(cols)
+    block_r = max(1, min(16, 4096 // block_d))
+    wrap_triton(kernels.normalize_rows_kernel)[(triton.cdiv(rows, block_r),)](
+        x, x if bias is None else bias, out, norm, rows, cols, bias is not None, block_r, block_d
+    )
+    return out, norm
+
+
+def _normalize_backward(grad_hat: Tensor, x_hat: Tensor, norm: Tensor) -> Tensor:
+    """Gradient w.r.t. the input of `_normalize` given the gradient of its output."""
+    rows, cols = x_hat.shape
+    grad = torch.empty_like(x_hat)
+    block_d = triton.next_power_of_2(cols)
+    block_r = max(1, min(16, 4096 // block_d))
+    wrap_triton(kernels.normalize_rows_backward_kernel)[(triton.cdiv(rows, block_r),)](
+        grad_hat, x_hat, norm, grad, rows, cols, block_r, block_d
+    )
+    return grad
+
+
+def _lse_pass(a: Tensor, b: Tensor, labels: Tensor, scale: Tensor, class_positives: bool) -> Tensor:
+    """(2, B): LSE over all columns and over positive columns of each row of scale * a b^T."""
+    n, n_dims = a.shape
+    lse = torch.empty(2, n, dtype=a.dtype, device=a.device)
+    block_m, block_n, block_k = _tile_blocks(n_dims, a.dtype)
+    wrap_triton(kernels.lse_pass_kernel)[(triton.cdiv(n, block_m),)](
+        a, b, labels, scale, lse, n, n_dims, class_positives, block_m, block_n, block_k, _dot_precision(a.dtype)
+    )
+    return lse
+
+
+def _grad_pass(
+    a: Tensor,
+    b: Tensor,
+    labels: Tensor,
+    scale: Tensor,
+    coef: Tensor,
+    lse_a: Tensor,
+    lse_b: Tensor,
+    class_positives: bool,
+    ds_s: Tensor | None,
+) -> Tensor:
+    """Gradient w.r.t. a of the loss (seen from a's rows); fills `ds_s` with sum_j dS_ij S_ij when given."""
+    n, n_dims = a.shape
+    grad = torch.empty_like(a)
+    block_m, block_n, block_k = _tile_blocks(n_dims, a.dtype)
+    block_d = _grad_block_d(n_dims)
+    grid = (triton.cdiv(n, block_m), triton.cdiv(n_dims, block_d))
+    wrap_triton(kernels.grad_pass_kernel)[grid](
+        a,
+        b,
+        labels,
+        scale,
+        coef,
+        lse_a,
+        lse_b,
+        grad,
+        grad if ds_s is None else ds_s,
+        n,
+        n_dims,
+        class_positives,
+        ds_s is not None,
+        block_m,
+        block_n,
+        block_k,
+        block_d,
+        _dot_precision(a.dtype),
+    )
+    return grad
+
+
+def _scale(logit_scale: Tensor) -> Tensor:
+    return logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
+@triton_op("vlmkd::contrastive_forward_triton", mutates_args=())
+def contrastive_forward_triton(
+    v: Tensor,
+    t: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    logit_scale: Tensor,
+    labels: Tensor,
+    class_positives: bool,
+) -> list[Tensor]:
+    """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
+    n = v.shape[0]
+    v_hat, v_norm = _normalize(v, None)
+    u_hat, u_norm = _normalize(torch.mm(t, weight.t()), bias)
+    scale = _scale(logit_scale)
+    row_lse = _lse_pass(v_hat, u_hat, labels, scale, class_positives)
+    col_lse = _lse_pass(u_hat, v_hat, labels, scale, class_positives)
+    loss = (row_lse[0] - row_lse[1] + col_lse[0] - col_lse[1]).sum() / (2 * n)
+    return [loss, v_hat, u_hat, v_norm, u_norm, row_lse, col_lse]
+
+
+@triton_op("vlmkd::contrastive_backward_triton", mutates_args=())
+def contrastive_backward_triton(
+    grad_loss: Tensor,
+    v: Tensor,
+    t: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    logit_scale: Tensor,
+    labels: Tensor,
+    class_positives: bool,
+    saved: list[Tensor],
+) -> list[Tensor]:
+    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 while logit_scale is clamped)."""
+    v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
+    n = v.shape[0]
+    scale = _scale(logit_scale)
+    coef = grad_loss / (2 * n)
+    ds_s = torch.empty(n, dtype=v.dtype, device=v.device)
+    grad_v_hat = _grad_pass(v_hat, u_hat, labels, scale, coef, row_lse, col_lse, class_positives, ds_s)
+    grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
+    grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
+    grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
+    grad_logit_scale = torch.where(logit_scale <= MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
+    return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
+
+
+@contrastive_forward_triton.register_fake
+def _(v, t, weight, bias, logit_scale, labels, class_positives):
+    n, dims = v.shape
+    matrix, vector, lse = (n, dims), (n,), (2, n)
+    return [v.new_empty(())] + [v.new_empty(shape) for shape in (matrix, matrix, vector, vector, lse, lse)]
+
+
+@contrastive_backward_triton.register_fake
+def _(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
+    return [torch.empty_like(v), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(logit_scale)]
