@@ -94,3 +94,14 @@ def test_cli_turns_user_errors_into_one_line(monkeypatch: pytest.MonkeyPatch, ca
     assert cli.main(["train"]) == 2
     err = capsys.readouterr().err
     assert err == "vlmkd train: error: data/train.txt:3: label 12 is out of range [0, 10)\n"
+
+
+def test_cli_turns_gpu_out_of_memory_into_advice(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def exhausted(argv: list[str]) -> int:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(cli, "_resolve", lambda name: exhausted)
+    assert cli.main(["caption"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("vlmkd caption: error: the GPU ran out of memory") and "--batch-size" in err
+    assert err.count("\n") == 1

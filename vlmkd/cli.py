@@ -11,7 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+
 from vlmkd.errors import VlmkdError
+
+OUT_OF_MEMORY_ADVICE = (
+    "the GPU ran out of memory. Lower --batch-size, turn on --amp, or pick a smaller model; finished shards, "
+    "features and checkpoints are kept, so rerunning the same command resumes from them"
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     except VlmkdError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except torch.cuda.OutOfMemoryError:
+        print(f"{prog}: error: {OUT_OF_MEMORY_ADVICE}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
         return 130
