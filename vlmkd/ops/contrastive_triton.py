@@ -23,6 +23,7 @@ from torch.library import triton_op, wrap_triton
 from vlmkd.ops import triton_kernels as kernels
 
 MAX_LOGIT_SCALE = math.log(100.0)
+TARGET_PROGRAMS = 512  # LSE passes split their columns until they launch about this many programs
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -71,12 +72,28 @@ def _normalize_backward(grad_hat: Tensor, x_hat: Tensor, norm: Tensor) -> Tensor
 def _lse_pass(a: Tensor, b: Tensor, labels: Tensor, scale: Tensor, class_positives: bool) -> Tensor:
     """(2, B): LSE over all columns and over positive columns of each row of scale * a b^T."""
     n, n_dims = a.shape
-    lse = torch.empty(2, n, dtype=a.dtype, device=a.device)
     block_m, block_n, block_k = _tile_blocks(n_dims, a.dtype)
-    wrap_triton(kernels.lse_pass_kernel)[(triton.cdiv(n, block_m),)](
-        a, b, labels, scale, lse, n, n_dims, class_positives, block_m, block_n, block_k, _dot_precision(a.dtype)
+    row_blocks, col_blocks = triton.cdiv(n, block_m), triton.cdiv(n, block_n)
+    # Split the columns until there are ~TARGET_PROGRAMS programs (a few waves of SMs), combined below.
+    tiles_per_split = triton.cdiv(col_blocks, min(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_blocks)))
+    splits = triton.cdiv(col_blocks, tiles_per_split)
+    partial = torch.empty(splits, 2, n, dtype=a.dtype, device=a.device)
+    wrap_triton(kernels.lse_pass_kernel)[(row_blocks, splits)](
+        a,
+        b,
+        labels,
+        scale,
+        partial,
+        n,
+        n_dims,
+        tiles_per_split * block_n,
+        class_positives,
+        block_m,
+        block_n,
+        block_k,
+        _dot_precision(a.dtype),
     )
-    return lse
+    return partial[0] if splits == 1 else torch.logsumexp(partial, dim=0)
 
 
 def _grad_pass(

@@ -117,26 +117,30 @@ def lse_pass_kernel(
     lse_ptr,
     n,
     n_dims,
+    cols_per_split,
     CLASS_POSITIVES: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """For rows i of S = scale A B^T: lse[0, i] = LSE_j S_ij, lse[1, i] = LSE_{j in pos(i)} S_ij.
+    """For rows i of S = scale A B^T and the columns j of split c = program_id(1):
+    lse[c, 0, i] = LSE_j S_ij and lse[c, 1, i] = LSE_{j in pos(i)} S_ij (-inf where the split has none).
 
     Online max/sum over column tiles. Running maxima start at -scale, a lower bound of every S_ij for unit
     rows, so they stay finite and no -inf - -inf appears for rows whose positives come in a later tile.
+    Splitting the columns gives small batches enough programs; the caller log-sum-exps the splits.
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n
+    split = tl.program_id(1)
     scale = tl.load(scale_ptr)
     dtype = a_ptr.dtype.element_ty
     max_all = tl.zeros((BLOCK_M,), dtype=dtype) - scale
     max_pos = tl.zeros((BLOCK_M,), dtype=dtype) - scale
     sum_all = tl.zeros((BLOCK_M,), dtype=dtype)
     sum_pos = tl.zeros((BLOCK_M,), dtype=dtype)
-    for n0 in range(0, n, BLOCK_N):
+    for n0 in range(split * cols_per_split, tl.minimum(n, (split + 1) * cols_per_split), BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < n
         s = scale * _similarity_tile(
@@ -151,9 +155,15 @@ def lse_pass_kernel(
         sum_pos = sum_pos * tl.exp(max_pos - new_pos) + tl.sum(tl.exp(s_pos - new_pos[:, None]), axis=1)
         max_all = new_all
         max_pos = new_pos
-    # Padded rows summed nothing: log(1) there instead of log(0).
-    tl.store(lse_ptr + rows, max_all + tl.log(tl.where(row_ok, sum_all, 1.0)), mask=row_ok)
-    tl.store(lse_ptr + n + rows, max_pos + tl.log(tl.where(row_ok, sum_pos, 1.0)), mask=row_ok)
+    out = lse_ptr + split * 2 * n + rows
+    tl.store(out, _log_sum(max_all, sum_all), mask=row_ok)
+    tl.store(out + n, _log_sum(max_pos, sum_pos), mask=row_ok)
+
+
+@triton.jit
+def _log_sum(maximum, total):
+    """maximum + log(total), -inf for an empty sum (without evaluating log(0))."""
+    return tl.where(total > 0, maximum + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
 
 
 @triton.jit
