@@ -40,7 +40,8 @@ _SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.parquet")
 _TMP_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.\d+\.tmp")
 
 # The manifest fields that must agree for two runs to write into the same store.
-SETTINGS_FIELDS = ("format", "version", "dataset_fingerprint", "num_images", "prompt_set", "engine", "model_id",
+# `model_id` (the name or path given) is shown, not compared: a model directory may move between runs.
+SETTINGS_FIELDS = ("format", "version", "dataset_fingerprint", "num_images", "prompt_set", "engine",
                    "model_fingerprint", "generation", "num_shards")  # fmt: skip
 # The fields that define what the captions are (sharding excluded): `CaptionStore.fingerprint()` hashes them.
 IDENTITY_FIELDS = ("dataset_fingerprint", "num_images", "prompt_set", "engine", "model_fingerprint", "generation")
@@ -112,7 +113,7 @@ class CaptionStore:
             raise InputError(f"{manifest_file}: not a caption-store manifest (format is not {FORMAT!r})")
         if manifest.get("version") != VERSION:
             raise InputError(f"{manifest_file}: caption-store version {manifest.get('version')} is not {VERSION}")
-        missing = [name for name in SETTINGS_FIELDS if name not in manifest]
+        missing = [name for name in (*SETTINGS_FIELDS, "model_id") if name not in manifest]
         if missing:
             raise InputError(f"{manifest_file}: manifest lacks {', '.join(missing)}")
         return cls(path, manifest)
@@ -226,6 +227,8 @@ class CaptionStore:
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(self.path)
+        for stale in self.path.glob(f".{target.name}.*.tmp"):  # left by a run killed while writing this shard
+            stale.unlink(missing_ok=True)
         return target
 
     def read_shard(self, shard: int) -> pa.Table:
@@ -284,12 +287,18 @@ def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     differences = []
     for name in SETTINGS_FIELDS:
         a, b = old.get(name), new.get(name)
-        if a != b:
-            if name == "prompt_set":
-                a, b = a and a.get("name"), b and b.get("name")
-                a = f"{a} ({old[name].get('fingerprint')})" if a is not None else a
-                b = f"{b} ({new[name].get('fingerprint')})" if b is not None else b
-            differences.append(f"{name}: {a!r} in the store, {b!r} now")
+        if a == b:
+            continue
+        if name == "prompt_set" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = f"{a.get('name')} ({a.get('fingerprint')})", f"{b.get('name')} ({b.get('fingerprint')})"
+        elif isinstance(a, dict) and isinstance(b, dict):
+            differences += [
+                f"{name}.{key}: {a.get(key)!r} in the store, {b.get(key)!r} now"
+                for key in sorted(set(a) | set(b))
+                if a.get(key) != b.get(key)
+            ]
+            continue
+        differences.append(f"{name}: {a!r} in the store, {b!r} now")
     return differences
 
 

@@ -1,0 +1,163 @@
+"""`vlmkd caption` (`vlmkd-caption`) and `vlmkd caption-info`: thin argparse layers over the runner and store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vlmkd.caption.engines import ENGINES
+from vlmkd.caption.engines.hf import DTYPES
+from vlmkd.caption.prompts import shipped_prompt_sets
+from vlmkd.caption.runner import DEFAULT_SHARD_SIZE, CaptionReport, run_captioning
+from vlmkd.caption.store import CaptionStore
+from vlmkd.data import load_image_list
+
+FAILURES_SHOWN = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmkd-caption",
+        description="Caption every image of a dataset with a VLM, once per prompt (General + T1-T4 by default), "
+        "into a sharded Parquet caption store. Reruns resume; finished shards are never rewritten.",
+        epilog="Several processes share a store through --num-shards/--shard-index, or automatically under "
+        "torchrun (RANK/WORLD_SIZE): rank r writes shards r, r+W, r+2W...",
+    )
+    parser.add_argument("dataset", type=Path, help="list file (`relative/path label` lines) or ImageFolder dir")
+    parser.add_argument("--model", required=True, help="model directory (or a cached Hugging Face id)")
+    parser.add_argument("--out", required=True, type=Path, help="caption store directory (created or resumed)")
+    parser.add_argument("--engine", choices=ENGINES, default="hf", help="hf: transformers (default); trt: TensorRT-LLM")
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        help=f"prompt-set YAML/JSON file or shipped set name ({', '.join(shipped_prompt_sets())}; default: default)",
+    )
+    parser.add_argument("--root", type=Path, default=None, help="image root for a list file (default: its folder)")
+    parser.add_argument("--classnames", type=Path, default=None, help="class names, one per line, in label order")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--batch-size", type=int, default=16, help="(image, prompt) requests per generate call")
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")
+    gen.add_argument("--top-p", type=float, default=1.0, help="with --do-sample")
+    gen.add_argument("--seed", type=int, default=0, help="with --do-sample: each batch is seeded with it")
+    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--device", default="cpu", help="cpu, cuda (this rank's GPU under torchrun), cuda:N (hf only)")
+    gen.add_argument("--dtype", choices=DTYPES, default="float32")
+    gen.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    store = parser.add_argument_group("store")
+    store.add_argument(
+        "--num-shards", type=int, default=None,
+        help=f"shards in a new store (default: one per {DEFAULT_SHARD_SIZE} images, at least one per rank)",
+    )  # fmt: skip
+    store.add_argument("--shard-index", type=int, default=None, help="write only this shard")
+    store.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vlmkd-caption DATASET --model PATH --out STORE [...]`."""
+    args = build_parser().parse_args(argv)
+    dataset = load_image_list(args.dataset, root=args.root, classnames=args.classnames)
+    report = run_captioning(
+        dataset,
+        args.model,
+        args.out,
+        engine=args.engine,
+        prompts=args.prompts,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        seed=args.seed,
+    )
+    print(summary(report))
+    return 0
+
+
+def summary(report: CaptionReport) -> str:
+    """The end-of-run summary: work done, speed, store state, unreadable images by path."""
+    store = report.store
+    missing = store.missing_shards()
+    state = "complete" if not missing else f"{len(missing)} of {store.num_shards} shards still missing"
+    if not report.shards_written:
+        return f"nothing to do: this process's {len(report.shards_already_done)} shards were already written; " \
+            f"store {state}: {store.path}"  # fmt: skip
+    lines = [
+        f"captioned {report.images} images x {len(store.prompt_ids)} prompts -> {report.captions} captions "
+        f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s; writing shards "
+        f"{_share(report.store_seconds, report.seconds)})",
+        f"shards: {len(report.shards_written)} written, {len(report.shards_already_done)} already done; "
+        f"store {state}: {store.path}",
+    ]
+    if report.failed:
+        lines.append(f"{len(report.failed)} unreadable images skipped (recorded in the store):")
+        lines += [f"  {path}: {reason}" for _, path, reason in report.failed[:FAILURES_SHOWN]]
+        if len(report.failed) > FAILURES_SHOWN:
+            lines.append(f"  ... and {len(report.failed) - FAILURES_SHOWN} more (see `vlmkd caption-info --failed`)")
+    return "\n".join(lines)
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}% of wall time" if whole > 0 else "n/a"
+
+
+def info_main(argv: list[str] | None = None) -> int:
+    """`vlmkd caption-info STORE`: what a caption store holds and how it was made."""
+    parser = argparse.ArgumentParser(prog="vlmkd caption-info", description="Summarise a caption store.")
+    parser.add_argument("store", type=Path)
+    parser.add_argument("--failed", action="store_true", help="list every unreadable image")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    store = CaptionStore.open(args.store)
+    info = store_info(store)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+        return 0
+    m = store.manifest
+    done = m["num_shards"] - len(info["missing_shards"])
+    print(f"caption store {store.path}  (fingerprint {info['fingerprint']})")
+    print(f"  dataset     {m['num_images']} images, fingerprint {m['dataset_fingerprint']}")
+    prompt_set = m["prompt_set"]
+    print(f"  prompts     {prompt_set['name']} ({prompt_set['fingerprint']}): {', '.join(store.prompt_ids)}")
+    print(f"  engine      {m['engine']}, model {m['model_id']} ({m['model_fingerprint']})")
+    print(f"  generation  {', '.join(f'{k}={v}' for k, v in sorted(m['generation'].items()))}")
+    print(f"  shards      {done}/{m['num_shards']} written" + (", complete" if done == m["num_shards"] else ""))
+    print(f"  captions    {info['captions']}")
+    failed = info["failed"]
+    print(f"  unreadable  {len(failed)} images")
+    shown = failed if args.failed else failed[:FAILURES_SHOWN]
+    for item in shown:
+        print(f"    [{item['image_index']}] {item['image_path']}: {item['reason']}")
+    if len(shown) < len(failed):
+        print(f"    ... {len(failed) - len(shown)} more (--failed lists all)")
+    return 0
+
+
+def store_info(store: CaptionStore) -> dict:
+    """A JSON-able summary of a store (the `--json` output)."""
+    import pyarrow.parquet as pq
+
+    missing = store.missing_shards()
+    captions = sum(pq.read_metadata(store.shard_path(k)).num_rows for k in range(store.num_shards) if k not in missing)
+    return {
+        "path": str(store.path),
+        "fingerprint": store.fingerprint(),
+        "manifest": store.manifest,
+        "missing_shards": missing,
+        "captions": captions,
+        "failed": [{"image_index": i, "image_path": p, "reason": r} for i, p, r in store.failed_images()],
+    }

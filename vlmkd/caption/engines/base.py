@@ -1,0 +1,105 @@
+"""The small interface every captioning engine implements, and what they share."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vlmkd.errors import InputError
+
+# Weight files are fingerprinted by size and their first and last MiB: cheap for 10-GB checkpoints, and two
+# checkpoints that differ anywhere but in the middle of every file still get different fingerprints.
+_SAMPLE_BYTES = 1 << 20
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".engine", ".npz", ".gguf")
+_FULL_HASH_BYTES = 16 << 20  # configs, tokenizers, chat templates: hashed in full
+
+
+@dataclass(frozen=True)
+class Request:
+    """One caption to write: an RGB image and the rendered prompt text (before any chat template)."""
+
+    image: Image.Image
+    prompt: str
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings; part of a caption store's identity. Greedy unless `do_sample`."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_beams: int = 1
+    seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise InputError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+
+    def record(self) -> dict[str, Any]:
+        """The manifest form: only the fields that change the captions."""
+        record = asdict(self)
+        if not self.do_sample:
+            for name in ("temperature", "top_p", "seed"):
+                record.pop(name)
+        return record
+
+
+class CaptionEngine(ABC):
+    """Turns batches of (image, prompt) requests into caption strings, in request order."""
+
+    name: str
+    model_id: str
+    settings: GenerationSettings
+
+    @abstractmethod
+    def caption(self, requests: Sequence[Request]) -> list[str]:
+        """One caption per request, stripped of the prompt and surrounding whitespace."""
+
+    def model_fingerprint(self) -> str:
+        return model_fingerprint(self.model_id)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to release
+        """Release the model (GPU memory, worker processes)."""
+
+
+def model_fingerprint(model: str | Path) -> str:
+    """Identity of a model: for a local directory a hash of its files (weights by size and sampled bytes,
+    the rest in full), so the same weights match wherever they live; otherwise the model name itself."""
+    path = Path(model)
+    if not path.is_dir():
+        return str(model)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).as_posix().startswith("."))
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path).as_posix()}\t{size}\n".encode())
+        with open(file, "rb") as handle:
+            if file.suffix not in _WEIGHT_SUFFIXES and size <= _FULL_HASH_BYTES:
+                digest.update(handle.read())
+                continue
+            digest.update(handle.read(_SAMPLE_BYTES))
+            handle.seek(max(size - _SAMPLE_BYTES, 0))
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def strip_prompt(text: str, prompt_text: str) -> str:
+    """Caption text without an echoed prompt prefix (BLIP-style models repeat the prompt), stripped."""
+    text = text.strip()
+    prompt_text = prompt_text.strip()
+    if prompt_text and text.startswith(prompt_text):
+        text = text[len(prompt_text) :]
+    return text.strip()
