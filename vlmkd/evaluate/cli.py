@@ -1,0 +1,55 @@
+"""`vlmkd-eval CKPT DATASET`: Many/Medium/Few/All top-1, per-class plot, t-SNE maps, JSON and a table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmkd-eval",
+        description="Evaluate a classifier saved by vlmkd-train: top-1 on the Many / Medium / Few / All splits "
+        "(by training images per class), a per-class accuracy plot, and t-SNE maps of image features and, "
+        "with a feature store, of caption features.",
+    )
+    parser.add_argument("checkpoint", help="run directory or epoch_NNNN checkpoint of vlmkd-train")
+    parser.add_argument("dataset", help="test set: list file or ImageFolder directory")
+    parser.add_argument("--out", help="where metrics.json and the plots go (default: CKPT/eval)")
+    parser.add_argument("--features", help="caption feature store for the caption t-SNE (default: the training one)")
+    parser.add_argument("--train", help="dataset the feature store was encoded from (default: the training set)")
+    parser.add_argument("--many-threshold", type=int, default=100, help="Many: more training images than this")
+    parser.add_argument("--few-threshold", type=int, default=20, help="Few: fewer training images than this")
+    parser.add_argument("--no-plots", action="store_true", help="only compute and print the accuracies")
+    parser.add_argument("--tsne-max", type=int, default=2000, help="t-SNE points at most (a seeded subsample)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vlmkd.evaluate.metrics import format_table
+    from vlmkd.evaluate.run import RESULTS_FILE, evaluate_checkpoint
+
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        args.dataset,
+        out,
+        features=args.features,
+        train=args.train,
+        many_threshold=args.many_threshold,
+        few_threshold=args.few_threshold,
+        plots=not args.no_plots,
+        tsne_max=args.tsne_max,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+    )
+    print(format_table(results["top1"]))
+    print(f"results: {out / RESULTS_FILE}")
+    for name, path in results["plots"].items():
+        print(f"plot ({name}): {path}")
+    return 0

@@ -1,0 +1,110 @@
+"""`evaluate_checkpoint`: split accuracies, per-class plot and t-SNE maps for a trained classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmkd.data import load_image_list
+from vlmkd.errors import InputError
+from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
+from vlmkd.evaluate.plots import plot_per_class_accuracy, plot_tsne
+from vlmkd.train.checkpoint import load_classifier
+
+RESULTS_FILE = "metrics.json"
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    out_dir: str | Path,
+    *,
+    features: str | Path | None = None,
+    train: str | Path | None = None,
+    many_threshold: int = 100,
+    few_threshold: int = 20,
+    plots: bool = True,
+    tsne_max: int = 2000,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a saved classifier on `dataset`; writes `metrics.json` (and PNGs) to `out_dir`, returns the results.
+
+    Training counts (which decide the splits) come from the checkpoint. `features` (a caption feature store
+    of the training set `train`, default: the one the model was trained on) adds the caption t-SNE.
+    """
+    model, meta = load_classifier(checkpoint, device)
+    test = load_image_list(dataset)
+    classnames = list(meta["classnames"])
+    if test.num_classes != len(classnames):
+        raise InputError(f"{dataset}: {test.num_classes} classes, but the model was trained on {len(classnames)}")
+    counts = np.asarray(meta["train_counts"])
+    config = meta.get("config", {})
+    preds = predict(
+        model,
+        test,
+        image_size=config.get("image_size", 32),
+        mean=config.get("mean", [0.485, 0.456, 0.406]),
+        std=config.get("std", [0.229, 0.224, 0.225]),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accuracy = per_class_accuracy(preds.predicted, preds.labels, len(classnames))
+    results: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "dataset": str(dataset),
+        "thresholds": {"many": many_threshold, "few": few_threshold},
+        "top1": split_accuracy(preds.predicted, preds.labels, counts, many_threshold, few_threshold),
+        "per_class": {
+            "classnames": classnames,
+            "train_counts": counts.tolist(),
+            "top1": [None if np.isnan(a) else float(a) for a in accuracy],
+        },
+        "plots": {},
+    }
+    if plots:
+        thresholds = {"many_threshold": many_threshold, "few_threshold": few_threshold}
+        results["plots"]["per_class"] = str(
+            plot_per_class_accuracy(accuracy, counts, classnames, out / "per_class_accuracy.png", **thresholds)
+        )
+        results["plots"]["tsne_images"] = str(
+            plot_tsne(
+                preds.features,
+                preds.labels,
+                classnames,
+                out / "tsne_image_features.png",
+                title="t-SNE of image features (test set)",
+                max_points=tsne_max,
+            )
+        )
+        store_path = features if features is not None else config.get("features")
+        if store_path:
+            results["plots"]["tsne_captions"] = str(
+                _caption_tsne(Path(store_path), train or config.get("train"), classnames, out, tsne_max)
+            )
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _caption_tsne(
+    store_path: Path, train: str | Path | None, classnames: list[str], out: Path, max_points: int
+) -> Path:
+    from vlmkd.encode.store import FeatureStore
+
+    if not train:
+        raise InputError(f"{store_path}: pass --train, the dataset these caption features were encoded from")
+    store = FeatureStore.open(store_path)
+    dataset = load_image_list(train)
+    store.check_dataset(dataset)
+    num_images, num_prompts, dim = store.features.shape
+    points = np.asarray(store.features, dtype=np.float32).reshape(num_images * num_prompts, dim)
+    labels = np.repeat(dataset.labels(), num_prompts)
+    title = f"t-SNE of caption features ({num_prompts} prompt(s) per training image)"
+    return plot_tsne(points, labels, classnames, out / "tsne_caption_features.png", title=title, max_points=max_points)

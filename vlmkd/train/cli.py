@@ -1,0 +1,94 @@
+"""`vlmkd-train`: every `TrainConfig` field is a flag; `--config` (file or preset) sets the defaults."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import fields
+
+from vlmkd.train.config import CHOICES, TrainConfig, list_presets, read_config_file, resolve_config
+
+HELP = {
+    "train": "training dataset: a list file (`path label` lines) or an ImageFolder directory",
+    "output": "run directory: checkpoints, metrics.jsonl, config.yaml and the final model",
+    "features": "caption feature store from vlmkd-encode (needed for --vlmkd-weight > 0)",
+    "arch": "backbone, randomly initialised",
+    "width": "ResNet-32 channel multiplier (16/32/64 x width)",
+    "norm": "ResNet-32 normalisation (group: independent of the per-process batch)",
+    "sync_bn": "SyncBatchNorm across DDP processes (GPU only)",
+    "flip": "random horizontal flips",
+    "mean": "normalisation mean, 3 values",
+    "std": "normalisation std, 3 values",
+    "task_loss": "classification loss",
+    "la_tau": "tau of logit adjustment",
+    "vlmkd_weight": "lambda, weight of the VLM-KD contrastive term (0 = off)",
+    "positives": "contrastive positives: the image's own caption, or every caption of its class",
+    "caption_mix": "per step, one random prompt per image (sample) or the mean over prompts",
+    "prompts": "prompt ids to use, comma-separated (default: all in the feature store)",
+    "temperature": "initial contrastive temperature",
+    "learn_temperature": "learn the temperature (as a logit scale clamped at 100) or keep it fixed",
+    "adaptor_hidden": "hidden width of a 2-layer MLP text adaptor (default: a linear adaptor)",
+    "contrastive_backend": "backend of the fused VLM-KD loss: ref, cpp, triton or cuda (default: fastest usable)",
+    "teacher": "frozen vision teacher: a classifier saved by vlmkd-train",
+    "kd_weight": "weight of logit KD from --teacher",
+    "kd_temperature": "softmax temperature of logit KD",
+    "batch_size": "global batch size (split across DDP processes)",
+    "warmup_epochs": "linear warmup length, then cosine decay to zero",
+    "amp": "autocast precision (fp16 uses a GradScaler)",
+    "on_nonfinite": "on a NaN/inf loss: stop with a message naming the step, or skip the step and count it",
+    "log_every": "write a metrics.jsonl record every N steps",
+    "progress": "show a progress bar",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmkd-train",
+        description="Train a long-tail image classifier from scratch with VLM-KD caption supervision. "
+        "Settings come from the defaults, then --config, then the flags given. Under `torchrun` it runs "
+        "data-parallel (gloo on CPU, nccl on GPU).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help=f"YAML file or preset name ({', '.join(list_presets())})")
+    parser.add_argument(
+        "--resume", nargs="?", const="auto", help="continue from a checkpoint directory (default: latest in --output)"
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    defaults = TrainConfig()
+    for spec in fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        default = getattr(defaults, spec.name)
+        kwargs: dict[str, typing.Any] = {"help": HELP.get(spec.name, spec.name.replace("_", " "))}
+        kwargs["help"] += f" (default: {default})"
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif spec.name in ("mean", "std"):
+            kwargs |= {"type": float, "nargs": 3, "metavar": "X"}
+        elif spec.name == "prompts":
+            kwargs |= {"type": lambda text: [p for p in text.split(",") if p], "metavar": "ID,ID"}
+        else:
+            kwargs["type"] = type(default) if default is not None else (int if spec.name == "adaptor_hidden" else str)
+            if spec.name in CHOICES:
+                kwargs["choices"] = CHOICES[spec.name]
+        parser.add_argument(flag, dest=spec.name, **kwargs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config", None)
+    resume = args.pop("resume", None)
+    print_only = args.pop("print_config", False)
+    config = resolve_config(read_config_file(config_file) if config_file else {}, args)
+    if print_only:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    from vlmkd.train.trainer import train
+
+    result = train(config, resume=resume)
+    if result.skipped_steps:
+        print(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
+    print(f"model saved to {result.output}")
+    return 0
