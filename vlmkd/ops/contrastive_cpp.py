@@ -46,7 +46,8 @@ def contrastive_forward_cpp(
     _C.normalize_rows(_np(u_hat), _np(u_hat), _np(u_norm))
     grad_s = torch.mm(v_scaled, u_hat.T)
     loss, grad_dot_s = _C.contrastive_grad_(_np(grad_s), _np(labels), class_positives)
-    clamped = float(logit_scale) > MAX_LOGIT_SCALE
+    # As torch.clamp's gradient: zero from log 100 up (compared in logit_scale's dtype, like the reference).
+    clamped = bool(logit_scale >= MAX_LOGIT_SCALE)
     grad_logit_scale = v.new_tensor(0.0 if clamped else grad_dot_s)
     return [v.new_tensor(loss), grad_s, v_scaled, u_hat, v_norm, u_norm, grad_logit_scale]
 
