@@ -7,7 +7,8 @@ Nothing is downloaded unless the caller's Hugging Face settings allow it; the de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -47,7 +48,10 @@ class SentenceTransformerEncoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None)  # sentence-transformers >= 6
+        if dimension is None:
+            dimension = self.model.get_sentence_embedding_dimension
+        return int(dimension())
 
     @property
     def normalized(self) -> bool:
@@ -109,19 +113,34 @@ def load_text_encoder(name_or_path: str | None, device: str = "cpu", dtype: str 
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     source, name, is_sentence_transformer = _resolve(name_or_path)
-    if is_sentence_transformer:
-        from sentence_transformers import SentenceTransformer
+    with _quiet_loading():
+        if is_sentence_transformer:
+            from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(source, device=str(torch_device))
-        model.to(DTYPES[dtype])
-        model.eval()
-        return SentenceTransformerEncoder(model=model, name=name, dtype=dtype)
-    from transformers import AutoModel, AutoTokenizer
+            model = SentenceTransformer(source, device=str(torch_device))
+            model.to(DTYPES[dtype])
+            model.eval()
+            return SentenceTransformerEncoder(model=model, name=name, dtype=dtype)
+        from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype]).to(torch_device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype]).to(torch_device).eval()
     max_length = min(int(tokenizer.model_max_length), int(getattr(model.config, "max_position_embeddings", 512)))
     return MeanPoolingEncoder(model=model, tokenizer=tokenizer, name=name, dtype=dtype, max_length=max_length)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor "Loading weights" bar: loading takes well under a second."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 def _check_device(device: str) -> torch.device:
