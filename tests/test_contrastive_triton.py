@@ -1,7 +1,8 @@
 """The Triton contrastive-loss ops match contrastive_ref (float64) in value and all four gradients.
 
 Without a GPU these run on the Triton CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so the
-shapes stay small; the block sizes still leave partial tiles in every dimension.
+shapes stay small; the block sizes still leave partial tiles in every dimension. The `check_*` functions
+take the backend name: tests/test_contrastive_cuda.py runs the same checks on the CUDA ops.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from torch.profiler import ProfilerActivity, profile
 from vlmkd.ops import contrastive_triton  # noqa: F401  (registers the ops)
 from vlmkd.ops.reference import contrastive_ref
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-# (B, Dt, Dv, positives): B=1 and 3 are single partial tiles, 41 and 257 span several tiles; B=257 with
-# Dv=65 spans multiple K chunks of the similarity tiles with a ragged last one.
+# (B, Dt, Dv, positives): B=1 and 3 are single partial tiles, 41 and 257 span several row and column tiles
+# (and column splits of the LSE passes); Dv=65 leaves a ragged K chunk, Dv=512 several gradient blocks.
 CASES_FP64 = [
     (1, 37, 65, "instance"),
     (3, 37, 65, "class"),
@@ -30,41 +29,45 @@ CASES_FP32 = [
     (41, 384, 512, "class"),
     (257, 37, 65, "instance"),
 ]
+NAMES = ("loss", "grad_v", "grad_weight", "grad_bias", "grad_logit_scale")
+COMMON_SCHEMA = (
+    "Tensor v, Tensor t, Tensor weight, Tensor bias, Tensor logit_scale, Tensor labels, bool class_positives"
+)
 
 
-def _labels(batch: int, positives: str, generator: torch.Generator) -> torch.Tensor:
-    """Instance mode: arange. Class mode: a few shared classes plus singletons (labels >= 1000)."""
-    if positives == "instance":
-        return torch.arange(batch)
-    labels = torch.randint(0, max(1, batch // 4), (batch,), generator=generator)
-    labels[::5] = 1000 + torch.arange(len(labels[::5]))
-    return labels
-
-
-def _inputs(batch: int, dt: int, dv: int, positives: str, dtype: torch.dtype, logit_scale: float = math.log(1 / 0.07)):
+def make_inputs(
+    batch: int, dt: int, dv: int, positives: str, dtype: torch.dtype, device: str, logit_scale: float = 1 / 0.07
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Random (v, t, weight, bias, logit_scale) and labels: arange for instance mode; for class mode a few
+    shared classes plus singletons (every fifth row gets a label of its own)."""
     generator = torch.Generator().manual_seed(batch * 1000 + dt + dv)
-    tensors = dict(
-        v=torch.randn(batch, dv, generator=generator, dtype=torch.float64),
-        t=torch.randn(batch, dt, generator=generator, dtype=torch.float64),
-        weight=torch.randn(dv, dt, generator=generator, dtype=torch.float64) / math.sqrt(dt),
-        bias=0.1 * torch.randn(dv, generator=generator, dtype=torch.float64),
-        logit_scale=torch.tensor(logit_scale, dtype=torch.float64),
-    )
-    tensors = {name: x.to(device=DEVICE, dtype=dtype) for name, x in tensors.items()}
-    return tensors, _labels(batch, positives, generator).to(DEVICE)
+    tensors = {
+        "v": torch.randn(batch, dv, generator=generator, dtype=torch.float64),
+        "t": torch.randn(batch, dt, generator=generator, dtype=torch.float64),
+        "weight": torch.randn(dv, dt, generator=generator, dtype=torch.float64) / math.sqrt(dt),
+        "bias": 0.1 * torch.randn(dv, generator=generator, dtype=torch.float64),
+        "logit_scale": torch.tensor(math.log(logit_scale), dtype=torch.float64),
+    }
+    if positives == "instance":
+        labels = torch.arange(batch)
+    else:
+        labels = torch.randint(0, max(1, batch // 4), (batch,), generator=generator)
+        labels[::5] = 1000 + torch.arange(len(labels[::5]))
+    return {name: x.to(device=device, dtype=dtype) for name, x in tensors.items()}, labels.to(device)
 
 
-def _triton(inputs: dict, labels: torch.Tensor, positives: str, grad_loss: float) -> list[torch.Tensor]:
-    """[loss, grad_v, grad_weight, grad_bias, grad_logit_scale] through the two Triton ops."""
+def run_fused(backend: str, inputs: dict, labels: torch.Tensor, positives: str, grad_loss: float):
+    """[loss, grad_v, grad_weight, grad_bias, grad_logit_scale] through a backend's two ops."""
+    forward = getattr(torch.ops.vlmkd, f"contrastive_forward_{backend}")
+    backward = getattr(torch.ops.vlmkd, f"contrastive_backward_{backend}")
     args = (inputs["v"], inputs["t"], inputs["weight"], inputs["bias"], inputs["logit_scale"], labels)
     class_positives = positives == "class"
-    loss, *saved = torch.ops.vlmkd.contrastive_forward_triton(*args, class_positives)
-    grad = torch.tensor(grad_loss, dtype=loss.dtype, device=loss.device)
-    grads = torch.ops.vlmkd.contrastive_backward_triton(grad, *args, class_positives, saved)
+    loss, *saved = forward(*args, class_positives)
+    grads = backward(torch.tensor(grad_loss, dtype=loss.dtype, device=loss.device), *args, class_positives, saved)
     return [loss, *grads]
 
 
-def _reference(inputs: dict, labels: torch.Tensor, positives: str, grad_loss: float, dtype: torch.dtype):
+def reference(inputs: dict, labels: torch.Tensor, positives: str, grad_loss: float, dtype: torch.dtype):
     """The same five tensors from contrastive_ref + autograd, computed in `dtype`."""
     leaves = {name: x.detach().to(dtype).requires_grad_(name != "t") for name, x in inputs.items()}
     loss = contrastive_ref(**leaves, labels=labels, positives=positives)
@@ -72,21 +75,7 @@ def _reference(inputs: dict, labels: torch.Tensor, positives: str, grad_loss: fl
     return [loss.detach()] + [leaves[name].grad for name in ("v", "weight", "bias", "logit_scale")]
 
 
-NAMES = ("loss", "grad_v", "grad_weight", "grad_bias", "grad_logit_scale")
-
-
-@pytest.mark.parametrize("grad_loss", [1.0, -2.5])
-@pytest.mark.parametrize(("batch", "dt", "dv", "positives"), CASES_FP64)
-def test_float64_matches_reference(batch: int, dt: int, dv: int, positives: str, grad_loss: float) -> None:
-    inputs, labels = _inputs(batch, dt, dv, positives, torch.float64)
-    actual = _triton(inputs, labels, positives, grad_loss)
-    expected = _reference(inputs, labels, positives, grad_loss, torch.float64)
-    for name, a, e in zip(NAMES, actual, expected, strict=True):
-        assert a.shape == e.shape and a.dtype == torch.float64, name
-        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
-
-
-def _assert_as_accurate_as_torch(actual, expected64, torch32, factor: float = 4.0) -> None:
+def assert_as_accurate_as_torch(actual, expected64, torch32, factor: float = 4.0) -> None:
     """float32 error against the float64 reference at most `factor` x plain PyTorch's own float32 error."""
     for name, a, e, p in zip(NAMES, actual, expected64, torch32, strict=True):
         assert torch.isfinite(a).all(), name
@@ -96,66 +85,118 @@ def _assert_as_accurate_as_torch(actual, expected64, torch32, factor: float = 4.
         assert error <= factor * torch_error + floor, f"{name}: error {error:.3g} vs torch's {torch_error:.3g}"
 
 
-@pytest.mark.parametrize(("batch", "dt", "dv", "positives"), CASES_FP32)
-def test_float32_is_as_accurate_as_pytorch(batch: int, dt: int, dv: int, positives: str) -> None:
-    inputs, labels = _inputs(batch, dt, dv, positives, torch.float32)
-    actual = _triton(inputs, labels, positives, 0.7)
-    expected = _reference(inputs, labels, positives, 0.7, torch.float64)
-    plain = _reference(inputs, labels, positives, 0.7, torch.float32)
-    _assert_as_accurate_as_torch(actual, expected, plain)
+def check_float64(backend: str, device: str, case: tuple, grad_loss: float) -> None:
+    batch, dt, dv, positives = case
+    inputs, labels = make_inputs(batch, dt, dv, positives, torch.float64, device)
+    actual = run_fused(backend, inputs, labels, positives, grad_loss)
+    expected = reference(inputs, labels, positives, grad_loss, torch.float64)
+    for name, a, e in zip(NAMES, actual, expected, strict=True):
+        assert a.shape == e.shape and a.dtype == torch.float64, name
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def check_float32(backend: str, device: str, case: tuple) -> None:
+    batch, dt, dv, positives = case
+    inputs, labels = make_inputs(batch, dt, dv, positives, torch.float32, device)
+    actual = run_fused(backend, inputs, labels, positives, 0.7)
+    expected = reference(inputs, labels, positives, 0.7, torch.float64)
+    plain = reference(inputs, labels, positives, 0.7, torch.float32)
+    assert_as_accurate_as_torch(actual, expected, plain)
+
+
+def check_clamped_scale(backend: str, device: str, positives: str) -> None:
+    """logit_scale above log(100): scale is 100, its gradient 0. Row 0 is anti-aligned with its own text and
+    row 1 aligned with it, so S spans [-100, 100] and exp(S - LSE over positives) could reach e^200."""
+    batch, dt, dv = 41, 37, 65
+    inputs, labels = make_inputs(batch, dt, dv, positives, torch.float32, device, logit_scale=400.0)
+    if positives == "class":
+        labels = torch.arange(batch, device=device) % 7
+        labels[0], labels[1] = 100, 101  # rows 0 and 1 are singletons
+    u = inputs["t"].double() @ inputs["weight"].double().T + inputs["bias"].double()
+    inputs["v"][0] = -3.0 * u[0].float()
+    inputs["v"][1] = 0.5 * u[0].float()
+    actual = run_fused(backend, inputs, labels, positives, 1.3)
+    expected = reference(inputs, labels, positives, 1.3, torch.float64)
+    plain = reference(inputs, labels, positives, 1.3, torch.float32)
+    assert actual[0].item() > 300 / (2 * batch)  # row 0 costs >= 100 and column 0 >= 200: S reaches +-100
+    assert actual[4].item() == 0.0
+    assert_as_accurate_as_torch(actual, expected, plain)
+
+
+def check_schema_and_fake_shapes(backend: str) -> None:
+    forward = getattr(torch.ops.vlmkd, f"contrastive_forward_{backend}")
+    backward = getattr(torch.ops.vlmkd, f"contrastive_backward_{backend}")
+    assert str(forward.default._schema) == f"vlmkd::contrastive_forward_{backend}({COMMON_SCHEMA}) -> Tensor[]"
+    assert str(backward.default._schema) == (
+        f"vlmkd::contrastive_backward_{backend}(Tensor grad_loss, {COMMON_SCHEMA}, Tensor[] saved) -> Tensor[]"
+    )
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    inputs, labels = make_inputs(5, 7, 16, "instance", torch.float32, "cpu")
+    with FakeTensorMode() as mode:
+        args = [mode.from_tensor(x) for x in (*inputs.values(), labels)]
+        loss, *saved = forward(*args, False)
+        grads = backward(loss, *args, False, saved)
+    assert loss.shape == () and [g.shape for g in grads] == [(5, 16), (16, 7), (16,), ()]
+    assert all(x.numel() <= 5 * 16 for x in saved)  # saved state is O(B Dv), never B x B
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("grad_loss", [1.0, -2.5])
+@pytest.mark.parametrize("case", CASES_FP64, ids=str)
+def test_float64_matches_reference(case: tuple, grad_loss: float) -> None:
+    check_float64("triton", DEVICE, case, grad_loss)
+
+
+@pytest.mark.parametrize("case", CASES_FP32, ids=str)
+def test_float32_is_as_accurate_as_pytorch(case: tuple) -> None:
+    check_float32("triton", DEVICE, case)
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # on the interpreter, numpy reports any inf from exp
 @pytest.mark.parametrize("positives", ["instance", "class"])
 def test_clamped_scale_has_no_gradient_and_extreme_logits_do_not_overflow(positives: str) -> None:
-    """logit_scale above log(100): scale is 100, its gradient 0. Row 0 is anti-aligned with its own text and
-    row 1 aligned with it, so S spans [-100, 100] and exp(S - LSE over positives) would reach e^200."""
-    batch, dt, dv = 41, 37, 65
-    inputs, labels = _inputs(batch, dt, dv, positives, torch.float32, logit_scale=6.0)
-    if positives == "class":
-        labels = torch.arange(batch, device=DEVICE) % 7
-        labels[0], labels[1] = 100, 101  # rows 0 and 1 are singletons
-    u = (inputs["t"].double() @ inputs["weight"].double().T + inputs["bias"].double()).float()
-    inputs["v"][0] = -3.0 * u[0]
-    inputs["v"][1] = 0.5 * u[0]
-    actual = _triton(inputs, labels, positives, 1.3)
-    expected = _reference(inputs, labels, positives, 1.3, torch.float64)
-    plain = _reference(inputs, labels, positives, 1.3, torch.float32)
-    assert actual[0].item() > 300 / (2 * batch)  # row 0 costs >= 100 and column 0 >= 200: S reaches +-100
-    assert actual[4].item() == 0.0
-    _assert_as_accurate_as_torch(actual, expected, plain)
-
-
-def test_saved_state_and_every_allocation_are_linear_in_batch() -> None:
-    """No B x B tensor is saved or allocated: the largest buffer is B x Dv (the reference allocates B x B)."""
-    batch, dt, dv = 257, 37, 65
-    inputs, labels = _inputs(batch, dt, dv, "class", torch.float64)
-    largest_linear = batch * max(dt, dv) * 8
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        loss, *saved = torch.ops.vlmkd.contrastive_forward_triton(*inputs.values(), labels, True)
-        torch.ops.vlmkd.contrastive_backward_triton(loss, *inputs.values(), labels, True, saved)
-    assert all(x.numel() <= batch * dv for x in saved)
-    if DEVICE == "cpu":
-        assert max(event.self_cpu_memory_usage for event in prof.events()) <= largest_linear
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            contrastive_ref(**inputs, labels=labels, positives="class")
-        assert max(event.self_cpu_memory_usage for event in prof.events()) >= batch * batch * 8  # the check bites
+    check_clamped_scale("triton", DEVICE, positives)
 
 
 def test_ops_have_the_backend_contract_schema_and_fake_shapes() -> None:
-    forward = torch.ops.vlmkd.contrastive_forward_triton.default._schema
-    backward = torch.ops.vlmkd.contrastive_backward_triton.default._schema
-    common = "Tensor v, Tensor t, Tensor weight, Tensor bias, Tensor logit_scale, Tensor labels, bool class_positives"
-    assert str(forward) == f"vlmkd::contrastive_forward_triton({common}) -> Tensor[]"
-    assert (
-        str(backward) == f"vlmkd::contrastive_backward_triton(Tensor grad_loss, {common}, Tensor[] saved) -> Tensor[]"
-    )
+    check_schema_and_fake_shapes("triton")
 
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    inputs, labels = _inputs(5, 7, 16, "instance", torch.float32)
-    with FakeTensorMode() as mode:
-        args = [mode.from_tensor(x) for x in (*inputs.values(), labels)]
-        loss, *saved = torch.ops.vlmkd.contrastive_forward_triton(*args, False)
-        grads = torch.ops.vlmkd.contrastive_backward_triton(loss, *args, False, saved)
-    assert loss.shape == () and [g.shape for g in grads] == [(5, 16), (16, 7), (16,), ()]
+@pytest.mark.skipif(DEVICE != "cpu", reason="counts CPU allocations of the interpreter run")
+def test_no_allocation_is_quadratic_in_batch() -> None:
+    """The largest buffer the ops allocate is B x max(Dt, Dv); the reference, for contrast, allocates B x B."""
+    batch, dt, dv = 257, 37, 65
+    inputs, labels = make_inputs(batch, dt, dv, "class", torch.float64, DEVICE)
+
+    def largest_allocation(run) -> int:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run()
+        return max(event.self_cpu_memory_usage for event in prof.events())
+
+    def fused() -> None:
+        loss, *saved = torch.ops.vlmkd.contrastive_forward_triton(*inputs.values(), labels, True)
+        torch.ops.vlmkd.contrastive_backward_triton(loss, *inputs.values(), labels, True, saved)
+
+    assert largest_allocation(fused) <= batch * max(dt, dv) * 8
+    assert largest_allocation(lambda: contrastive_ref(**inputs, labels=labels, positives="class")) >= batch**2 * 8
+
+
+@pytest.mark.requires_cuda
+def test_compiles_fullgraph_on_gpu() -> None:
+    check_compiles("triton")
+
+
+def check_compiles(backend: str) -> None:
+    """torch.compile(fullgraph=True) over forward + backward ops gives the eager values."""
+    inputs, labels = make_inputs(41, 37, 65, "class", torch.float32, "cuda")
+
+    def both(v, t, weight, bias, logit_scale, labels):
+        return run_fused(backend, dict(v=v, t=t, weight=weight, bias=bias, logit_scale=logit_scale), labels, "class", 1)
+
+    eager = both(*inputs.values(), labels)
+    compiled = torch.compile(both, fullgraph=True)(*inputs.values(), labels)
+    for name, e, c in zip(NAMES, eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

@@ -1,0 +1,105 @@
+"""The CUDA contrastive-loss ops: the same checks as the Triton ops (on a GPU), plus the module boundary.
+
+Without a GPU only the boundary runs: `vlmkd._cuda` exposes the kernels, refuses bad arguments by name and
+says there is no device instead of launching.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_contrastive_triton import (
+    CASES_FP32,
+    CASES_FP64,
+    check_clamped_scale,
+    check_compiles,
+    check_float32,
+    check_float64,
+    check_schema_and_fake_shapes,
+    make_inputs,
+    run_fused,
+)
+
+from vlmkd import _cuda
+from vlmkd.ops import contrastive_cuda  # noqa: F401  (registers the ops)
+
+KERNELS = ("normalize_rows", "normalize_rows_backward", "lse_pass_splits", "lse_pass", "grad_pass")
+
+
+def test_module_exposes_the_kernels() -> None:
+    assert all(callable(getattr(_cuda, name)) for name in KERNELS)
+    assert _cuda.lse_pass_splits(1) == 1
+    assert _cuda.lse_pass_splits(4096) > 1  # small batches split their columns to fill the GPU
+    assert _cuda.lse_pass_splits(131072) == 1
+
+
+def test_arguments_are_checked_by_name_before_any_launch() -> None:
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64', got 'float16'"):
+        _cuda.normalize_rows(1, 0, 2, 3, 4, 5, "float16", 0)
+    with pytest.raises(ValueError, match="out must be a device pointer"):
+        _cuda.normalize_rows(1, 0, 0, 3, 4, 5, "float32", 0)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        _cuda.lse_pass(1, 2, 3, 4, 5, -1, 8, True, "float32", 0)
+
+
+@pytest.mark.skipif(_cuda.device_count() > 0, reason="checks the behaviour without a GPU")
+def test_calling_a_kernel_without_a_gpu_raises_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match=r"vlmkd\._cuda\.grad_pass: no usable CUDA device"):
+        _cuda.grad_pass(1, 2, 3, 4, 5, 6, 7, 8, 0, 16, 16, False, "float64", 0)
+
+
+def test_ops_have_the_backend_contract_schema_and_fake_shapes() -> None:
+    check_schema_and_fake_shapes("cuda")
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("grad_loss", [1.0, -2.5])
+@pytest.mark.parametrize("case", CASES_FP64, ids=str)
+def test_float64_matches_reference(case: tuple, grad_loss: float) -> None:
+    check_float64("cuda", "cuda", case, grad_loss)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("case", CASES_FP32, ids=str)
+def test_float32_is_as_accurate_as_pytorch(case: tuple) -> None:
+    check_float32("cuda", "cuda", case)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("positives", ["instance", "class"])
+def test_clamped_scale_has_no_gradient_and_extreme_logits_do_not_overflow(positives: str) -> None:
+    check_clamped_scale("cuda", "cuda", positives)
+
+
+@pytest.mark.requires_cuda
+def test_compiles_fullgraph() -> None:
+    check_compiles("cuda")
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_peak_memory_is_linear_in_batch(backend: str) -> None:
+    """At B=8192 a single B x B float32 matrix is 256 MiB; forward + backward stay far below it."""
+    batch, dt, dv = 8192, 384, 512
+    inputs, labels = make_inputs(batch, dt, dv, "class", torch.float32, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run_fused(backend, inputs, labels, "class", 1.0)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra < 16 * batch * dv * 4, f"{extra / 2**20:.0f} MiB"  # ~16 B x Dv buffers, vs 256 MiB for B x B
+
+
+@pytest.mark.requires_cuda
+def test_follows_the_current_stream() -> None:
+    """Kernels follow torch's current stream (results equal the default-stream ones)."""
+    inputs, labels = make_inputs(257, 37, 65, "class", torch.float32, "cuda")
+    expected = run_fused("cuda", inputs, labels, "class", 1.0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        actual = run_fused("cuda", inputs, labels, "class", 1.0)
+    torch.cuda.current_stream().wait_stream(stream)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e)

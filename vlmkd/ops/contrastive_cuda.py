@@ -1,0 +1,165 @@
+"""CUDA C++ backend of the fused VLM-KD contrastive loss: ops `vlmkd::contrastive_{forward,backward}_cuda`.
+
+The same plan as the Triton backend (see `contrastive_triton`), with the kernels of `csrc/cuda/contrastive.cu`
+called through `vlmkd._cuda` on raw pointers and the current stream: t W^T and dW = du^T t stay on torch.mm,
+bias + normalisation is one kernel per side, two LSE passes and two gradient passes recompute S tiles, and
+nothing of size B x B is stored. Computes in the input dtype (float32 or float64), with FMA tiles (no tensor
+cores, hence no TF32 rounding). Importing this module needs the built `vlmkd._cuda`, but no GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.library import custom_op
+
+from vlmkd import _cuda
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _dtype(x: Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _normalize(x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(x + bias) / max(|x + bias|, eps) row-wise, and the row norms."""
+    rows, cols = x.shape
+    out = torch.empty_like(x)
+    norm = x.new_empty(rows)
+    bias_ptr = 0 if bias is None else bias.data_ptr()
+    _cuda.normalize_rows(x.data_ptr(), bias_ptr, out.data_ptr(), norm.data_ptr(), rows, cols, _dtype(x), _stream())
+    return out, norm
+
+
+def _normalize_backward(grad_hat: Tensor, x_hat: Tensor, norm: Tensor) -> Tensor:
+    """Gradient w.r.t. the input of `_normalize` given the gradient of its output."""
+    rows, cols = x_hat.shape
+    grad = torch.empty_like(x_hat)
+    _cuda.normalize_rows_backward(
+        grad_hat.data_ptr(), x_hat.data_ptr(), norm.data_ptr(), grad.data_ptr(), rows, cols, _dtype(x_hat), _stream()
+    )
+    return grad
+
+
+def _lse_pass(a: Tensor, b: Tensor, labels: Tensor, scale: Tensor, class_positives: bool) -> Tensor:
+    """(2, B): LSE over all columns and over positive columns of each row of scale * a b^T."""
+    n, n_dims = a.shape
+    partial = a.new_empty(_cuda.lse_pass_splits(n), 2, n)
+    _cuda.lse_pass(
+        a.data_ptr(),
+        b.data_ptr(),
+        labels.data_ptr(),
+        scale.data_ptr(),
+        partial.data_ptr(),
+        n,
+        n_dims,
+        class_positives,
+        _dtype(a),
+        _stream(),
+    )
+    return partial[0] if partial.shape[0] == 1 else torch.logsumexp(partial, dim=0)
+
+
+def _grad_pass(
+    a: Tensor,
+    b: Tensor,
+    labels: Tensor,
+    scale: Tensor,
+    coef: Tensor,
+    lse_a: Tensor,
+    lse_b: Tensor,
+    class_positives: bool,
+    ds_s: Tensor | None,
+) -> Tensor:
+    """Gradient w.r.t. a of the loss (seen from a's rows); fills `ds_s` with sum_j dS_ij S_ij when given."""
+    n, n_dims = a.shape
+    grad = torch.empty_like(a)
+    _cuda.grad_pass(
+        a.data_ptr(),
+        b.data_ptr(),
+        labels.data_ptr(),
+        scale.data_ptr(),
+        coef.data_ptr(),
+        lse_a.data_ptr(),
+        lse_b.data_ptr(),
+        grad.data_ptr(),
+        0 if ds_s is None else ds_s.data_ptr(),
+        n,
+        n_dims,
+        class_positives,
+        _dtype(a),
+        _stream(),
+    )
+    return grad
+
+
+def _scale(logit_scale: Tensor) -> Tensor:
+    return logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
+@custom_op("vlmkd::contrastive_forward_cuda", mutates_args=(), device_types="cuda")
+def contrastive_forward_cuda(
+    v: Tensor,
+    t: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    logit_scale: Tensor,
+    labels: Tensor,
+    class_positives: bool,
+) -> list[Tensor]:
+    """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
+    with torch.cuda.device(v.device):
+        n = v.shape[0]
+        v_hat, v_norm = _normalize(v, None)
+        u_hat, u_norm = _normalize(torch.mm(t, weight.t()), bias)
+        scale = _scale(logit_scale)
+        row_lse = _lse_pass(v_hat, u_hat, labels, scale, class_positives)
+        col_lse = _lse_pass(u_hat, v_hat, labels, scale, class_positives)
+        loss = (row_lse[0] - row_lse[1] + col_lse[0] - col_lse[1]).sum() / (2 * n)
+        return [loss, v_hat, u_hat, v_norm, u_norm, row_lse, col_lse]
+
+
+@custom_op("vlmkd::contrastive_backward_cuda", mutates_args=(), device_types="cuda")
+def contrastive_backward_cuda(
+    grad_loss: Tensor,
+    v: Tensor,
+    t: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    logit_scale: Tensor,
+    labels: Tensor,
+    class_positives: bool,
+    saved: list[Tensor],
+) -> list[Tensor]:
+    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 while logit_scale is clamped)."""
+    v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
+    with torch.cuda.device(v.device):
+        n = v.shape[0]
+        scale = _scale(logit_scale)
+        coef = grad_loss / (2 * n)
+        ds_s = v.new_empty(n)
+        grad_v_hat = _grad_pass(v_hat, u_hat, labels, scale, coef, row_lse, col_lse, class_positives, ds_s)
+        grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
+        grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
+        grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
+        grad_logit_scale = torch.where(logit_scale <= MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
+        return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
+
+
+@contrastive_forward_cuda.register_fake
+def _(v, t, weight, bias, logit_scale, labels, class_positives):
+    n, dims = v.shape
+    matrix, vector, lse = (n, dims), (n,), (2, n)
+    return [v.new_empty(())] + [v.new_empty(shape) for shape in (matrix, matrix, vector, vector, lse, lse)]
+
+
+@contrastive_backward_cuda.register_fake
+def _(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
+    return [torch.empty_like(v), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(logit_scale)]
