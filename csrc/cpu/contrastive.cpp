@@ -26,6 +26,14 @@
 
 namespace py = pybind11;
 
+// The per-row and per-block kernels below are compiled for SSE2, AVX2 and AVX-512 and picked at load time
+// (GCC function multiversioning), so a portable wheel still runs 16 float lanes where the CPU has them.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define VLMKD_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
+#else
+#define VLMKD_CLONES
+#endif
+
 namespace vlmkd {
 namespace {
 
@@ -70,27 +78,45 @@ inline double vexp(double x) { return std::exp(std::min(x, 0.0)); }
 // ---------------------------------------------------------------------------------------------------------
 // Row L2 normalisation.
 
-// out = scale * x / max(|x|, eps) row by row, norms = |x|. out may alias x.
+// y = scale * x / max(|x|, eps) for one row of length n; returns |x|. y may alias x.
+template <typename T>
+VLMKD_CLONES T normalize_row(const T* x, T* y, std::int64_t n, T scale, T eps) {
+  T sum_sq = 0;
+#pragma omp simd reduction(+ : sum_sq)
+  for (std::int64_t c = 0; c < n; ++c) sum_sq += x[c] * x[c];
+  const T norm = std::sqrt(sum_sq);
+  const T k = scale / std::max(norm, eps);
+#pragma omp simd
+  for (std::int64_t c = 0; c < n; ++c) y[c] = x[c] * k;
+  return norm;
+}
+
 template <typename T>
 void normalize_rows_impl(const T* x, T* out, T* norms, std::int64_t rows, std::int64_t cols, T scale, T eps) {
 #pragma omp parallel for schedule(static)
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const T* in = x + r * cols;
-    T* y = out + r * cols;
-    T sum_sq = 0;
-#pragma omp simd reduction(+ : sum_sq)
-    for (std::int64_t c = 0; c < cols; ++c) sum_sq += in[c] * in[c];
-    const T norm = std::sqrt(sum_sq);
-    norms[r] = norm;
-    const T k = scale / std::max(norm, eps);
-#pragma omp simd
-    for (std::int64_t c = 0; c < cols; ++c) y[c] = in[c] * k;
-  }
+  for (std::int64_t r = 0; r < rows; ++r) norms[r] = normalize_row(x + r * cols, out + r * cols, cols, scale, eps);
 }
 
 // Backward of x^ = x / max(|x|, eps), where the forward stored y = y_scale * x^ and norms = |x|: given
 // dL/dx^ = grad_scale * grad, writes dx = (dx^ - x^ (x^ . dx^)) / |x| (just dx^ / eps where |x| <= eps) to out
 // (may alias grad) and, when col_sum is given, its column sums.
+// One row of normalize_rows_backward_impl; adds the row of dx to acc when acc is not null.
+template <typename T>
+VLMKD_CLONES void normalize_row_backward(const T* y, const T* grad, T norm, T* out, T* acc, std::int64_t n, T y_scale,
+                                         T grad_scale, T eps) {
+  T dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (std::int64_t c = 0; c < n; ++c) dot += y[c] * grad[c];
+  const T a = grad_scale / std::max(norm, eps);
+  const T b = norm > eps ? dot / (y_scale * y_scale) : T(0);
+#pragma omp simd
+  for (std::int64_t c = 0; c < n; ++c) out[c] = a * (grad[c] - y[c] * b);
+  if (acc) {
+#pragma omp simd
+    for (std::int64_t c = 0; c < n; ++c) acc[c] += out[c];
+  }
+}
+
 template <typename T>
 void normalize_rows_backward_impl(const T* y, const T* grad, const T* norms, T* out, T* col_sum, std::int64_t rows,
                                   std::int64_t cols, T y_scale, T grad_scale, T eps) {
@@ -101,21 +127,8 @@ void normalize_rows_backward_impl(const T* y, const T* grad, const T* norms, T* 
     T* acc = col_sum ? partial.data() + std::size_t(thread_id()) * cols : nullptr;
 #pragma omp for schedule(static)
     for (std::int64_t r = 0; r < rows; ++r) {
-      const T* yr = y + r * cols;
-      const T* gr = grad + r * cols;
-      T* o = out + r * cols;
-      T dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (std::int64_t c = 0; c < cols; ++c) dot += yr[c] * gr[c];
-      const T norm = norms[r];
-      const T a = grad_scale / std::max(norm, eps);
-      const T b = norm > eps ? dot / (y_scale * y_scale) : T(0);
-#pragma omp simd
-      for (std::int64_t c = 0; c < cols; ++c) o[c] = a * (gr[c] - yr[c] * b);
-      if (acc) {
-#pragma omp simd
-        for (std::int64_t c = 0; c < cols; ++c) acc[c] += o[c];
-      }
+      const std::int64_t at = r * cols;
+      normalize_row_backward(y + at, grad + at, norms[r], out + at, acc, cols, y_scale, grad_scale, eps);
     }
   }
   if (col_sum) {  // fixed summation order: the result does not depend on thread timing
@@ -153,7 +166,7 @@ struct ColumnStats {
 
 // Row i of S: log-sum-exp over all columns and over the positives (same label; the diagonal in instance mode).
 template <typename T, bool kClass>
-void row_stats(const T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T* lse, T* pos_lse) {
+VLMKD_CLONES void row_stats(const T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T* lse, T* pos_lse) {
   const T lowest = -std::numeric_limits<T>::max();
   T m = lowest;
 #pragma omp simd reduction(max : m)
@@ -182,7 +195,7 @@ void row_stats(const T* row, const std::int32_t* label, std::int64_t i, std::int
 // Folds rows [r0, r1) of S into the running column statistics; `block_max` is scratch of length n.
 // With `label`, only entries whose row label equals the column label count (the positives).
 template <typename T>
-void fold_rows_into_columns(const T* s, const std::int32_t* label, std::int64_t r0, std::int64_t r1, std::int64_t n,
+VLMKD_CLONES void fold_rows_into_columns(const T* s, const std::int32_t* label, std::int64_t r0, std::int64_t r1, std::int64_t n,
                             ColumnStats<T> stats, T* block_max) {
   const T lowest = -std::numeric_limits<T>::max();
   std::fill(block_max, block_max + n, lowest);
@@ -229,6 +242,38 @@ void merge_columns(const std::vector<T>& max, const std::vector<T>& sum, int thr
     for (int t = 0; t < threads; ++t) total += sum[std::size_t(t) * n + j] * vexp(max[std::size_t(t) * n + j] - m);
     lse[j] = m + std::log(total);
   }
+}
+
+// Overwrites row i of S with dL/dS = (softmax_row + softmax_col - positive parts) / 2n; returns sum(dL/dS * S).
+template <typename T, bool kClass>
+VLMKD_CLONES T grad_row(T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T row_lse, T row_pos,
+                        const T* col_lse, const T* col_pos) {
+  const T c = T(0.5) / T(n);
+  const T diagonal = row[i];
+  T dot = 0;
+  if constexpr (kClass) {
+    const std::int32_t li = label[i];
+#pragma omp simd reduction(+ : dot)
+    for (std::int64_t j = 0; j < n; ++j) {
+      const T x = row[j];
+      const T all = vexp(x - row_lse) + vexp(x - col_lse[j]);
+      const T pos = vexp(x - row_pos) + vexp(x - col_pos[j]);
+      const T g = c * (label[j] == li ? all - pos : all);
+      dot += g * x;
+      row[j] = g;
+    }
+  } else {
+#pragma omp simd reduction(+ : dot)
+    for (std::int64_t j = 0; j < n; ++j) {
+      const T x = row[j];
+      const T g = c * (vexp(x - row_lse) + vexp(x - col_lse[j]));
+      dot += g * x;
+      row[j] = g;
+    }
+    row[i] -= 2 * c;
+    dot -= 2 * c * diagonal;
+  }
+  return dot;
 }
 
 // Rows per block: about 128 KiB of S, so a block is read from memory once and then from cache.
@@ -278,37 +323,11 @@ std::pair<double, double> contrastive_grad_impl(T* s, const std::int32_t* label,
   for (std::int64_t i = 0; i < n; ++i) loss += double(row_lse[i] - row_pos[i]) + double(col_lse[i] - col_pos[i]);
   loss /= 2.0 * double(n);
 
-  const T c = T(0.5) / T(n);
   double grad_dot_s = 0;
 #pragma omp parallel for schedule(static) reduction(+ : grad_dot_s)
   for (std::int64_t i = 0; i < n; ++i) {
-    T* row = s + i * n;
-    const T rl = row_lse[i], rp = row_pos[i];
-    const T diagonal = row[i];
-    T dot = 0;
-    if constexpr (kClass) {
-      const std::int32_t li = label[i];
-#pragma omp simd reduction(+ : dot)
-      for (std::int64_t j = 0; j < n; ++j) {
-        const T x = row[j];
-        const T all = vexp(x - rl) + vexp(x - col_lse[j]);
-        const T pos = vexp(x - rp) + vexp(x - col_pos[j]);
-        const T g = c * (label[j] == li ? all - pos : all);
-        dot += g * x;
-        row[j] = g;
-      }
-    } else {
-#pragma omp simd reduction(+ : dot)
-      for (std::int64_t j = 0; j < n; ++j) {
-        const T x = row[j];
-        const T g = c * (vexp(x - rl) + vexp(x - col_lse[j]));
-        dot += g * x;
-        row[j] = g;
-      }
-      row[i] -= 2 * c;
-      dot -= 2 * c * diagonal;
-    }
-    grad_dot_s += double(dot);
+    grad_dot_s += double(grad_row<T, kClass>(s + i * n, label, i, n, row_lse[i], row_pos[i], col_lse.data(),
+                                             col_pos.data()));
   }
   return {loss, grad_dot_s};
 }
