@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,14 @@ def test_written_store_reads_back_as_float16_of_the_values(tmp_path: Path) -> No
     np.testing.assert_array_equal(reopened.features, values.astype(np.float16))
     assert reopened.prompt_ids == ("P0", "P1", "P2") and reopened.dim == 5 and reopened.num_images == 7
     assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [FEATURES_FILE, MANIFEST_FILE]
+
+
+def test_pickled_store_reopens_the_file_instead_of_copying_it(tmp_path: Path) -> None:
+    store = write_store(tmp_path / "features", random_values())
+    clone = pickle.loads(pickle.dumps(store))
+    assert len(pickle.dumps(store)) < 1000 and isinstance(clone.features, np.memmap)
+    assert clone.manifest == store.manifest and clone.path == store.path
+    np.testing.assert_array_equal(clone.features, store.features)
 
 
 def test_chunks_cover_every_image_once(tmp_path: Path) -> None:

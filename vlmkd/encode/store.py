@@ -80,6 +80,10 @@ class FeatureStore:
             )
         return cls(path=path, manifest=manifest, features=features)
 
+    def __reduce__(self) -> tuple:
+        # Pickled (e.g. into DataLoader workers) as its path: each process maps the file, nothing is copied.
+        return (type(self).open, (self.path,))
+
     @property
     def prompt_ids(self) -> tuple[str, ...]:
         return tuple(self.manifest["prompt_ids"])
