@@ -1,10 +1,18 @@
-"""The CUDA contrastive-loss ops: the same checks as the Triton ops (on a GPU), plus the module boundary.
+"""The CUDA contrastive-loss ops: the same checks as the Triton ops, plus the module boundary.
 
-Without a GPU only the boundary runs: `vlmkd._cuda` exposes the kernels, refuses bad arguments by name and
-says there is no device instead of launching.
+On a GPU the checks run through the real ops. Everywhere, they also run the same kernel source on the CPU:
+tests/cuda_emulation builds csrc/cuda/contrastive_kernels.cuh with the host compiler against a fiber-based
+stand-in for the CUDA runtime, and the Python half of the backend (`contrastive_cuda`) calls it instead of
+`vlmkd._cuda`. The module boundary is checked without a GPU: `vlmkd._cuda` exposes the kernels, refuses bad
+arguments by name and says there is no device instead of launching.
 """
 
 from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +29,56 @@ from test_contrastive_triton import (
 )
 
 from vlmkd import _cuda
-from vlmkd.ops import contrastive_cuda  # noqa: F401  (registers the ops)
+from vlmkd.ops import contrastive_cuda  # registers the ops
 
 KERNELS = ("normalize_rows", "normalize_rows_backward", "lse_pass_splits", "lse_pass", "grad_pass")
+EMULATION = Path(__file__).parent / "cuda_emulation"
+CSRC = Path(__file__).parents[1] / "csrc"
+
+
+class EmulatedCuda:
+    """Stands in for `vlmkd._cuda` (same functions and arguments) with the kernels run by the CPU emulator."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._library = library
+        library.emu_last_error.restype = ctypes.c_char_p
+
+    def lse_pass_splits(self, n: int) -> int:
+        return self._library.emu_lse_pass_splits(ctypes.c_int64(n))
+
+    def __getattr__(self, name: str):
+        function = getattr(self._library, f"emu_{name}")
+
+        def call(*args):
+            *args, dtype, _stream = args
+            converted = [ctypes.c_bool(a) if isinstance(a, bool) else ctypes.c_int64(a) for a in args]
+            if function(*converted, ctypes.c_int(dtype == "float64")) != 0:
+                raise RuntimeError(self._library.emu_last_error().decode())
+
+        return call
+
+
+@pytest.fixture(scope="module")
+def emulated_kernels(tmp_path_factory: pytest.TempPathFactory) -> EmulatedCuda:
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to build the CUDA emulator")
+    library = tmp_path_factory.mktemp("cuda_emulation") / "emulated_kernels.so"
+    command = [compiler, "-std=c++17", "-O2", "-fPIC", "-shared", f"-I{EMULATION}", f"-I{CSRC}"]
+    subprocess.run([*command, str(EMULATION / "emulated_kernels.cpp"), "-o", str(library)], check=True)
+    return EmulatedCuda(ctypes.CDLL(str(library)))
+
+
+@pytest.fixture
+def emulated(monkeypatch: pytest.MonkeyPatch, emulated_kernels: EmulatedCuda):
+    """(forward, backward) of the CUDA backend on CPU tensors, its kernels emulated."""
+    monkeypatch.setattr(contrastive_cuda, "_cuda", emulated_kernels)
+    monkeypatch.setattr(contrastive_cuda, "_stream", lambda: 0)
+
+    def backward(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
+        return contrastive_cuda._backward(grad_loss, v, t, logit_scale, labels, class_positives, saved)
+
+    return contrastive_cuda._forward, backward
 
 
 def test_module_exposes_the_kernels() -> None:
@@ -50,6 +105,22 @@ def test_calling_a_kernel_without_a_gpu_raises_a_clear_error() -> None:
 
 def test_ops_have_the_backend_contract_schema_and_fake_shapes() -> None:
     check_schema_and_fake_shapes("cuda")
+
+
+@pytest.mark.parametrize("grad_loss", [1.0, -2.5])
+@pytest.mark.parametrize("case", CASES_FP64, ids=str)
+def test_emulated_kernels_float64_match_reference(emulated, case: tuple, grad_loss: float) -> None:
+    check_float64(emulated, "cpu", case, grad_loss)
+
+
+@pytest.mark.parametrize("case", CASES_FP32, ids=str)
+def test_emulated_kernels_float32_are_as_accurate_as_pytorch(emulated, case: tuple) -> None:
+    check_float32(emulated, "cpu", case)
+
+
+@pytest.mark.parametrize("positives", ["instance", "class"])
+def test_emulated_kernels_clamped_scale_has_no_gradient_and_no_overflow(emulated, positives: str) -> None:
+    check_clamped_scale(emulated, "cpu", positives)
 
 
 @pytest.mark.requires_cuda

@@ -8,6 +8,7 @@ take the backend name: tests/test_contrastive_cuda.py runs the same checks on th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -56,10 +57,18 @@ def make_inputs(
     return {name: x.to(device=device, dtype=dtype) for name, x in tensors.items()}, labels.to(device)
 
 
-def run_fused(backend: str, inputs: dict, labels: torch.Tensor, positives: str, grad_loss: float):
-    """[loss, grad_v, grad_weight, grad_bias, grad_logit_scale] through a backend's two ops."""
-    forward = getattr(torch.ops.vlmkd, f"contrastive_forward_{backend}")
-    backward = getattr(torch.ops.vlmkd, f"contrastive_backward_{backend}")
+Ops = tuple[Callable[..., list[torch.Tensor]], Callable[..., list[torch.Tensor]]]
+
+
+def run_fused(backend: str | Ops, inputs: dict, labels: torch.Tensor, positives: str, grad_loss: float):
+    """[loss, grad_v, grad_weight, grad_bias, grad_logit_scale] through a backend's two ops (by name, or a
+    (forward, backward) pair with their signatures)."""
+    if isinstance(backend, str):
+        backend = (
+            getattr(torch.ops.vlmkd, f"contrastive_forward_{backend}"),
+            getattr(torch.ops.vlmkd, f"contrastive_backward_{backend}"),
+        )
+    forward, backward = backend
     args = (inputs["v"], inputs["t"], inputs["weight"], inputs["bias"], inputs["logit_scale"], labels)
     class_positives = positives == "class"
     loss, *saved = forward(*args, class_positives)
@@ -85,7 +94,7 @@ def assert_as_accurate_as_torch(actual, expected64, torch32, factor: float = 4.0
         assert error <= factor * torch_error + floor, f"{name}: error {error:.3g} vs torch's {torch_error:.3g}"
 
 
-def check_float64(backend: str, device: str, case: tuple, grad_loss: float) -> None:
+def check_float64(backend: str | Ops, device: str, case: tuple, grad_loss: float) -> None:
     batch, dt, dv, positives = case
     inputs, labels = make_inputs(batch, dt, dv, positives, torch.float64, device)
     actual = run_fused(backend, inputs, labels, positives, grad_loss)
@@ -95,7 +104,7 @@ def check_float64(backend: str, device: str, case: tuple, grad_loss: float) -> N
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def check_float32(backend: str, device: str, case: tuple) -> None:
+def check_float32(backend: str | Ops, device: str, case: tuple) -> None:
     batch, dt, dv, positives = case
     inputs, labels = make_inputs(batch, dt, dv, positives, torch.float32, device)
     actual = run_fused(backend, inputs, labels, positives, 0.7)
@@ -104,7 +113,7 @@ def check_float32(backend: str, device: str, case: tuple) -> None:
     assert_as_accurate_as_torch(actual, expected, plain)
 
 
-def check_clamped_scale(backend: str, device: str, positives: str) -> None:
+def check_clamped_scale(backend: str | Ops, device: str, positives: str) -> None:
     """logit_scale above log(100): scale is 100, its gradient 0. Row 0 is anti-aligned with its own text and
     row 1 aligned with it, so S spans [-100, 100] and exp(S - LSE over positives) could reach e^200."""
     batch, dt, dv = 41, 37, 65

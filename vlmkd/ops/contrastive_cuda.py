@@ -104,6 +104,35 @@ def _scale(logit_scale: Tensor) -> Tensor:
     return logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
 
+def _forward(
+    v: Tensor, t: Tensor, weight: Tensor, bias: Tensor, logit_scale: Tensor, labels: Tensor, class_positives: bool
+) -> list[Tensor]:
+    n = v.shape[0]
+    v_hat, v_norm = _normalize(v, None)
+    u_hat, u_norm = _normalize(torch.mm(t, weight.t()), bias)
+    scale = _scale(logit_scale)
+    row_lse = _lse_pass(v_hat, u_hat, labels, scale, class_positives)
+    col_lse = _lse_pass(u_hat, v_hat, labels, scale, class_positives)
+    loss = (row_lse[0] - row_lse[1] + col_lse[0] - col_lse[1]).sum() / (2 * n)
+    return [loss, v_hat, u_hat, v_norm, u_norm, row_lse, col_lse]
+
+
+def _backward(
+    grad_loss: Tensor, v: Tensor, t: Tensor, logit_scale: Tensor, labels: Tensor, class_positives: bool, saved
+) -> list[Tensor]:
+    v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
+    n = v.shape[0]
+    scale = _scale(logit_scale)
+    coef = grad_loss / (2 * n)
+    ds_s = v.new_empty(n)
+    grad_v_hat = _grad_pass(v_hat, u_hat, labels, scale, coef, row_lse, col_lse, class_positives, ds_s)
+    grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
+    grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
+    grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
+    grad_logit_scale = torch.where(logit_scale <= MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
+    return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
+
+
 @custom_op("vlmkd::contrastive_forward_cuda", mutates_args=(), device_types="cuda")
 def contrastive_forward_cuda(
     v: Tensor,
@@ -116,14 +145,7 @@ def contrastive_forward_cuda(
 ) -> list[Tensor]:
     """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
     with torch.cuda.device(v.device):
-        n = v.shape[0]
-        v_hat, v_norm = _normalize(v, None)
-        u_hat, u_norm = _normalize(torch.mm(t, weight.t()), bias)
-        scale = _scale(logit_scale)
-        row_lse = _lse_pass(v_hat, u_hat, labels, scale, class_positives)
-        col_lse = _lse_pass(u_hat, v_hat, labels, scale, class_positives)
-        loss = (row_lse[0] - row_lse[1] + col_lse[0] - col_lse[1]).sum() / (2 * n)
-        return [loss, v_hat, u_hat, v_norm, u_norm, row_lse, col_lse]
+        return _forward(v, t, weight, bias, logit_scale, labels, class_positives)
 
 
 @custom_op("vlmkd::contrastive_backward_cuda", mutates_args=(), device_types="cuda")
@@ -139,18 +161,8 @@ def contrastive_backward_cuda(
     saved: list[Tensor],
 ) -> list[Tensor]:
     """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 while logit_scale is clamped)."""
-    v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
     with torch.cuda.device(v.device):
-        n = v.shape[0]
-        scale = _scale(logit_scale)
-        coef = grad_loss / (2 * n)
-        ds_s = v.new_empty(n)
-        grad_v_hat = _grad_pass(v_hat, u_hat, labels, scale, coef, row_lse, col_lse, class_positives, ds_s)
-        grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
-        grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
-        grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
-        grad_logit_scale = torch.where(logit_scale <= MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
-        return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
+        return _backward(grad_loss, v, t, logit_scale, labels, class_positives, saved)
 
 
 @contrastive_forward_cuda.register_fake
