@@ -118,38 +118,38 @@ class DaliImageBatches:
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.labels = torch.from_numpy(dataset.labels())
         self.epoch = 0
+        self._ahead: tuple[int, Any] | None = None  # (epoch key, iterator already decoding that epoch)
         self.workdir = Path(tempfile.mkdtemp(prefix="vlmkd-dali-"))
         weakref.finalize(self, shutil.rmtree, self.workdir, True)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _order(self) -> np.ndarray:
-        return epoch_order(
-            len(self.dataset),
-            shuffle=self.spec.train,
-            seed=self.seed,
-            epoch=self.epoch,
-            world_size=self.world_size,
-            drop_tail=self.spec.train,
-        )
-
     def __len__(self) -> int:
         size = shard_size(len(self.dataset), rank=self.rank, world_size=self.world_size, drop_tail=self.spec.train)
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        dali = import_dali()
+    def _key(self, epoch: int) -> int:
+        """Epochs with this key read identical batches: eval order and pixels do not depend on the epoch."""
+        return epoch if self.spec.train else 0
+
+    def _start(self, epoch: int) -> Any:
+        """Build the epoch's pipeline and iterator; DALI starts decoding its first batches at once."""
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        if len(self) == 0:
-            return  # DALI refuses a shard smaller than one batch when the partial batch is dropped
-        order = self._order()
-        list_file = self.workdir / f"epoch{self.epoch}.txt"
+        order = epoch_order(
+            len(self.dataset),
+            shuffle=self.spec.train,
+            seed=self.seed,
+            epoch=epoch,
+            world_size=self.world_size,
+            drop_tail=self.spec.train,
+        )
         samples = self.dataset.samples
+        list_file = self.workdir / f"epoch{epoch}.txt"
         list_file.write_text("".join(f"{samples[i].path} {i}\n" for i in order.tolist()), encoding="utf-8")
-        state = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(1)[0]
+        state = np.random.SeedSequence([self.seed, self._key(epoch), self.rank]).generate_state(1)[0]
         pipeline = _pipeline(
             list_file,
             self.dataset.root,
@@ -161,20 +161,27 @@ class DaliImageBatches:
             shard_id=self.rank,
             num_shards=self.world_size,
         )
-        del dali
-        batches = DALIGenericIterator(
-            [pipeline],
-            ["images", "indices"],
-            reader_name=READER,
-            last_batch_policy=LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL,
-            auto_reset=False,
-        )
         try:
-            for (batch,) in batches:
-                if batch["indices"].shape[0] == 0:
-                    continue  # DALI gives every rank as many batches as the largest shard; skip the empty one
-                indices = batch["indices"].reshape(-1).to(torch.int64).cpu()
-                yield batch["images"], self.labels[indices], indices
+            return DALIGenericIterator(
+                [pipeline],
+                ["images", "indices"],
+                reader_name=READER,
+                last_batch_policy=LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL,
+                auto_reset=False,
+            )
         finally:
-            del batches, pipeline
-            list_file.unlink(missing_ok=True)
+            list_file.unlink(missing_ok=True)  # the reader parsed it while the pipeline was built
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if len(self) == 0:
+            return  # DALI refuses a shard smaller than one batch when the partial batch is dropped
+        key, ahead = self._key(self.epoch), self._ahead
+        self._ahead = None
+        batches = ahead[1] if ahead is not None and ahead[0] == key else self._start(self.epoch)
+        for (batch,) in batches:
+            if batch["indices"].shape[0] == 0:
+                continue  # DALI gives every rank as many batches as the largest shard; skip the empty one
+            indices = batch["indices"].reshape(-1).to(torch.int64).cpu()
+            yield batch["images"], self.labels[indices], indices
+        # A finished epoch: start the next one now, as DALI's own iterators do across epoch boundaries.
+        self._ahead = (self._key(self.epoch + 1), self._start(self.epoch + 1))

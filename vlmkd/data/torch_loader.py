@@ -62,11 +62,18 @@ class _EpochSampler(Sampler):
         return len(self.indices())
 
 
-def _collate(items: list[tuple[np.ndarray, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    images = torch.from_numpy(np.stack([item[0] for item in items]))
-    labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
-    indices = torch.tensor([item[2] for item in items], dtype=torch.int64)
-    return images, labels, indices
+class _Collate:
+    """Stacks and normalises a batch in the worker, so the training process only receives finished batches."""
+
+    def __init__(self, spec: TransformSpec) -> None:
+        self.scale = (255 * torch.tensor(spec.std, dtype=torch.float32)).reciprocal().view(1, 3, 1, 1)
+        self.shift = (255 * torch.tensor(spec.mean, dtype=torch.float32)).view(1, 3, 1, 1)
+
+    def __call__(self, items: list[tuple[np.ndarray, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(np.stack([item[0] for item in items])).float()
+        labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
+        indices = torch.tensor([item[2] for item in items], dtype=torch.int64)
+        return (images - self.shift) * self.scale, labels, indices
 
 
 class TorchImageBatches:
@@ -92,12 +99,10 @@ class TorchImageBatches:
             batch_size=batch_size,
             sampler=self.sampler,
             num_workers=num_workers,
-            collate_fn=_collate,
+            collate_fn=_Collate(spec),
             drop_last=drop_last,
             persistent_workers=num_workers > 0,
         )
-        self.scale = (255 * torch.tensor(spec.std, dtype=torch.float32)).reciprocal().view(1, 3, 1, 1)
-        self.shift = (255 * torch.tensor(spec.mean, dtype=torch.float32)).view(1, 3, 1, 1)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.epoch = epoch
@@ -106,5 +111,4 @@ class TorchImageBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for images, labels, indices in self.loader:
-            yield (images.float() - self.shift) * self.scale, labels, indices
+        return iter(self.loader)
