@@ -106,5 +106,6 @@ def _caption_tsne(
     num_images, num_prompts, dim = store.features.shape
     points = np.asarray(store.features, dtype=np.float32).reshape(num_images * num_prompts, dim)
     labels = np.repeat(dataset.labels(), num_prompts)
-    title = f"t-SNE of caption features ({num_prompts} prompt(s) per training image)"
+    distinct = len(np.unique(points, axis=0))
+    title = f"t-SNE of caption features ({num_prompts} prompt(s) per image, {distinct} distinct of {len(points)})"
     return plot_tsne(points, labels, classnames, out / "tsne_caption_features.png", title=title, max_points=max_points)

@@ -1,4 +1,5 @@
-"""CIFAR-style ResNet-32 (He et al. 2016, Sec. 4.2): 3 stages x 5 basic blocks, widths 16/32/64 x `width`.
+"""CIFAR-style ResNet-32 (He et al. 2016, Sec. 4.2): 3 stages x 5 basic blocks, widths 16/32/64 x `width`
+(a fraction such as 0.5 gives a narrower, faster net).
 
 Written for this project; the long-tail literature (LDAM, Balanced Softmax, ...) trains it from scratch on
 CIFAR-LT. Shortcuts that change shape are 1x1 convolutions (option B); `norm="group"` swaps BatchNorm for
@@ -43,9 +44,9 @@ class BasicBlock(nn.Module):
 class ResNet32Features(nn.Module):
     """The ResNet-32 trunk: image (B, 3, H, W) -> globally pooled features (B, 64 * width)."""
 
-    def __init__(self, width: int = 1, blocks_per_stage: int = 5, norm: str = "batch") -> None:
+    def __init__(self, width: float = 1.0, blocks_per_stage: int = 5, norm: str = "batch") -> None:
         super().__init__()
-        channels = [16 * width, 32 * width, 64 * width]
+        channels = [max(4, round(base * width)) for base in (16, 32, 64)]
         self.stem = nn.Sequential(nn.Conv2d(3, channels[0], 3, padding=1, bias=False), _norm(norm, channels[0]))
         layers: list[nn.Module] = []
         in_channels = channels[0]

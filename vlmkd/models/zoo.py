@@ -18,7 +18,7 @@ class ModelSpec:
 
     arch: str
     num_classes: int
-    width: int = 1
+    width: float = 1.0
     norm: str = "batch"
 
     def to_dict(self) -> dict:

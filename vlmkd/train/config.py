@@ -35,7 +35,7 @@ class TrainConfig:
     features: str | None = None  # caption feature store (needed when vlmkd_weight > 0)
     # model
     arch: str = "resnet32"
-    width: int = 1  # resnet32 channel multiplier
+    width: float = 1.0  # resnet32 channel multiplier (0.5: 8/16/32 channels)
     norm: str = "batch"
     sync_bn: bool = False  # SyncBatchNorm under DDP (GPU only)
     # data
@@ -86,7 +86,9 @@ class TrainConfig:
             raise InputError("--vlmkd-weight > 0 needs --features (a caption feature store from vlmkd-encode)")
         if self.kd_weight > 0 and not self.teacher:
             raise InputError("--kd-weight > 0 needs --teacher (a trained vlmkd classifier)")
-        for name in ("epochs", "batch_size", "image_size", "width", "log_every"):
+        if self.width <= 0:
+            raise InputError(f"width must be positive; got {self.width}")
+        for name in ("epochs", "batch_size", "image_size", "log_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.temperature <= 0 or self.kd_temperature <= 0:
