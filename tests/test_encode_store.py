@@ -111,6 +111,28 @@ def test_complete_store_of_the_same_job_is_reused_and_of_another_job_refused(tmp
     assert replaced.pending == [0, 1, 2] and not (path / MANIFEST_FILE).exists()
 
 
+@pytest.mark.parametrize("name", [MANIFEST_FILE, PROGRESS_FILE])
+def test_unreadable_store_files_are_refused_but_can_be_overwritten(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "features"
+    if name == MANIFEST_FILE:
+        write_store(path, random_values())  # a complete store
+    else:
+        FeatureWriter(path, make_manifest())  # an unfinished one
+    (path / name).write_text("{torn")
+    with pytest.raises(InputError, match=f"{name}: unreadable JSON"):
+        FeatureWriter(path, make_manifest())
+    assert FeatureWriter(path, make_manifest(), chunk_size=3, overwrite=True).pending == [0, 1, 2]
+
+
+def test_temporary_files_of_a_crashed_commit_are_cleaned_up(tmp_path: Path) -> None:
+    path = tmp_path / "features"
+    path.mkdir()
+    (path / f".{PROGRESS_FILE}.4242.tmp").write_text("{half a")
+    writer = FeatureWriter(path, make_manifest(), chunk_size=3)
+    assert writer.pending == [0, 1, 2]
+    assert sorted(p.name for p in path.iterdir()) == [FEATURES_FILE, PROGRESS_FILE]
+
+
 def test_directory_with_other_files_is_not_taken_over(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty and is not a feature store"):

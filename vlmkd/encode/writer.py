@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ class FeatureWriter:
             return
         progress_file = self.path / PROGRESS_FILE
         if progress_file.exists():
-            self.progress = Progress.load(progress_file)
-            self._refuse_other_job(self.progress.manifest, progress_file, overwrite)
-        if not progress_file.exists():
+            found = _load(Progress.load, progress_file, overwrite)
+            self._refuse_other_job(found.manifest if found else None, overwrite)
+        if progress_file.exists():
+            self.progress = found
+        else:
             self.progress = Progress(self.manifest, chunk_size, frozenset())
             _write_json_atomic(progress_file, self.progress.to_json())
         self._array = self._open_array()
@@ -79,21 +82,23 @@ class FeatureWriter:
 
     def _claim_directory(self, overwrite: bool) -> None:
         """Decide what to do with what is at `path` already: reuse, resume, replace or refuse."""
-        ours = (MANIFEST_FILE, FEATURES_FILE, PROGRESS_FILE)
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path}: exists and is not a directory")
-        if self.path.is_dir() and not any((self.path / name).exists() for name in ours) and any(self.path.iterdir()):
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (MANIFEST_FILE, PROGRESS_FILE):  # left by a crash inside `_write_json_atomic`
+            for stale in self.path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        ours = (MANIFEST_FILE, FEATURES_FILE, PROGRESS_FILE)
+        if not any((self.path / name).exists() for name in ours) and any(self.path.iterdir()):
             raise InputError(f"{self.path}: directory is not empty and is not a feature store; choose another --out")
         manifest_file = self.path / MANIFEST_FILE
         if manifest_file.exists():
-            self._refuse_other_job(read_json(manifest_file), manifest_file, overwrite)
+            self._refuse_other_job(_load(read_json, manifest_file, overwrite), overwrite)
             if manifest_file.exists():
                 (self.path / PROGRESS_FILE).unlink(missing_ok=True)  # left by a crash right after sealing
                 self._complete = True
-                return
-        self.path.mkdir(parents=True, exist_ok=True)
 
-    def _refuse_other_job(self, found: Any, source: Path, overwrite: bool) -> None:
+    def _refuse_other_job(self, found: Any, overwrite: bool) -> None:
         """StoreMismatchError if `found` (a manifest on disk) is another job, or with `overwrite`, delete it."""
         if found == self.manifest:
             return
@@ -122,6 +127,16 @@ class FeatureWriter:
             self.progress = Progress(manifest, self.progress.chunk_size, frozenset())
             _write_json_atomic(self.path / PROGRESS_FILE, self.progress.to_json())
         return np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=shape)
+
+
+def _load(loader: Callable[[Path], Any], file: Path, overwrite: bool) -> Any:
+    """`loader(file)`, or None for an unreadable file that `overwrite` allows to be replaced."""
+    try:
+        return loader(file)
+    except InputError:
+        if overwrite:
+            return None
+        raise
 
 
 def _differences(found: Any, wanted: dict[str, Any]) -> str:
