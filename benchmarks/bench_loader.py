@@ -59,7 +59,7 @@ class Result:
         return statistics.median(self.rates)
 
 
-CASES = (Case("224 px JPEG", 224, "jpg", 2048), Case("32 px PNG", 32, "png", 16384))
+CASES = (Case("224 px JPEG", 224, "jpg", 2048), Case("32 px PNG", 32, "png", 8192))
 BASELINE = "DataLoader + PIL (torchvision)"
 
 

@@ -139,3 +139,21 @@ def test_class_splits_partition_the_classes(counts: list[int], many: int, few: i
     joined = np.sort(np.concatenate(list(splits.values())))
     assert joined.tolist() == list(range(len(counts)))
     assert all(counts[k] > many for k in splits["many"]) and all(counts[k] < few for k in splits["few"])
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.floats(1.0, 10.0), st.integers(0, 10**6))
+def test_make_longtail_on_disk_matches_the_profile(tmp_path_factory, sizes: list[int], imbalance: float, seed: int):
+    root = tmp_path_factory.mktemp("property")
+    lines = []
+    for label, size in enumerate(sizes):
+        for k in range(size):
+            (root / "in" / f"{label}_{k}.png").parent.mkdir(parents=True, exist_ok=True)
+            (root / "in" / f"{label}_{k}.png").write_bytes(f"{label}/{k}".encode())  # content identifies the file
+            lines.append(f"{label}_{k}.png {label}")
+    (root / "in" / "list.txt").write_text("\n".join(lines) + "\n")
+    source = load_image_list(root / "in" / "list.txt")
+    cut = make_longtail(source, root / "out", imbalance, seed=seed, files="copy")
+    assert cut.class_counts().tolist() == longtail_counts(min(sizes), len(sizes), imbalance)
+    for index, sample in enumerate(cut.samples):
+        assert cut.path(index).read_bytes() == f"{sample.label}/{sample.path.split('_')[1][:-4]}".encode()
