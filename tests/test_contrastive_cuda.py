@@ -24,8 +24,10 @@ from test_contrastive_triton import (
     check_float32,
     check_float64,
     check_schema_and_fake_shapes,
+    check_tf32,
     make_inputs,
     run_fused,
+    tf32_matmul,  # noqa: F401  (fixture)
 )
 
 from vlmkd import _cuda
@@ -51,8 +53,12 @@ class EmulatedCuda:
 
         def call(*args):
             *args, dtype, _stream = args
+            code = int(dtype == "float64")
+            if name in ("lse_pass", "grad_pass"):
+                *args, tf32 = args
+                code = 2 if tf32 else code
             converted = [ctypes.c_bool(a) if isinstance(a, bool) else ctypes.c_int64(a) for a in args]
-            if function(*converted, ctypes.c_int(dtype == "float64")) != 0:
+            if function(*converted, ctypes.c_int(code)) != 0:
                 raise RuntimeError(self._library.emu_last_error().decode())
 
         return call
@@ -94,13 +100,15 @@ def test_arguments_are_checked_by_name_before_any_launch() -> None:
     with pytest.raises(ValueError, match="out must be a device pointer"):
         _cuda.normalize_rows(1, 0, 0, 3, 4, 5, "float32", 0)
     with pytest.raises(ValueError, match="n must be >= 0"):
-        _cuda.lse_pass(1, 2, 3, 4, 5, -1, 8, True, "float32", 0)
+        _cuda.lse_pass(1, 2, 3, 4, 5, -1, 8, True, False, "float32", 0)
+    with pytest.raises(ValueError, match="tf32 applies to float32 only"):
+        _cuda.grad_pass(1, 2, 3, 4, 5, 6, 7, 8, 0, 16, 16, False, True, "float64", 0)
 
 
 @pytest.mark.skipif(_cuda.device_count() > 0, reason="checks the behaviour without a GPU")
 def test_calling_a_kernel_without_a_gpu_raises_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match=r"vlmkd\._cuda\.grad_pass: no usable CUDA device"):
-        _cuda.grad_pass(1, 2, 3, 4, 5, 6, 7, 8, 0, 16, 16, False, "float64", 0)
+        _cuda.grad_pass(1, 2, 3, 4, 5, 6, 7, 8, 0, 16, 16, False, False, "float64", 0)
 
 
 def test_ops_have_the_backend_contract_schema_and_fake_shapes() -> None:
@@ -123,6 +131,12 @@ def test_emulated_kernels_clamped_scale_has_no_gradient_and_no_overflow(emulated
     check_clamped_scale(emulated, "cpu", positives)
 
 
+@pytest.mark.usefixtures("tf32_matmul")
+@pytest.mark.parametrize("case", CASES_FP32, ids=str)
+def test_emulated_tensor_core_kernels_have_tf32_accuracy(emulated, case: tuple) -> None:
+    check_tf32(emulated, "cpu", case)
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("grad_loss", [1.0, -2.5])
 @pytest.mark.parametrize("case", CASES_FP64, ids=str)
@@ -140,6 +154,13 @@ def test_float32_is_as_accurate_as_pytorch(case: tuple) -> None:
 @pytest.mark.parametrize("positives", ["instance", "class"])
 def test_clamped_scale_has_no_gradient_and_extreme_logits_do_not_overflow(positives: str) -> None:
     check_clamped_scale("cuda", "cuda", positives)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.usefixtures("tf32_matmul")
+@pytest.mark.parametrize("case", CASES_FP32, ids=str)
+def test_tensor_cores_have_tf32_accuracy(case: tuple) -> None:
+    check_tf32("cuda", "cuda", case)
 
 
 @pytest.mark.requires_cuda

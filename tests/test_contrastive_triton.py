@@ -113,6 +113,27 @@ def check_float32(backend: str | Ops, device: str, case: tuple) -> None:
     assert_as_accurate_as_torch(actual, expected, plain)
 
 
+def check_tf32(backend: str | Ops, device: str, case: tuple) -> None:
+    """With TF32 products (inputs rounded to a 10-bit mantissa) errors stay at that level: within 1% of each
+    tensor's largest reference value."""
+    batch, dt, dv, positives = case
+    inputs, labels = make_inputs(batch, dt, dv, positives, torch.float32, device)
+    actual = run_fused(backend, inputs, labels, positives, 0.7)
+    expected = reference(inputs, labels, positives, 0.7, torch.float64)
+    for name, a, e in zip(NAMES, actual, expected, strict=True):
+        error = (a.double() - e).abs().max().item()
+        assert error <= 0.01 * max(1e-3, e.abs().max().item()), f"{name}: error {error:.3g}"
+
+
+@pytest.fixture
+def tf32_matmul():
+    """float32 matmul precision "high" (TF32 allowed) for the test, restored afterwards."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
 def check_clamped_scale(backend: str | Ops, device: str, positives: str) -> None:
     """logit_scale above log(100): scale is 100, its gradient 0. Row 0 is anti-aligned with its own text and
     row 1 aligned with it, so S spans [-100, 100] and exp(S - LSE over positives) could reach e^200."""
@@ -191,6 +212,13 @@ def test_no_allocation_is_quadratic_in_batch() -> None:
 
     assert largest_allocation(fused) <= batch * max(dt, dv) * 8
     assert largest_allocation(lambda: contrastive_ref(**inputs, labels=labels, positives="class")) >= batch**2 * 8
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.usefixtures("tf32_matmul")
+@pytest.mark.parametrize("case", CASES_FP32, ids=str)
+def test_tensor_cores_have_tf32_accuracy_on_gpu(case: tuple) -> None:
+    check_tf32("triton", "cuda", case)
 
 
 @pytest.mark.requires_cuda

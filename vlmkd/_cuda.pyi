@@ -1,6 +1,7 @@
 # Stubs of the private CUDA module (csrc/cuda/module.cu). Pointers are device addresses as ints
 # (`tensor.data_ptr()`), 0 meaning "none" where allowed; `stream` is a cudaStream_t as an int; `dtype` is
-# "float32" or "float64". Every kernel raises RuntimeError when no CUDA device is usable.
+# "float32" or "float64"; `tf32` (float32 only) puts the similarity products on TF32 tensor cores. Every
+# kernel raises RuntimeError when no CUDA device is usable.
 
 runtime_version: int
 
@@ -20,6 +21,7 @@ def lse_pass(
     n: int,
     d: int,
     class_positives: bool,
+    tf32: bool,
     dtype: str,
     stream: int,
 ) -> None: ...
@@ -36,6 +38,7 @@ def grad_pass(
     n: int,
     d: int,
     class_positives: bool,
+    tf32: bool,
     dtype: str,
     stream: int,
 ) -> None: ...

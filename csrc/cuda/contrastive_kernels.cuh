@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cmath>
 #include <cstdint>
@@ -20,6 +21,10 @@ constexpr int kTile = 64;                  // rows and columns of an S tile
 constexpr int kSide = 16;                  // threads per side of a block
 constexpr int kThreads = kSide * kSide;    // threads per block
 constexpr int kMicro = kTile / kSide;      // micro-tile side per thread
+constexpr int kLd = kTile + 4;             // row stride of shared tiles: WMMA wants a multiple of 4 floats
+constexpr int kFrag = 16;                  // side of a WMMA tile (m16n16k8, TF32)
+constexpr int kFragK = 8;
+static_assert(kThreads == 256 && kTile == 4 * kFrag, "TF32 tiles assume 8 warps over 4 x 2 fragment blocks");
 constexpr int kTargetBlocks = 512;         // LSE passes split columns until they launch about this many blocks
 constexpr double kNormEps = 1e-12;         // as torch.nn.functional.normalize
 constexpr int kNormThreads = 256;          // normalisation kernels: one warp per row
@@ -87,19 +92,38 @@ __device__ __forceinline__ bool is_positive(bool class_positives, int64_t row, i
 }
 
 template <typename T>
-struct TileSmem {
-  T a[Config<T>::kK][kTile + 1];  // +1: the transposed stores below do not all hit one bank
-  T b[Config<T>::kK][kTile + 1];
+struct alignas(32) TileSmem {
+  T a[Config<T>::kK][kLd];  // A^T chunk: a[k][r] = A[row0 + r][k0 + k]
+  T b[Config<T>::kK][kLd];  // B^T chunk
 };
 
+// Rounds every element of a WMMA operand fragment to TF32, as the TF32 mma requires.
+template <typename Fragment>
+__device__ __forceinline__ void round_to_tf32(Fragment& fragment) {
+#pragma unroll
+  for (int t = 0; t < fragment.num_elements; ++t) fragment.x[t] = nvcuda::wmma::__float_to_tf32(fragment.x[t]);
+}
+
 // acc[i][j] = <A[row0 + ty + 16 i], B[col0 + tx + 16 j]> (0 outside n); ends after a __syncthreads.
-template <typename T>
+// kTF32 (float only): the tile comes from tensor cores (each warp computes 16 x 32 of it in TF32) through
+// `stage` (kTile x kLd in shared memory), which the caller must not overwrite before its next barrier.
+template <typename T, bool kTF32>
 __device__ __forceinline__ void similarity_tile(const T* __restrict__ a, const T* __restrict__ b, int64_t row0,
-                                                int64_t col0, int64_t n, int64_t d, TileSmem<T>& smem,
+                                                int64_t col0, int64_t n, int64_t d, TileSmem<T>& smem, T* stage,
                                                 T (&acc)[kMicro][kMicro]) {
+  static_assert(!kTF32 || sizeof(T) == 4, "TF32 tiles are for float");
+  namespace wmma = nvcuda::wmma;
   constexpr int kK = Config<T>::kK;
   const int tx = threadIdx.x % kSide;
   const int ty = threadIdx.x / kSide;
+  const int warp = threadIdx.x / 32;
+  const int frag_row = (warp / 2) * kFrag;       // 8 warps: 4 fragment rows x 2 halves of 32 columns
+  const int frag_col = (warp % 2) * 2 * kFrag;
+  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFragK, float> tile[kTF32 ? 2 : 1];
+  if constexpr (kTF32) {
+    wmma::fill_fragment(tile[0], 0.0f);
+    wmma::fill_fragment(tile[1], 0.0f);
+  }
 #pragma unroll
   for (int i = 0; i < kMicro; ++i)
 #pragma unroll
@@ -113,20 +137,45 @@ __device__ __forceinline__ void similarity_tile(const T* __restrict__ a, const T
       smem.b[k][r] = (k_ok && col0 + r < n) ? b[(col0 + r) * d + k0 + k] : T(0);
     }
     __syncthreads();
+    if constexpr (kTF32) {
 #pragma unroll
-    for (int k = 0; k < kK; ++k) {
-      T av[kMicro];
-      T bv[kMicro];
+      for (int k = 0; k < kK; k += kFragK) {
+        wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::col_major> a_frag;
+        wmma::load_matrix_sync(a_frag, &smem.a[k][frag_row], kLd);
+        round_to_tf32(a_frag);
 #pragma unroll
-      for (int i = 0; i < kMicro; ++i) av[i] = smem.a[k][ty + kSide * i];
+        for (int f = 0; f < 2; ++f) {
+          wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> b_frag;
+          wmma::load_matrix_sync(b_frag, &smem.b[k][frag_col + f * kFrag], kLd);
+          round_to_tf32(b_frag);
+          wmma::mma_sync(tile[f], a_frag, b_frag, tile[f]);
+        }
+      }
+    } else {
 #pragma unroll
-      for (int j = 0; j < kMicro; ++j) bv[j] = smem.b[k][tx + kSide * j];
+      for (int k = 0; k < kK; ++k) {
+        T av[kMicro];
+        T bv[kMicro];
 #pragma unroll
-      for (int i = 0; i < kMicro; ++i)
+        for (int i = 0; i < kMicro; ++i) av[i] = smem.a[k][ty + kSide * i];
 #pragma unroll
-        for (int j = 0; j < kMicro; ++j) acc[i][j] += av[i] * bv[j];
+        for (int j = 0; j < kMicro; ++j) bv[j] = smem.b[k][tx + kSide * j];
+#pragma unroll
+        for (int i = 0; i < kMicro; ++i)
+#pragma unroll
+          for (int j = 0; j < kMicro; ++j) acc[i][j] += av[i] * bv[j];
+      }
     }
     __syncthreads();
+  }
+  if constexpr (kTF32) {
+    for (int f = 0; f < 2; ++f)
+      wmma::store_matrix_sync(stage + frag_row * kLd + frag_col + f * kFrag, tile[f], kLd, wmma::mem_row_major);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kMicro; ++i)
+#pragma unroll
+      for (int j = 0; j < kMicro; ++j) acc[i][j] = stage[(ty + kSide * i) * kLd + tx + kSide * j];
   }
 }
 
@@ -168,12 +217,13 @@ __global__ void __launch_bounds__(kNormThreads)
   }
 }
 
-template <typename T>
+template <typename T, bool kTF32>
 __global__ void __launch_bounds__(kThreads)
     lse_pass_kernel(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ labels,
                     const T* __restrict__ scale_ptr, T* __restrict__ partial, int64_t n, int64_t d,
                     int64_t cols_per_split, bool class_positives) {
   __shared__ TileSmem<T> smem;
+  alignas(32) __shared__ T stage[kTF32 ? kTile * kLd : 1];
   const int tx = threadIdx.x % kSide;
   const int ty = threadIdx.x / kSide;
   const int64_t row0 = int64_t(blockIdx.x) * kTile;
@@ -196,7 +246,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t col0 = col_begin; col0 < col_end; col0 += kTile) {
     T acc[kMicro][kMicro];
-    similarity_tile(a, b, row0, col0, n, d, smem, acc);
+    similarity_tile<T, kTF32>(a, b, row0, col0, n, d, smem, stage, acc);
     int64_t col[kMicro];
     int64_t col_label[kMicro];
 #pragma unroll
@@ -243,24 +293,30 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-union GradSmem {
-  TileSmem<T> tile;                               // while an S tile is computed
-  T b_sub[Config<T>::kK][Config<T>::kBD];         // while dS is multiplied into dA
+union alignas(32) GradSmem {
+  TileSmem<T> tile;                        // while an S tile is computed
+  T b_sub[Config<T>::kK][Config<T>::kBD];  // while dS is multiplied into dA
 };
 
-template <typename T>
+template <typename T, bool kTF32>
 __global__ void __launch_bounds__(kThreads)
     grad_pass_kernel(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ labels,
                      const T* __restrict__ scale_ptr, const T* __restrict__ coef_ptr, const T* __restrict__ lse_a,
                      const T* __restrict__ lse_b, T* __restrict__ grad_a, T* __restrict__ ds_s, int64_t n,
                      int64_t d, bool class_positives) {
+  namespace wmma = nvcuda::wmma;
   constexpr int kK = Config<T>::kK;
   constexpr int kBD = Config<T>::kBD;
   constexpr int kMicroD = kBD / kSide;
+  constexpr int kWarpFrags = kBD / (2 * kFrag);  // TF32: 8 warps = 4 fragment rows x 2 halves of kBD columns
   __shared__ GradSmem<T> smem;
-  __shared__ T ds_tile[kTile][kTile + 1];
+  alignas(32) __shared__ T ds_tile[kTile][kLd];  // dS tile; with kTF32 also the S staging and the output staging
   const int tx = threadIdx.x % kSide;
   const int ty = threadIdx.x / kSide;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int frag_row = (warp / 2) * kFrag;
+  const int frag_col = (warp % 2) * (kBD / 2);
   const int64_t row0 = int64_t(blockIdx.x) * kTile;
   const int64_t dcol0 = int64_t(blockIdx.y) * kBD;
   const T scale = *scale_ptr;
@@ -269,7 +325,17 @@ __global__ void __launch_bounds__(kThreads)
   int64_t row[kMicro];
   int64_t row_label[kMicro];
   T row_all[kMicro], row_pos[kMicro], ds_s_acc[kMicro];
-  T grad_acc[kMicro][kMicroD];
+  T grad_acc[kTF32 ? 1 : kMicro][kTF32 ? 1 : kMicroD];
+  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFragK, float> grad_frag[kTF32 ? kWarpFrags : 1];
+  if constexpr (kTF32) {
+#pragma unroll
+    for (int f = 0; f < kWarpFrags; ++f) wmma::fill_fragment(grad_frag[f], 0.0f);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kMicro; ++i)
+#pragma unroll
+      for (int j = 0; j < kMicroD; ++j) grad_acc[i][j] = T(0);
+  }
 #pragma unroll
   for (int i = 0; i < kMicro; ++i) {
     row[i] = row0 + ty + kSide * i;
@@ -278,13 +344,12 @@ __global__ void __launch_bounds__(kThreads)
     row_all[i] = ok ? lse_a[row[i]] : T(0);
     row_pos[i] = ok ? lse_a[n + row[i]] : T(0);
     ds_s_acc[i] = T(0);
-#pragma unroll
-    for (int j = 0; j < kMicroD; ++j) grad_acc[i][j] = T(0);
   }
 
   for (int64_t col0 = 0; col0 < n; col0 += kTile) {
     T acc[kMicro][kMicro];
-    similarity_tile(a, b, row0, col0, n, d, smem.tile, acc);
+    similarity_tile<T, kTF32>(a, b, row0, col0, n, d, smem.tile, &ds_tile[0][0], acc);
+    if constexpr (kTF32) __syncthreads();  // every thread has read its S from ds_tile before dS overwrites it
 #pragma unroll
     for (int j = 0; j < kMicro; ++j) {
       const int64_t col = col0 + tx + kSide * j;
@@ -317,29 +382,61 @@ __global__ void __launch_bounds__(kThreads)
         smem.b_sub[k][c] = (col < n && dcol0 + c < d) ? b[col * d + dcol0 + c] : T(0);
       }
       __syncthreads();
+      if constexpr (kTF32) {
 #pragma unroll
-      for (int k = 0; k < kK; ++k) {
-        T dv[kMicro];
+        for (int k = 0; k < kK; k += kFragK) {
+          wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> a_frag;
+          wmma::load_matrix_sync(a_frag, &ds_tile[frag_row][k0 + k], kLd);
+          round_to_tf32(a_frag);
 #pragma unroll
-        for (int i = 0; i < kMicro; ++i) dv[i] = ds_tile[ty + kSide * i][k0 + k];
+          for (int f = 0; f < kWarpFrags; ++f) {
+            wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> b_frag;
+            wmma::load_matrix_sync(b_frag, &smem.b_sub[k][frag_col + f * kFrag], kBD);
+            round_to_tf32(b_frag);
+            wmma::mma_sync(grad_frag[f], a_frag, b_frag, grad_frag[f]);
+          }
+        }
+      } else {
 #pragma unroll
-        for (int j = 0; j < kMicroD; ++j) {
-          const T bv = smem.b_sub[k][tx + kSide * j];
+        for (int k = 0; k < kK; ++k) {
+          T dv[kMicro];
 #pragma unroll
-          for (int i = 0; i < kMicro; ++i) grad_acc[i][j] += dv[i] * bv;
+          for (int i = 0; i < kMicro; ++i) dv[i] = ds_tile[ty + kSide * i][k0 + k];
+#pragma unroll
+          for (int j = 0; j < kMicroD; ++j) {
+            const T bv = smem.b_sub[k][tx + kSide * j];
+#pragma unroll
+            for (int i = 0; i < kMicro; ++i) grad_acc[i][j] += dv[i] * bv;
+          }
         }
       }
       __syncthreads();
     }
   }
 
+  if constexpr (kTF32) {
+    // Through a 16 x 16 staging area per warp (in ds_tile, free after the last barrier) so that ragged
+    // edges can be masked.
+    T* staging = &ds_tile[0][0] + warp * kFrag * kFrag;
+    for (int f = 0; f < kWarpFrags; ++f) {
+      wmma::store_matrix_sync(staging, grad_frag[f], kFrag, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < kFrag * kFrag; e += 32) {
+        const int64_t out_row = row0 + frag_row + e / kFrag;
+        const int64_t out_col = dcol0 + frag_col + f * kFrag + e % kFrag;
+        if (out_row < n && out_col < d) grad_a[out_row * d + out_col] = scale * staging[e];
+      }
+      __syncwarp();
+    }
+  } else {
 #pragma unroll
-  for (int i = 0; i < kMicro; ++i) {
-    if (row[i] >= n) continue;
+    for (int i = 0; i < kMicro; ++i) {
+      if (row[i] >= n) continue;
 #pragma unroll
-    for (int j = 0; j < kMicroD; ++j) {
-      const int64_t dcol = dcol0 + tx + kSide * j;
-      if (dcol < d) grad_a[row[i] * d + dcol] = scale * grad_acc[i][j];
+      for (int j = 0; j < kMicroD; ++j) {
+        const int64_t dcol = dcol0 + tx + kSide * j;
+        if (dcol < d) grad_a[row[i] * d + dcol] = scale * grad_acc[i][j];
+      }
     }
   }
   if (ds_s != nullptr && blockIdx.y == 0) {  // uniform over the block: every lane takes part in the shuffles

@@ -109,28 +109,34 @@ void normalize_rows_backward(std::uintptr_t grad_hat, std::uintptr_t x_hat, std:
   check_launch(kind == DType::kFloat32 ? run(float{}) : run(double{}), "normalize_rows_backward");
 }
 
+void require_tf32_dtype(bool tf32, DType kind) {
+  if (tf32 && kind != DType::kFloat32) throw py::value_error("tf32 applies to float32 only");
+}
+
 void lse_pass(std::uintptr_t a, std::uintptr_t b, std::uintptr_t labels, std::uintptr_t scale,
-              std::uintptr_t partial, int64_t n, int64_t d, bool class_positives, const std::string& dtype,
+              std::uintptr_t partial, int64_t n, int64_t d, bool class_positives, bool tf32, const std::string& dtype,
               std::uintptr_t stream) {
   require_size(n, "n");
   require_size(d, "d");
   const DType kind = parse_dtype(dtype);
+  require_tf32_dtype(tf32, kind);
   require_pointers({{a, "a"}, {b, "b"}, {labels, "labels"}, {scale, "scale"}, {partial, "partial"}});
   require_device("lse_pass");
   const auto run = [&](auto tag) {
     using T = decltype(tag);
     return vlmkd::cuda::lse_pass<T>(as<const T>(a), as<const T>(b), as<const int64_t>(labels), as<const T>(scale),
-                                    as<T>(partial), n, d, class_positives, as_stream(stream));
+                                    as<T>(partial), n, d, class_positives, tf32, as_stream(stream));
   };
   check_launch(kind == DType::kFloat32 ? run(float{}) : run(double{}), "lse_pass");
 }
 
 void grad_pass(std::uintptr_t a, std::uintptr_t b, std::uintptr_t labels, std::uintptr_t scale, std::uintptr_t coef,
                std::uintptr_t lse_a, std::uintptr_t lse_b, std::uintptr_t grad_a, std::uintptr_t ds_s, int64_t n,
-               int64_t d, bool class_positives, const std::string& dtype, std::uintptr_t stream) {
+               int64_t d, bool class_positives, bool tf32, const std::string& dtype, std::uintptr_t stream) {
   require_size(n, "n");
   require_size(d, "d");
   const DType kind = parse_dtype(dtype);
+  require_tf32_dtype(tf32, kind);
   require_pointers({{a, "a"},
                     {b, "b"},
                     {labels, "labels"},
@@ -144,7 +150,7 @@ void grad_pass(std::uintptr_t a, std::uintptr_t b, std::uintptr_t labels, std::u
     using T = decltype(tag);
     return vlmkd::cuda::grad_pass<T>(as<const T>(a), as<const T>(b), as<const int64_t>(labels), as<const T>(scale),
                                      as<const T>(coef), as<const T>(lse_a), as<const T>(lse_b), as<T>(grad_a),
-                                     as<T>(ds_s), n, d, class_positives, as_stream(stream));
+                                     as<T>(ds_s), n, d, class_positives, tf32, as_stream(stream));
   };
   check_launch(kind == DType::kFloat32 ? run(float{}) : run(double{}), "grad_pass");
 }
@@ -165,10 +171,12 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("lse_pass_splits", &vlmkd::cuda::lse_pass_splits, py::arg("n"),
         "Number of column splits lse_pass writes for n rows (its partial buffer is splits x 2 x n).");
   m.def("lse_pass", &lse_pass, py::arg("a"), py::arg("b"), py::arg("labels"), py::arg("scale"), py::arg("partial"),
-        py::arg("n"), py::arg("d"), py::arg("class_positives"), py::arg("dtype"), py::arg("stream"),
-        "Per column split, LSE over all and over positive columns of each row of scale * a b^T.");
+        py::arg("n"), py::arg("d"), py::arg("class_positives"), py::arg("tf32"), py::arg("dtype"), py::arg("stream"),
+        "Per column split, LSE over all and over positive columns of each row of scale * a b^T (tf32: tensor "
+        "cores).");
   m.def("grad_pass", &grad_pass, py::arg("a"), py::arg("b"), py::arg("labels"), py::arg("scale"), py::arg("coef"),
         py::arg("lse_a"), py::arg("lse_b"), py::arg("grad_a"), py::arg("ds_s"), py::arg("n"), py::arg("d"),
-        py::arg("class_positives"), py::arg("dtype"), py::arg("stream"),
-        "grad_a = scale * dS @ b, recomputing S = scale * a b^T tile by tile; ds_s (may be 0) = rows of dS*S.");
+        py::arg("class_positives"), py::arg("tf32"), py::arg("dtype"), py::arg("stream"),
+        "grad_a = scale * dS @ b, recomputing S = scale * a b^T tile by tile; ds_s (may be 0) = rows of dS*S "
+        "(tf32: tensor cores).");
 }

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -107,6 +108,7 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
 #define blockDim (::emu::current_block_dim)
 
 inline void __syncthreads() { emu::yield(); }
+inline void __syncwarp() { emu::yield(); }  // as a block-wide barrier: the kernels call it uniformly
 
 // Every unfinished thread takes part (true of the kernels under test, whose shuffles are uniform).
 template <typename T>

@@ -1,6 +1,7 @@
 // The kernels of csrc/cuda/contrastive_kernels.cuh on the CPU emulator, behind a C API with the same
-// arguments as the vlmkd._cuda entry points (pointers are host addresses here; dtype 0 = float32, 1 = float64;
-// no stream). Built and loaded by tests/test_contrastive_cuda.py.
+// arguments as the vlmkd._cuda entry points, except that the tf32 flag folds into dtype (0 = float32,
+// 1 = float64, 2 = float32 on TF32 tensor cores), pointers are host addresses and there is no stream. Built
+// and loaded by tests/test_contrastive_cuda.py.
 #include <exception>
 #include <string>
 
@@ -31,20 +32,20 @@ void normalize_rows_backward(uintptr_t grad_hat, uintptr_t x_hat, uintptr_t norm
   });
 }
 
-template <typename T>
+template <typename T, bool kTF32>
 void lse_pass(uintptr_t a, uintptr_t b, uintptr_t labels, uintptr_t scale, uintptr_t partial, int64_t n, int64_t d,
               bool class_positives) {
   emu::launch(lse_pass_grid(n), kThreads, [&] {
-    lse_pass_kernel<T>(as<const T>(a), as<const T>(b), as<const int64_t>(labels), as<const T>(scale),
+    lse_pass_kernel<T, kTF32>(as<const T>(a), as<const T>(b), as<const int64_t>(labels), as<const T>(scale),
                        as<T>(partial), n, d, lse_tiles_per_split(n) * kTile, class_positives);
   });
 }
 
-template <typename T>
+template <typename T, bool kTF32>
 void grad_pass(uintptr_t a, uintptr_t b, uintptr_t labels, uintptr_t scale, uintptr_t coef, uintptr_t lse_a,
                uintptr_t lse_b, uintptr_t grad_a, uintptr_t ds_s, int64_t n, int64_t d, bool class_positives) {
   emu::launch(grad_pass_grid<T>(n, d), kThreads, [&] {
-    grad_pass_kernel<T>(as<const T>(a), as<const T>(b), as<const int64_t>(labels), as<const T>(scale),
+    grad_pass_kernel<T, kTF32>(as<const T>(a), as<const T>(b), as<const int64_t>(labels), as<const T>(scale),
                         as<const T>(coef), as<const T>(lse_a), as<const T>(lse_b), as<T>(grad_a), as<T>(ds_s), n, d,
                         class_positives);
   });
@@ -84,18 +85,19 @@ int emu_normalize_rows_backward(uintptr_t grad_hat, uintptr_t x_hat, uintptr_t n
   });
 }
 
+// dtype 0: float32, 1: float64, 2: float32 on (emulated) TF32 tensor cores.
 int emu_lse_pass(uintptr_t a, uintptr_t b, uintptr_t labels, uintptr_t scale, uintptr_t partial, int64_t n,
-                  int64_t d, bool class_positives, int dtype) {
-  return guarded([&] { (dtype ? lse_pass<double> : lse_pass<float>)(a, b, labels, scale, partial, n, d, class_positives); });
+                 int64_t d, bool class_positives, int dtype) {
+  const auto run = dtype == 0 ? lse_pass<float, false> : dtype == 1 ? lse_pass<double, false> : lse_pass<float, true>;
+  return guarded([&] { run(a, b, labels, scale, partial, n, d, class_positives); });
 }
 
 int emu_grad_pass(uintptr_t a, uintptr_t b, uintptr_t labels, uintptr_t scale, uintptr_t coef, uintptr_t lse_a,
                    uintptr_t lse_b, uintptr_t grad_a, uintptr_t ds_s, int64_t n, int64_t d, bool class_positives,
                    int dtype) {
-  return guarded([&] {
-    (dtype ? grad_pass<double> : grad_pass<float>)(a, b, labels, scale, coef, lse_a, lse_b, grad_a, ds_s, n, d,
-                                                   class_positives);
-  });
+  const auto run =
+      dtype == 0 ? grad_pass<float, false> : dtype == 1 ? grad_pass<double, false> : grad_pass<float, true>;
+  return guarded([&] { run(a, b, labels, scale, coef, lse_a, lse_b, grad_a, ds_s, n, d, class_positives); });
 }
 
 }  // extern "C"

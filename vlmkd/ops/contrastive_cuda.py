@@ -3,8 +3,9 @@
 The same plan as the Triton backend (see `contrastive_triton`), with the kernels of `csrc/cuda/contrastive.cu`
 called through `vlmkd._cuda` on raw pointers and the current stream: t W^T and dW = du^T t stay on torch.mm,
 bias + normalisation is one kernel per side, two LSE passes and two gradient passes recompute S tiles, and
-nothing of size B x B is stored. Computes in the input dtype (float32 or float64), with FMA tiles (no tensor
-cores, hence no TF32 rounding). Importing this module needs the built `vlmkd._cuda`, but no GPU.
+nothing of size B x B is stored. Computes in the input dtype (float32 or float64) with FMA tiles; for float32
+the similarity products run on TF32 tensor cores unless `torch.get_float32_matmul_precision()` is "highest"
+(the PyTorch default), as in the Triton backend. Importing this module needs the built `vlmkd._cuda`, not a GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def _dtype(x: Tensor) -> str:
 
 def _stream() -> int:
     return torch.cuda.current_stream().cuda_stream
+
+
+def _tf32(x: Tensor) -> bool:
+    """Similarity products on TF32 tensor cores: float32 unless matmul precision is "highest" (the default)."""
+    return x.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
 
 
 def _normalize(x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -61,6 +67,7 @@ def _lse_pass(a: Tensor, b: Tensor, labels: Tensor, scale: Tensor, class_positiv
         n,
         n_dims,
         class_positives,
+        _tf32(a),
         _dtype(a),
         _stream(),
     )
@@ -94,6 +101,7 @@ def _grad_pass(
         n,
         n_dims,
         class_positives,
+        _tf32(a),
         _dtype(a),
         _stream(),
     )
