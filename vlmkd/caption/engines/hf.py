@@ -87,7 +87,7 @@ class HFEngine(CaptionEngine):
             return []
         texts = [self.model_text(request.prompt) for request in requests]
         inputs = self.processor(
-            images=[request.image for request in requests], text=texts, return_tensors="pt", padding=True
+            images=[request.image for request in requests], text=texts, return_tensors="pt", padding="longest"
         )
         inputs = inputs.to(device=self.device, dtype=self.model.dtype)
         if self.settings.do_sample:
