@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import types
 import typing
 from dataclasses import fields
 
@@ -36,6 +37,7 @@ HELP = {
     "warmup_epochs": "linear warmup length, then cosine decay to zero",
     "amp": "autocast precision (fp16 uses a GradScaler)",
     "on_nonfinite": "on a NaN/inf loss: stop with a message naming the step, or skip the step and count it",
+    "threads": "CPU threads for torch; 1 avoids OpenMP oversubscription on a busy machine",
     "log_every": "write a metrics.jsonl record every N steps",
     "progress": "show a progress bar",
 }
@@ -55,23 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
     for spec in fields(TrainConfig):
         flag = "--" + spec.name.replace("_", "-")
         default = getattr(defaults, spec.name)
-        kwargs: dict[str, typing.Any] = {"help": HELP.get(spec.name, spec.name.replace("_", " "))}
-        kwargs["help"] += f" (default: {default})"
-        if isinstance(default, bool):
+        kwargs: dict[str, typing.Any] = {
+            "help": f"{HELP.get(spec.name, spec.name.replace('_', ' '))} (default: {default})"
+        }
+        kind = _scalar_type(hints[spec.name])
+        if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif spec.name in ("mean", "std"):
-            kwargs |= {"type": float, "nargs": 3, "metavar": "X"}
         elif spec.name == "prompts":
             kwargs |= {"type": lambda text: [p for p in text.split(",") if p], "metavar": "ID,ID"}
+        elif typing.get_origin(kind) is list:
+            kwargs |= {"type": typing.get_args(kind)[0], "nargs": 3, "metavar": "X"}
         else:
-            kwargs["type"] = type(default) if default is not None else (int if spec.name == "adaptor_hidden" else str)
-            if spec.name in CHOICES:
-                kwargs["choices"] = CHOICES[spec.name]
+            kwargs |= {"type": kind, "choices": CHOICES.get(spec.name)}
         parser.add_argument(flag, dest=spec.name, **kwargs)
     return parser
+
+
+def _scalar_type(hint: typing.Any) -> typing.Any:
+    """`X` for a hint `X | None`, else the hint itself."""
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
 def main(argv: list[str] | None = None) -> int:

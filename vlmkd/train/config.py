@@ -72,6 +72,7 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)
     log_every: int = 10
     progress: bool = True
 

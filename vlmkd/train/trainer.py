@@ -64,6 +64,8 @@ class TrainStep(nn.Module):
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     """Run `config` to the end; `resume` is a checkpoint directory or "auto" (latest in the output dir)."""
     config.validate()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     ctx = init_distributed(config.device)
     try:
         return _train(config, resume, ctx)
