@@ -203,6 +203,16 @@ def test_features_of_other_captions_are_refused_unless_overwritten(tmp_path: Pat
     replaced.check_captions(theirs)
 
 
+def test_captions_rewritten_under_the_same_settings_are_noticed(tmp_path: Path, tiny_dataset, minilm):
+    captions = caption_store(tmp_path / "captions", tiny_dataset, num_shards=1)
+    encode_captions(captions, tmp_path / "features", encoder=minilm, progress=False)
+    rows = captions.read_table().to_pylist()
+    rows[4]["caption"] = "a different caption from a sampled rerun"
+    captions.write_shard(0, [tuple(row.values()) for row in rows])
+    with pytest.raises(StoreMismatchError, match="captions_digest"):
+        encode_captions(captions, tmp_path / "features", encoder=minilm, progress=False)
+
+
 def test_features_of_another_dataset_are_refused(tmp_path: Path, tiny_dataset, minilm):
     store = encode_captions(caption_store(tmp_path / "c", tiny_dataset), tmp_path / "f", encoder=minilm, progress=False)
     smaller = dataclasses.replace(tiny_dataset, samples=tiny_dataset.samples[:-1])

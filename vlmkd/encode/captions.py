@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,14 @@ class CaptionGrid:
     texts: list[str]
     num_images: int
     prompt_ids: tuple[str, ...]
+
+    def digest(self) -> str:
+        """A hash of the caption texts themselves, so re-captioning with the same settings is noticed too."""
+        hasher = hashlib.sha256()
+        for text in self.texts:
+            hasher.update(text.encode())
+            hasher.update(b"\x00")
+        return hasher.hexdigest()[:16]
 
     def rows(self, images: range) -> list[str]:
         """The captions of a contiguous run of images, every prompt of each, in order."""

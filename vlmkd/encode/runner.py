@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vlmkd.caption.store import CaptionStore
-from vlmkd.encode.captions import read_caption_grid
+from vlmkd.encode.captions import CaptionGrid, read_caption_grid
 from vlmkd.encode.store import FORMAT, VERSION, FeatureStore
 from vlmkd.encode.text_encoder import TextEncoder, load_text_encoder
 from vlmkd.encode.writer import FeatureWriter
@@ -41,7 +41,7 @@ def encode_captions(
     grid = read_caption_grid(store)
     text_encoder = encoder if isinstance(encoder, TextEncoder) else load_text_encoder(encoder, device, dtype)
     writer = FeatureWriter(
-        Path(out), feature_manifest(store, text_encoder, normalize), chunk_size=chunk_size, overwrite=overwrite
+        Path(out), feature_manifest(store, grid, text_encoder, normalize), chunk_size=chunk_size, overwrite=overwrite
     )
     width = len(grid.prompt_ids)
     total = sum(len(writer.chunk_rows(chunk)) for chunk in writer.pending) * width
@@ -63,7 +63,7 @@ def encode_unique(encoder: TextEncoder, texts: list[str], *, batch_size: int) ->
     return encoder.encode(list(first), batch_size=batch_size)[inverse]
 
 
-def feature_manifest(store: CaptionStore, encoder: TextEncoder, normalize: bool) -> dict[str, Any]:
+def feature_manifest(store: CaptionStore, grid: CaptionGrid, encoder: TextEncoder, normalize: bool) -> dict[str, Any]:
     """The manifest of the features of `store` under `encoder`: everything that defines them, nothing else."""
     return {
         "format": FORMAT,
@@ -78,4 +78,5 @@ def feature_manifest(store: CaptionStore, encoder: TextEncoder, normalize: bool)
         "dataset_fingerprint": store.manifest["dataset_fingerprint"],
         "caption_store_fingerprint": store.fingerprint(),
         "caption_model_id": store.manifest["model_id"],
+        "captions_digest": grid.digest(),
     }
