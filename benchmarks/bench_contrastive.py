@@ -1,0 +1,288 @@
+"""Speed and peak memory of the VLM-KD contrastive loss: every backend against the plain-PyTorch reference.
+
+Rows per shape (Dt = 384, B in 256..4096, Dv in 512/2048): the GEMMs alone (t W^T and v^ u^T forward, plus
+dS u^, dS^T v^ and du^T t backward: the floor for any CPU implementation that keeps them on BLAS), the
+reference eager and under torch.compile, the C++ backend, and Triton/CUDA where a GPU is present. Modes:
+forward (graph built, no backward) and full (forward + backward). Timed repetitions are interleaved across
+rows (shared machines are noisy); best-of-N and the median are reported. Peak memory is measured after the
+timings: the CUDA allocator's peak on a GPU, the growth of the process's peak RSS on the CPU (Linux, malloc
+set to return every block above 64 KiB to the system, so RSS follows live tensors).
+
+    python benchmarks/bench_contrastive.py              # writes benchmarks/results/contrastive.md (+ .json)
+    python benchmarks/bench_contrastive.py --quick      # B=256, 512 and Dv=512 only, prints only
+    pytest benchmarks/bench_contrastive.py --benchmark-enable   # the same rows under pytest-benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlmkd.errors import InputError
+from vlmkd.ops import contrastive_ref, vlmkd_contrastive_loss
+from vlmkd.ops.contrastive import resolve_backend
+
+TEXT_DIM = 384
+BATCHES = (256, 512, 1024, 4096)
+IMAGE_DIMS = (512, 2048)
+MODES = ("forward", "full")
+GEMM, REF, COMPILED = "GEMMs only", "reference eager", "reference torch.compile"
+FUSED = ("cpp", "triton", "cuda")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One shape on one device."""
+
+    batch: int
+    image_dim: int
+    device: str
+    text_dim: int = TEXT_DIM
+    positives: str = "instance"
+
+
+@dataclass(frozen=True)
+class Result:
+    case: Case
+    row: str
+    mode: str
+    seconds: tuple[float, ...]
+    peak_bytes: int | None = None
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def make_inputs(case: Case) -> dict[str, torch.Tensor]:
+    """float32 inputs; v, weight, bias and logit_scale require grad (t is frozen data); labels of B/4 classes."""
+    generator = torch.Generator().manual_seed(case.batch + case.image_dim)
+    inputs = dict(
+        v=torch.randn(case.batch, case.image_dim, generator=generator),
+        t=torch.randn(case.batch, case.text_dim, generator=generator),
+        weight=torch.randn(case.image_dim, case.text_dim, generator=generator) / math.sqrt(case.text_dim),
+        bias=torch.zeros(case.image_dim),
+        logit_scale=torch.tensor(math.log(1 / 0.07)),
+    )
+    inputs = {name: x.to(case.device).requires_grad_(name != "t") for name, x in inputs.items()}
+    labels = torch.randint(0, max(1, case.batch // 4), (case.batch,), generator=generator)
+    return {**inputs, "labels": labels.to(case.device)}
+
+
+def usable_rows(device: str) -> list[str]:
+    """The rows that can run on `device` tensors here."""
+    rows = [GEMM, REF, COMPILED]
+    for name in FUSED:
+        try:
+            resolve_backend(device, name)
+        except InputError:
+            continue
+        rows.append(name)
+    return rows
+
+
+def runner(row: str, inputs: dict[str, torch.Tensor], positives: str = "instance") -> Callable[[str], None]:
+    """A function of the mode that runs `row` once on `inputs` (and waits for the GPU)."""
+    v, t, weight = inputs["v"], inputs["t"], inputs["weight"]
+    leaves = [inputs[name] for name in ("v", "weight", "bias", "logit_scale")]
+    sync = torch.cuda.synchronize if v.is_cuda else (lambda: None)
+
+    def gemms(mode: str) -> None:
+        with torch.no_grad():
+            u = torch.mm(t, weight.T)
+            s = torch.mm(v, u.T)
+            if mode == "full":
+                torch.mm(s, u)
+                grad_u = torch.mm(s.T, v)
+                torch.mm(grad_u.T, t)
+        sync()
+
+    if row == GEMM:
+        return gemms
+    if row in (REF, COMPILED):
+        loss_fn = contrastive_ref if row == REF else torch.compile(contrastive_ref, fullgraph=True, dynamic=False)
+    else:
+
+        def loss_fn(**kwargs: torch.Tensor) -> torch.Tensor:
+            return vlmkd_contrastive_loss(**kwargs, backend=row)
+
+    def run(mode: str) -> None:
+        loss = loss_fn(**inputs, positives=positives)
+        if mode == "full":
+            torch.autograd.grad(loss, leaves)
+        sync()
+
+    return run
+
+
+def _return_freed_memory_to_the_system() -> None:
+    """glibc: serve (and unmap on free) every block above 64 KiB with mmap, so RSS tracks live memory."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+
+
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key + ":"))
+
+
+def peak_bytes(run: Callable[[str], None], device: str) -> int | None:
+    """Peak memory one full run adds on top of what is live before it (None where it cannot be measured)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run("full")
+        return torch.cuda.max_memory_allocated() - before
+    if not sys.platform.startswith("linux"):
+        return None
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    before = _rss("VmRSS")
+    run("full")
+    return _rss("VmHWM") - before
+
+
+def measure(cases: list[Case], repeats: int) -> list[Result]:
+    results = []
+    for case in cases:
+        inputs = make_inputs(case)
+        runs = {row: runner(row, inputs, case.positives) for row in usable_rows(case.device)}
+        times: dict[tuple[str, str], list[float]] = {(row, mode): [] for row in runs for mode in MODES}
+        for run in runs.values():  # warm-up: compile, allocator, thread pools
+            for mode in MODES:
+                run(mode)
+        for _ in range(repeats):
+            for (row, mode), values in times.items():
+                start = time.perf_counter()
+                runs[row](mode)
+                values.append(time.perf_counter() - start)
+        results += [Result(case, row, mode, tuple(values)) for (row, mode), values in times.items()]
+        print(f"timed {case}", file=sys.stderr, flush=True)
+    _return_freed_memory_to_the_system()
+    for case in cases:
+        inputs = make_inputs(case)
+        rows = usable_rows(case.device)
+        peaks = {row: peak_bytes(runner(row, inputs, case.positives), case.device) for row in rows}
+        for k, result in enumerate(results):
+            if result.case == case and result.mode == "full":
+                results[k] = Result(case, result.row, result.mode, result.seconds, peaks[result.row])
+    return results
+
+
+def table(results: list[Result]) -> str:
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1e3:,.2f}"
+
+    lines = [
+        "| B | Dv | device | row | fwd best (ms) | fwd median | full best (ms) | full median | full vs GEMMs "
+        "| full vs eager | full vs compile | peak extra (MiB) |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(r.case, r.row, r.mode): r for r in results}
+    for case in dict.fromkeys(r.case for r in results):
+        for row in dict.fromkeys(r.row for r in results if r.case == case):
+            fwd, full = by_key[case, row, "forward"], by_key[case, row, "full"]
+            ratios = [full.best / by_key[case, base, "full"].best for base in (GEMM, REF, COMPILED)]
+            peak = "n/a" if full.peak_bytes is None else f"{full.peak_bytes / 2**20:,.1f}"
+            lines.append(
+                f"| {case.batch} | {case.image_dim} | {case.device} | {row} | {ms(fwd.best)} | {ms(fwd.median)} "
+                f"| {ms(full.best)} | {ms(full.median)} | {ratios[0]:.2f}x | {ratios[1]:.2f}x | {ratios[2]:.2f}x "
+                f"| {peak} |"
+            )
+    return "\n".join(lines)
+
+
+def report(results: list[Result], repeats: int, positives: str) -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return "\n".join(
+        [
+            "# VLM-KD contrastive loss: speed and memory",
+            "",
+            f"float32, Dt = {TEXT_DIM}, {positives} positives. CPU {cpu} ({os.cpu_count()} cores, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads), GPU {gpu}. Load average at the end {load}: "
+            "the machine is shared, so absolute numbers move with its load; the ratios come from interleaved "
+            f"repetitions ({repeats} per row, best-of-N) in one run.",
+            "",
+            "*GEMMs only*: the same shapes' matrix products alone (2 forward, 5 forward + backward), the floor for "
+            "an implementation that keeps them on BLAS. *full*: forward + backward. Ratios use best-of-N of full. "
+            "*peak extra*: memory one full run adds (CUDA allocator peak on a GPU, peak-RSS growth on the CPU); "
+            "one B x B float32 matrix is B^2 * 4 bytes (1 MiB at B = 512, 64 MiB at B = 4096).",
+            "",
+            table(results),
+            "",
+            "Reproduce: `python benchmarks/bench_contrastive.py`.",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="B=256, 512 and Dv=512 only; print only")
+    parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--image-dim", type=int, nargs="+", default=list(IMAGE_DIMS))
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per row (default: 7)")
+    parser.add_argument("--positives", choices=("instance", "class"), default="instance")
+    parser.add_argument("--threads", type=int, help="intra-op threads for torch and vlmkd (default: torch's)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "contrastive.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # one OpenMP runtime (torch's libgomp) serves vlmkd._C too
+    batches, dims = ((256, 512), (512,)) if args.quick else (args.batch, args.image_dim)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    cases = [Case(b, d, device, positives=args.positives) for device in devices for d in dims for b in batches]
+    results = measure(cases, args.repeats)
+    text = report(results, args.repeats, args.positives)
+    print(text)
+    if not args.quick:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        records = [{**asdict(r), "best": r.best, "median": r.median} for r in results]
+        args.out.with_suffix(".json").write_text(json.dumps(records, indent=1))
+        print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pytest-benchmark: `pytest benchmarks/bench_contrastive.py --benchmark-enable [-k "cpp and 512"]`
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("row", [GEMM, REF, COMPILED, *FUSED])
+@pytest.mark.parametrize("image_dim", IMAGE_DIMS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("device", _DEVICES)
+def test_contrastive(benchmark, device: str, batch: int, image_dim: int, row: str, mode: str) -> None:
+    case = Case(batch, image_dim, device)
+    if row not in usable_rows(device):
+        pytest.skip(f"{row} cannot run on {device} tensors here")
+    run = runner(row, make_inputs(case))
+    run(mode)  # warm-up (and compile)
+    benchmark.extra_info["peak_extra_bytes"] = peak_bytes(run, device)
+    benchmark.pedantic(run, args=(mode,), rounds=5, warmup_rounds=1)
+
+
+if __name__ == "__main__":
+    main()
