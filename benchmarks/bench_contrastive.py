@@ -4,9 +4,8 @@ Rows per shape (Dt = 384, B in 256..4096, Dv in 512/2048): the GEMMs alone (t W^
 dS u^, dS^T v^ and du^T t backward: the floor for any CPU implementation that keeps them on BLAS), the
 reference eager and under torch.compile, the C++ backend, and Triton/CUDA where a GPU is present. Modes:
 forward (graph built, no backward) and full (forward + backward). Timed repetitions are interleaved across
-rows (shared machines are noisy); best-of-N and the median are reported. Peak memory is measured after the
-timings: the CUDA allocator's peak on a GPU, the growth of the process's peak RSS on the CPU (Linux, malloc
-set to return every block above 64 KiB to the system, so RSS follows live tensors).
+rows (shared machines are noisy); best-of-N and the median are reported. Peak memory of a full run comes
+from the CUDA allocator on a GPU and from the profiler's record of PyTorch's CPU allocator on the CPU.
 
     python benchmarks/bench_contrastive.py              # writes benchmarks/results/contrastive.md (+ .json)
     python benchmarks/bench_contrastive.py --quick      # B=256, 512 and Dv=512 only, prints only
@@ -16,7 +15,6 @@ set to return every block above 64 KiB to the system, so RSS follows live tensor
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from vlmkd.errors import InputError
 from vlmkd.ops import contrastive_ref, vlmkd_contrastive_loss
@@ -133,35 +132,30 @@ def runner(row: str, inputs: dict[str, torch.Tensor], positives: str = "instance
     return run
 
 
-def _return_freed_memory_to_the_system() -> None:
-    """glibc: serve (and unmap on free) every block above 64 KiB with mmap, so RSS tracks live memory."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+def peak_bytes(run: Callable[[str], None], device: str) -> int:
+    """Peak tensor memory one full run adds on top of what is live before it.
 
-
-def _rss(key: str) -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key + ":"))
-
-
-def peak_bytes(run: Callable[[str], None], device: str) -> int | None:
-    """Peak memory one full run adds on top of what is live before it (None where it cannot be measured)."""
+    CUDA: the caching allocator's peak. CPU: every allocation and free of PyTorch's CPU allocator, as the
+    profiler records them (custom ops and compiled kernels included), replayed in order.
+    """
     gc.collect()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         run("full")
         return torch.cuda.max_memory_allocated() - before
-    if not sys.platform.startswith("linux"):
-        return None
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-    before = _rss("VmRSS")
-    run("full")
-    return _rss("VmHWM") - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run("full")
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
-def measure(cases: list[Case], repeats: int) -> list[Result]:
+def measure(cases: list[Case], seconds: float, min_rounds: int = 3, max_rounds: int = 200) -> list[Result]:
+    """Interleaved rounds (every row and mode once per round) for `seconds` per case, within the round limits."""
     results = []
     for case in cases:
         inputs = make_inputs(case)
@@ -170,21 +164,19 @@ def measure(cases: list[Case], repeats: int) -> list[Result]:
         for run in runs.values():  # warm-up: compile, allocator, thread pools
             for mode in MODES:
                 run(mode)
-        for _ in range(repeats):
+        rounds, deadline = 0, time.perf_counter() + seconds
+        while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() < deadline):
+            rounds += 1
             for (row, mode), values in times.items():
                 start = time.perf_counter()
                 runs[row](mode)
                 values.append(time.perf_counter() - start)
-        results += [Result(case, row, mode, tuple(values)) for (row, mode), values in times.items()]
+        peaks = {row: peak_bytes(run, case.device) for row, run in runs.items()}
+        results += [
+            Result(case, row, mode, tuple(values), peaks[row] if mode == "full" else None)
+            for (row, mode), values in times.items()
+        ]
         print(f"timed {case}", file=sys.stderr, flush=True)
-    _return_freed_memory_to_the_system()
-    for case in cases:
-        inputs = make_inputs(case)
-        rows = usable_rows(case.device)
-        peaks = {row: peak_bytes(runner(row, inputs, case.positives), case.device) for row in rows}
-        for k, result in enumerate(results):
-            if result.case == case and result.mode == "full":
-                results[k] = Result(case, result.row, result.mode, result.seconds, peaks[result.row])
     return results
 
 
@@ -194,24 +186,24 @@ def table(results: list[Result]) -> str:
 
     lines = [
         "| B | Dv | device | row | fwd best (ms) | fwd median | full best (ms) | full median | full vs GEMMs "
-        "| full vs eager | full vs compile | peak extra (MiB) |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| full vs eager | full vs compile | peak extra (MiB) | rounds |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.case, r.row, r.mode): r for r in results}
     for case in dict.fromkeys(r.case for r in results):
         for row in dict.fromkeys(r.row for r in results if r.case == case):
             fwd, full = by_key[case, row, "forward"], by_key[case, row, "full"]
             ratios = [full.best / by_key[case, base, "full"].best for base in (GEMM, REF, COMPILED)]
-            peak = "n/a" if full.peak_bytes is None else f"{full.peak_bytes / 2**20:,.1f}"
+            peak = f"{full.peak_bytes / 2**20:,.1f}"
             lines.append(
                 f"| {case.batch} | {case.image_dim} | {case.device} | {row} | {ms(fwd.best)} | {ms(fwd.median)} "
                 f"| {ms(full.best)} | {ms(full.median)} | {ratios[0]:.2f}x | {ratios[1]:.2f}x | {ratios[2]:.2f}x "
-                f"| {peak} |"
+                f"| {peak} | {len(full.seconds)} |"
             )
     return "\n".join(lines)
 
 
-def report(results: list[Result], repeats: int, positives: str) -> str:
+def report(results: list[Result], seconds: float, positives: str) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
@@ -222,11 +214,12 @@ def report(results: list[Result], repeats: int, positives: str) -> str:
             f"float32, Dt = {TEXT_DIM}, {positives} positives. CPU {cpu} ({os.cpu_count()} cores, torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads), GPU {gpu}. Load average at the end {load}: "
             "the machine is shared, so absolute numbers move with its load; the ratios come from interleaved "
-            f"repetitions ({repeats} per row, best-of-N) in one run.",
+            f"rounds in one run (about {seconds:g} s per shape, at least 3 rounds; best-of-N).",
             "",
             "*GEMMs only*: the same shapes' matrix products alone (2 forward, 5 forward + backward), the floor for "
             "an implementation that keeps them on BLAS. *full*: forward + backward. Ratios use best-of-N of full. "
-            "*peak extra*: memory one full run adds (CUDA allocator peak on a GPU, peak-RSS growth on the CPU); "
+            "*peak extra*: tensor memory one full run adds at its peak (CUDA allocator peak on a GPU, PyTorch's "
+            "CPU allocator as recorded by the profiler on the CPU); "
             "one B x B float32 matrix is B^2 * 4 bytes (1 MiB at B = 512, 64 MiB at B = 4096).",
             "",
             table(results),
@@ -242,7 +235,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="B=256, 512 and Dv=512 only; print only")
     parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--image-dim", type=int, nargs="+", default=list(IMAGE_DIMS))
-    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per row (default: 7)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="timing budget per shape (default: 30)")
     parser.add_argument("--positives", choices=("instance", "class"), default="instance")
     parser.add_argument("--threads", type=int, help="intra-op threads for torch and vlmkd (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "contrastive.md")
@@ -252,8 +245,8 @@ def main() -> None:
     batches, dims = ((256, 512), (512,)) if args.quick else (args.batch, args.image_dim)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     cases = [Case(b, d, device, positives=args.positives) for device in devices for d in dims for b in batches]
-    results = measure(cases, args.repeats)
-    text = report(results, args.repeats, args.positives)
+    results = measure(cases, args.seconds)
+    text = report(results, args.seconds, args.positives)
     print(text)
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)
