@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -372,3 +373,48 @@ def test_module_class_positives_and_mlp_adaptor_train_every_layer() -> None:
     assert module.adaptor[0].weight.grad is not None and module.adaptor[0].weight.grad.abs().sum() > 0
     with pytest.raises(InputError, match="labels are required"):
         module(inputs["v"], inputs["t"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The C++ kernels themselves
+
+
+@pytest.fixture
+def native():
+    try:
+        resolve_backend("cpu", "cpp")
+    except InputError as error:
+        pytest.skip(str(error))
+    from vlmkd import _C
+
+    return _C
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cpp_result_does_not_depend_on_the_thread_count(native, threads: int) -> None:
+    inputs = _inputs(257, 37, 65)
+    default = _fused(inputs, "class", "cpp")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)  # torch and vlmkd._C share one OpenMP runtime
+        assert native.max_threads() == threads
+        other = _fused(inputs, "class", "cpp")
+    finally:
+        torch.set_num_threads(before)
+    _assert_matches(other, default, rtol=1e-12)
+
+
+def test_cpp_boundary_checks_name_the_argument(native) -> None:
+    s = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"s must be a C-contiguous float32 \(3, 3\) array, got float32 \(3, 4\)"):
+        native.contrastive_grad_(np.zeros((3, 4), np.float32), np.arange(3), False)
+    with pytest.raises(ValueError, match=r"labels must be a C-contiguous int64 \(3,\) array, got int32 \(3,\)"):
+        native.contrastive_grad_(s, np.arange(3, dtype=np.int32), False)
+    with pytest.raises(ValueError, match=r"s must be float32 or float64, got float16"):
+        native.contrastive_grad_(s.astype(np.float16), np.arange(3), False)
+    with pytest.raises(
+        ValueError, match=r"out must be a C-contiguous float32 \(3, 3\) array, got float32 \(3, 3\) \(strided\)"
+    ):
+        native.normalize_rows(s, np.zeros((3, 3), np.float32).T, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"norms must be a C-contiguous float64 \(3,\) array, got float32 \(3,\)"):
+        native.normalize_rows(s.astype(np.float64), s.astype(np.float64), np.zeros(3, np.float32))

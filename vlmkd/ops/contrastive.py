@@ -55,7 +55,8 @@ def _unusable_reason(name: str, device_type: str, interpret: bool) -> str | None
 def resolve_backend(device_type: str, requested: str | None = None) -> str:
     """The backend to use for tensors on `device_type`: `requested`, else $VLMKD_BACKEND, else the fastest usable.
 
-    Raises InputError for an unknown name or a backend that cannot run here, saying why.
+    Raises InputError for an unknown name or a backend that cannot run here, saying why. Under torch.compile
+    the answer is fixed when the graph is traced.
     """
     source = "backend"
     if requested is None and os.environ.get("VLMKD_BACKEND"):
