@@ -218,9 +218,23 @@ def test_consecutive_epochs_on_one_loader_match_fresh_loaders(mixed_sizes: Image
         return build_loader(mixed_sizes, loader=name, train=True, batch_size=4, image_size=12, num_workers=1, seed=5)
 
     running = loader()
-    for number in (0, 1, 1, 4):  # the DALI path prepares epoch e+1 after e: a repeat or a jump must not see it
+    for number in (0, 1, 1, 4):
         running.set_epoch(number)
         fresh = loader()
         fresh.set_epoch(number)
         got, expected = read_all(running), read_all(fresh)
         assert torch.equal(got[2], expected[2]) and torch.equal(got[0], expected[0])
+
+
+@pytest.mark.requires_cuda
+def test_dali_decodes_on_the_gpu_when_there_is_one(tiny_dataset: ImageList) -> None:
+    dali_images, _, dali_indices, _ = read_all(
+        build_loader(tiny_dataset, loader="dali", train=False, batch_size=5, image_size=32, num_workers=1)
+    )
+    batch = next(iter(build_loader(tiny_dataset, loader="dali", train=False, batch_size=5, image_size=32)))
+    assert batch[0].is_cuda and not batch[1].is_cuda and not batch[2].is_cuda
+    torch_images, _, torch_indices, _ = read_all(
+        build_loader(tiny_dataset, loader="torch", train=False, batch_size=5, image_size=32, num_workers=1)
+    )
+    assert torch.equal(dali_indices, torch_indices)
+    assert (pixels(dali_images) - pixels(torch_images)).abs().max() < 1e-3

@@ -118,7 +118,6 @@ class DaliImageBatches:
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.labels = torch.from_numpy(dataset.labels())
         self.epoch = 0
-        self._ahead: tuple[int, Any] | None = None  # (epoch key, iterator already decoding that epoch)
         self.workdir = Path(tempfile.mkdtemp(prefix="vlmkd-dali-"))
         weakref.finalize(self, shutil.rmtree, self.workdir, True)
 
@@ -129,12 +128,8 @@ class DaliImageBatches:
         size = shard_size(len(self.dataset), rank=self.rank, world_size=self.world_size, drop_tail=self.spec.train)
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
-    def _key(self, epoch: int) -> int:
-        """Epochs with this key read identical batches: eval order and pixels do not depend on the epoch."""
-        return epoch if self.spec.train else 0
-
     def _start(self, epoch: int) -> Any:
-        """Build the epoch's pipeline and iterator; DALI starts decoding its first batches at once."""
+        """Build the epoch's pipeline and iterator (~20 ms; the iterator waits for the first batch)."""
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
@@ -149,7 +144,7 @@ class DaliImageBatches:
         samples = self.dataset.samples
         list_file = self.workdir / f"epoch{epoch}.txt"
         list_file.write_text("".join(f"{samples[i].path} {i}\n" for i in order.tolist()), encoding="utf-8")
-        state = np.random.SeedSequence([self.seed, self._key(epoch), self.rank]).generate_state(1)[0]
+        state = np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(1)[0]
         pipeline = _pipeline(
             list_file,
             self.dataset.root,
@@ -175,13 +170,8 @@ class DaliImageBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if len(self) == 0:
             return  # DALI refuses a shard smaller than one batch when the partial batch is dropped
-        key, ahead = self._key(self.epoch), self._ahead
-        self._ahead = None
-        batches = ahead[1] if ahead is not None and ahead[0] == key else self._start(self.epoch)
-        for (batch,) in batches:
+        for (batch,) in self._start(self.epoch):
             if batch["indices"].shape[0] == 0:
                 continue  # DALI gives every rank as many batches as the largest shard; skip the empty one
             indices = batch["indices"].reshape(-1).to(torch.int64).cpu()
             yield batch["images"], self.labels[indices], indices
-        # A finished epoch: start the next one now, as DALI's own iterators do across epoch boundaries.
-        self._ahead = (self._key(self.epoch + 1), self._start(self.epoch + 1))
