@@ -276,6 +276,12 @@ def test_unusable_backend_says_why() -> None:
         resolve_backend("cuda", "cpp")
 
 
+def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(InputError, match=r"backend='triton' cannot run here: .*TRITON_INTERPRET=1"):
+        resolve_backend("cpu", "triton")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Input errors name the argument
 

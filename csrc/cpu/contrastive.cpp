@@ -166,7 +166,8 @@ struct ColumnStats {
 
 // Row i of S: log-sum-exp over all columns and over the positives (same label; the diagonal in instance mode).
 template <typename T, bool kClass>
-VLMKD_CLONES void row_stats(const T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T* lse, T* pos_lse) {
+VLMKD_CLONES void row_stats(const T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T* lse,
+                            T* pos_lse) {
   const T lowest = -std::numeric_limits<T>::max();
   T m = lowest;
 #pragma omp simd reduction(max : m)
@@ -195,8 +196,8 @@ VLMKD_CLONES void row_stats(const T* row, const std::int32_t* label, std::int64_
 // Folds rows [r0, r1) of S into the running column statistics; `block_max` is scratch of length n.
 // With `label`, only entries whose row label equals the column label count (the positives).
 template <typename T>
-VLMKD_CLONES void fold_rows_into_columns(const T* s, const std::int32_t* label, std::int64_t r0, std::int64_t r1, std::int64_t n,
-                            ColumnStats<T> stats, T* block_max) {
+VLMKD_CLONES void fold_rows_into_columns(const T* s, const std::int32_t* label, std::int64_t r0, std::int64_t r1,
+                                         std::int64_t n, ColumnStats<T> stats, T* block_max) {
   const T lowest = -std::numeric_limits<T>::max();
   std::fill(block_max, block_max + n, lowest);
   for (std::int64_t i = r0; i < r1; ++i) {
@@ -367,7 +368,8 @@ template <typename Fn>
 auto by_dtype(const py::array& a, const char* name, Fn&& fn) {
   if (a.dtype().is(py::dtype::of<float>())) return fn(float{});
   if (a.dtype().is(py::dtype::of<double>())) return fn(double{});
-  throw std::invalid_argument(std::string(name) + " must be float32 or float64, got " + std::string(py::str(a.dtype())));
+  throw std::invalid_argument(std::string(name) + " must be float32 or float64, got " +
+                              std::string(py::str(a.dtype())));
 }
 
 void normalize_rows(const py::array& x, py::array& out, py::array& norms, double scale, double eps) {
