@@ -8,13 +8,18 @@ take the backend name: tests/test_contrastive_cuda.py runs the same checks on th
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vlmkd.ops import contrastive_triton  # noqa: F401  (registers the ops)
+from vlmkd.ops import contrastive_triton  # registers the ops
 from vlmkd.ops.reference import contrastive_ref
 
 # (B, Dt, Dv, positives): B=1 and 3 are single partial tiles, 41 and 257 span several row and column tiles
@@ -237,3 +242,58 @@ def check_compiles(backend: str) -> None:
     compiled = torch.compile(both, fullgraph=True)(*inputs.values(), labels)
     for name, e, c in zip(NAMES, eager, compiled, strict=True):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _sm90_resource_usage(kernel, pointer_type: str, constexprs: dict, num_warps: int) -> str:
+    """Compile `kernel` for sm_90 (no GPU needed) and return cuobjdump's resource line (REG, STACK...)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def arg_type(name: str) -> str:
+        return "*i64" if name == "labels_ptr" else pointer_type if name.endswith("_ptr") else "i32"
+
+    signature = {p.name: "constexpr" if p.is_constexpr else arg_type(p.name) for p in kernel.params}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        dump = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name], capture_output=True, text=True)
+    return next(line for line in dump.stdout.splitlines() if "REG:" in line)
+
+
+def sm90_resource_report(dtype: str, precision: str) -> str:
+    """Resource lines of the LSE and gradient kernels as the ops launch them at Dv=512 (the widest tiles).
+
+    Needs real (not interpreted) Triton kernels: the test runs it in a subprocess without TRITON_INTERPRET.
+    """
+    from vlmkd.ops import triton_kernels
+
+    torch.set_float32_matmul_precision("highest" if precision == "ieee" else "high")
+    tiling = contrastive_triton._tiling(torch.float64 if dtype == "fp64" else torch.float32, 512)
+    assert tiling.precision == precision
+    blocks = {"BLOCK_M": tiling.block_m, "BLOCK_N": tiling.block_n, "PRECISION": precision, "CLASS_POSITIVES": True}
+    lse = {**blocks, "BLOCK_K": tiling.lse_block_k}
+    grad = {**blocks, "BLOCK_K": tiling.grad_block_k, "BLOCK_D": tiling.block_d, "WITH_DS_S": True}
+    lines = [
+        _sm90_resource_usage(triton_kernels.lse_pass_kernel, f"*{dtype}", lse, tiling.lse_warps),
+        _sm90_resource_usage(triton_kernels.grad_pass_kernel, f"*{dtype}", grad, tiling.grad_warps),
+    ]
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "precision"), [("fp32", "tf32"), ("fp32", "ieee"), ("fp64", "ieee")])
+def test_kernels_compile_for_sm90_without_register_spills(dtype: str, precision: str) -> None:
+    """The launch configurations the ops use compile for Hopper and keep everything in registers."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    script = f"import test_contrastive_triton as t; print(t.sm90_resource_report({dtype!r}, {precision!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    usage = result.stdout.strip().splitlines()
+    assert len(usage) == 2 and all("STACK:0 " in line for line in usage), usage

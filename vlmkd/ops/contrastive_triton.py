@@ -14,6 +14,7 @@ Importing this module registers the ops; it needs triton, and never launches any
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,22 +27,29 @@ MAX_LOGIT_SCALE = math.log(100.0)
 TARGET_PROGRAMS = 512  # LSE passes split their columns until they launch about this many programs
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: IEEE for float64 and for float32 at 'highest' matmul precision, else TF32."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
+@dataclass(frozen=True)
+class _Tiling:
+    """Block sizes and warps of the two passes. Chosen so that no kernel spills registers on sm_90 (checked
+    by compiling for that target: ptxas resource usage), not tuned by timing yet."""
+
+    precision: str  # tl.dot input precision
+    block_m: int
+    block_n: int
+    lse_block_k: int
+    grad_block_k: int
+    block_d: int  # columns of the gradient accumulator per program; wider rows split over program_id(1)
+    lse_warps: int
+    grad_warps: int
 
 
-def _tile_blocks(n_dims: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) of the similarity tiles: smaller for float64, K no wider than needed."""
-    block = 32 if dtype == torch.float64 else 64
-    return block, block, min(block, max(16, triton.next_power_of_2(n_dims)))
-
-
-def _grad_block_d(n_dims: int) -> int:
-    """Width of the gradient accumulator per program; wider rows are split over program_id(1) (S recomputed)."""
-    return min(256, max(16, triton.next_power_of_2(n_dims)))
+def _tiling(dtype: torch.dtype, n_dims: int) -> _Tiling:
+    """float64: IEEE, smaller tiles. float32: TF32 tensor cores unless matmul precision is "highest"."""
+    width = max(16, triton.next_power_of_2(n_dims))
+    if dtype == torch.float64:
+        return _Tiling("ieee", 32, 32, min(16, width), min(16, width), min(128, width), 4, 8)
+    tf32 = torch.get_float32_matmul_precision() != "highest"
+    block_d = min(256 if tf32 else 128, width)
+    return _Tiling("tf32" if tf32 else "ieee", 64, 64, min(32, width), min(16, width), block_d, 8, 8)
 
 
 def _normalize(x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -72,8 +80,8 @@ def _normalize_backward(grad_hat: Tensor, x_hat: Tensor, norm: Tensor) -> Tensor
 def _lse_pass(a: Tensor, b: Tensor, labels: Tensor, scale: Tensor, class_positives: bool) -> Tensor:
     """(2, B): LSE over all columns and over positive columns of each row of scale * a b^T."""
     n, n_dims = a.shape
-    block_m, block_n, block_k = _tile_blocks(n_dims, a.dtype)
-    row_blocks, col_blocks = triton.cdiv(n, block_m), triton.cdiv(n, block_n)
+    tiling = _tiling(a.dtype, n_dims)
+    row_blocks, col_blocks = triton.cdiv(n, tiling.block_m), triton.cdiv(n, tiling.block_n)
     # Split the columns until there are ~TARGET_PROGRAMS programs (a few waves of SMs), combined below.
     tiles_per_split = triton.cdiv(col_blocks, min(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_blocks)))
     splits = triton.cdiv(col_blocks, tiles_per_split)
@@ -86,12 +94,13 @@ def _lse_pass(a: Tensor, b: Tensor, labels: Tensor, scale: Tensor, class_positiv
         partial,
         n,
         n_dims,
-        tiles_per_split * block_n,
+        tiles_per_split * tiling.block_n,
         class_positives,
-        block_m,
-        block_n,
-        block_k,
-        _dot_precision(a.dtype),
+        tiling.block_m,
+        tiling.block_n,
+        tiling.lse_block_k,
+        tiling.precision,
+        num_warps=tiling.lse_warps,
     )
     return partial[0] if splits == 1 else torch.logsumexp(partial, dim=0)
 
@@ -110,9 +119,8 @@ def _grad_pass(
     """Gradient w.r.t. a of the loss (seen from a's rows); fills `ds_s` with sum_j dS_ij S_ij when given."""
     n, n_dims = a.shape
     grad = torch.empty_like(a)
-    block_m, block_n, block_k = _tile_blocks(n_dims, a.dtype)
-    block_d = _grad_block_d(n_dims)
-    grid = (triton.cdiv(n, block_m), triton.cdiv(n_dims, block_d))
+    tiling = _tiling(a.dtype, n_dims)
+    grid = (triton.cdiv(n, tiling.block_m), triton.cdiv(n_dims, tiling.block_d))
     wrap_triton(kernels.grad_pass_kernel)[grid](
         a,
         b,
@@ -127,11 +135,12 @@ def _grad_pass(
         n_dims,
         class_positives,
         ds_s is not None,
-        block_m,
-        block_n,
-        block_k,
-        block_d,
-        _dot_precision(a.dtype),
+        tiling.block_m,
+        tiling.block_n,
+        tiling.grad_block_k,
+        tiling.block_d,
+        tiling.precision,
+        num_warps=tiling.grad_warps,
     )
     return grad
 
