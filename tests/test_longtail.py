@@ -110,6 +110,12 @@ def test_make_longtail_writes_a_self_contained_cut_that_loads_back(tmp_path: Pat
     assert again.samples == cut.samples
 
 
+def test_make_longtail_refuses_to_overwrite_its_source_list(tmp_path: Path) -> None:
+    source = balanced(tmp_path, per_class=3, classes=2)
+    with pytest.raises(InputError, match="would overwrite the source list file"):
+        make_longtail(source, tmp_path, imbalance_factor=2, list_name="all.txt")
+
+
 def test_make_longtail_seed_changes_which_images_not_how_many(tmp_path: Path) -> None:
     source = balanced(tmp_path / "in", per_class=10, classes=3)
     a = make_longtail(source, tmp_path / "a", imbalance_factor=5, seed=0)

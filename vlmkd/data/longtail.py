@@ -79,6 +79,8 @@ def make_longtail(
     self-contained directory that every stage and DALI's file reader see identically.
     """
     out_dir = Path(out_dir)
+    if (out_dir / list_name).resolve() == dataset.source.resolve():
+        raise InputError(f"{out_dir / list_name}: would overwrite the source list file; choose another out_dir")
     source_counts = dataset.class_counts()
     if max_count is None:
         max_count = int(source_counts.min())

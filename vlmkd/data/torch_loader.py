@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlmkd.data.dataset import ImageList
 from vlmkd.data.images import load_rgb
-from vlmkd.data.sampling import sample_seeds, shard_indices
+from vlmkd.data.sampling import sample_seeds, shard_indices, shard_size
 from vlmkd.data.transforms import TransformSpec, apply_transform
 
 
@@ -59,7 +59,7 @@ class _EpochSampler(Sampler):
         return iter(zip(indices.tolist(), seeds.tolist(), strict=True))
 
     def __len__(self) -> int:
-        return len(self.indices())
+        return shard_size(self.size, rank=self.rank, world_size=self.world_size, drop_tail=self.drop_tail)
 
 
 class _Collate:
