@@ -23,6 +23,7 @@ from test_contrastive_triton import (
     check_compiles,
     check_float32,
     check_float64,
+    check_scale_at_the_bound,
     check_schema_and_fake_shapes,
     check_tf32,
     make_inputs,
@@ -30,8 +31,8 @@ from test_contrastive_triton import (
     tf32_matmul,  # noqa: F401  (fixture)
 )
 
-from vlmkd import _cuda
-from vlmkd.ops import contrastive_cuda  # registers the ops
+_cuda = pytest.importorskip("vlmkd._cuda", reason="the CUDA module was not built (no nvcc)")
+from vlmkd.ops import contrastive_cuda  # noqa: E402  (registers the ops)
 
 KERNELS = ("normalize_rows", "normalize_rows_backward", "lse_pass_splits", "lse_pass", "grad_pass")
 EMULATION = Path(__file__).parent / "cuda_emulation"
@@ -131,6 +132,10 @@ def test_emulated_kernels_clamped_scale_has_no_gradient_and_no_overflow(emulated
     check_clamped_scale(emulated, "cpu", positives)
 
 
+def test_emulated_kernels_scale_at_the_bound_gets_no_gradient(emulated) -> None:
+    check_scale_at_the_bound(emulated, "cpu")
+
+
 @pytest.mark.usefixtures("tf32_matmul")
 @pytest.mark.parametrize("case", CASES_FP32, ids=str)
 def test_emulated_tensor_core_kernels_have_tf32_accuracy(emulated, case: tuple) -> None:
@@ -161,6 +166,11 @@ def test_clamped_scale_has_no_gradient_and_extreme_logits_do_not_overflow(positi
 @pytest.mark.parametrize("case", CASES_FP32, ids=str)
 def test_tensor_cores_have_tf32_accuracy(case: tuple) -> None:
     check_tf32("cuda", "cuda", case)
+
+
+@pytest.mark.requires_cuda
+def test_scale_at_the_bound_gets_no_gradient() -> None:
+    check_scale_at_the_bound("cuda", "cuda")
 
 
 @pytest.mark.requires_cuda

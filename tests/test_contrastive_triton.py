@@ -139,6 +139,15 @@ def tf32_matmul():
     torch.set_float32_matmul_precision(before)
 
 
+def check_scale_at_the_bound(backend: str | Ops, device: str) -> None:
+    """logit_scale exactly log(100): like torch.clamp, no gradient at the bound itself."""
+    inputs, labels = make_inputs(41, 37, 65, "class", torch.float64, device, logit_scale=100.0)
+    actual = run_fused(backend, inputs, labels, "class", 1.0)
+    expected = reference(inputs, labels, "class", 1.0, torch.float64)
+    assert expected[4].item() == 0.0 and actual[4].item() == 0.0
+    torch.testing.assert_close(actual[0], expected[0], rtol=1e-9, atol=1e-12)
+
+
 def check_clamped_scale(backend: str | Ops, device: str, positives: str) -> None:
     """logit_scale above log(100): scale is 100, its gradient 0. Row 0 is anti-aligned with its own text and
     row 1 aligned with it, so S spans [-100, 100] and exp(S - LSE over positives) could reach e^200."""
@@ -194,6 +203,10 @@ def test_float32_is_as_accurate_as_pytorch(case: tuple) -> None:
 @pytest.mark.parametrize("positives", ["instance", "class"])
 def test_clamped_scale_has_no_gradient_and_extreme_logits_do_not_overflow(positives: str) -> None:
     check_clamped_scale("triton", DEVICE, positives)
+
+
+def test_scale_at_the_bound_gets_no_gradient() -> None:
+    check_scale_at_the_bound("triton", DEVICE)
 
 
 def test_ops_have_the_backend_contract_schema_and_fake_shapes() -> None:

@@ -137,7 +137,7 @@ def _backward(
     grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
     grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
     grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
-    grad_logit_scale = torch.where(logit_scale <= MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
+    grad_logit_scale = torch.where(logit_scale < MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
     return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
 
 
@@ -168,7 +168,7 @@ def contrastive_backward_cuda(
     class_positives: bool,
     saved: list[Tensor],
 ) -> list[Tensor]:
-    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 while logit_scale is clamped)."""
+    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
     with torch.cuda.device(v.device):
         return _backward(grad_loss, v, t, logit_scale, labels, class_positives, saved)
 

@@ -182,7 +182,7 @@ def contrastive_backward_triton(
     class_positives: bool,
     saved: list[Tensor],
 ) -> list[Tensor]:
-    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 while logit_scale is clamped)."""
+    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
     v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
     n = v.shape[0]
     scale = _scale(logit_scale)
@@ -192,7 +192,7 @@ def contrastive_backward_triton(
     grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
     grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
     grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
-    grad_logit_scale = torch.where(logit_scale <= MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
+    grad_logit_scale = torch.where(logit_scale < MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
     return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
 
 
