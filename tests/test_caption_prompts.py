@@ -48,7 +48,8 @@ def test_literal_braces_survive_rendering(tmp_path):
 
 
 BAD_FILES = [
-    ("prompts: [", "not valid YAML"),
+    ("prompts: [", ":1:11: not valid YAML \\(expected the node content"),
+    ("prompts:\n- {id: G, template: Describe the {label}.}\n", ":2:34: not valid YAML"),
     ("- just a string\n", "prompt 1: expected a mapping"),
     ("prompts: []\n", "'prompts' must be a non-empty list"),
     ("prompts:\n  - {id: G}\n", "'template' must be a non-empty string"),
@@ -57,6 +58,9 @@ BAD_FILES = [
     ("prompts:\n  - {id: G, template: a}\n  - {id: G, template: b}\n", "duplicate prompt id 'G'"),
     ("prompts:\n  - {id: G, template: 'the {class}'}\n", "unknown placeholders \\['class'\\]"),
     ("prompts:\n  - {id: G, template: 'the {label'}\n", "bad template"),
+    ("prompts:\n  - {id: G, template: 'the {label:d}'}\n", "plain {label}"),
+    ("prompts:\n  - {id: G, template: 'the {label!z}'}\n", "plain {label}"),
+    ("prompts:\n  - {id: G, template: 'the {label:>{width}}'}\n", "plain {label}"),
     ("prompts:\n  - {id: G, template: hi, colour: red}\n", "unknown keys \\['colour'\\]"),
     ("promts:\n  - {id: G, template: hi}\n", "unknown keys \\['promts'\\]"),
 ]
@@ -74,3 +78,11 @@ def test_malformed_files_are_refused_naming_the_file(tmp_path, text, message):
 def test_missing_file_lists_the_shipped_sets(tmp_path):
     with pytest.raises(InputError, match="prompt file not found.*default"):
         load_prompt_set(tmp_path / "nope.yaml")
+
+
+def test_json_syntax_errors_name_the_line_on_one_line(tmp_path):
+    file = tmp_path / "p.json"
+    file.write_text('{"prompts": [\n  {"id": "G",}\n]}')
+    with pytest.raises(InputError, match=r"p\.json:2:14: not valid JSON") as caught:
+        load_prompt_set(file)
+    assert "\n" not in str(caught.value)

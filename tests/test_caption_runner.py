@@ -92,6 +92,23 @@ def test_other_settings_are_refused_unless_overwrite(tiny_dataset, tmp_path, fas
     assert store.manifest["generation"]["max_new_tokens"] == 5 and store.missing_shards() == []
 
 
+def test_nothing_is_written_before_the_model_loads_and_a_finished_store_never_loads_it(
+    tiny_dataset, tmp_path, fast, monkeypatch
+):
+    out = tmp_path / "s"
+    with pytest.raises(InputError, match="cannot load"):
+        caption_dataset(tiny_dataset, out=out, **{**fast, "model": tmp_path})
+    assert not out.exists()
+    caption_dataset(tiny_dataset, out=out, num_shards=2, **fast)
+    with pytest.raises(StoreMismatchError):  # refused before trying to load the (missing) model
+        caption_dataset(tiny_dataset, out=out, **{**fast, "model": tmp_path / "nowhere"})
+
+    from vlmkd.caption import runner
+
+    monkeypatch.setattr(runner, "load_engine", lambda *args, **kwargs: pytest.fail("model loaded for nothing"))
+    assert run_captioning(tiny_dataset, out=out, **fast).shards_already_done == [0, 1]
+
+
 def test_ranks_split_the_shards_and_cover_every_image_once(tiny_dataset, tmp_path, fast):
     reference = caption_dataset(tiny_dataset, out=tmp_path / "single", num_shards=5, **fast).read_table()
     out = tmp_path / "ranked"

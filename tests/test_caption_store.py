@@ -113,3 +113,32 @@ def test_check_dataset_detects_another_dataset(tiny_dataset, tmp_path):
     store = CaptionStore.create(tmp_path / "s", manifest_for(tiny_dataset, dataset_fingerprint="0" * 16))
     with pytest.raises(StoreMismatchError, match="another dataset"):
         store.check_dataset(tiny_dataset)
+
+
+@pytest.mark.parametrize("damage", [b"", b"PAR1" + bytes(64) + b"PAR1"])
+def test_corrupt_shard_is_an_input_error_naming_it_on_one_line(tiny_dataset, tmp_path, damage):
+    store = CaptionStore.create(tmp_path / "s", manifest_for(tiny_dataset))
+    for shard in range(3):
+        fill_shard(store, tiny_dataset, shard)
+    store.shard_path(1).write_bytes(damage)
+    for read in (store.read_table, store.failed_images):
+        with pytest.raises(InputError, match="unreadable caption shard") as caught:
+            read()
+        assert str(store.shard_path(1)) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_overwrite_replaces_a_store_with_an_unreadable_manifest(tiny_dataset, tmp_path):
+    store = CaptionStore.create(tmp_path / "s", manifest_for(tiny_dataset))
+    fill_shard(store, tiny_dataset, 0)
+    (tmp_path / "s" / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="unreadable caption-store manifest"):
+        CaptionStore.create(tmp_path / "s", manifest_for(tiny_dataset))
+    replaced = CaptionStore.create(tmp_path / "s", manifest_for(tiny_dataset), overwrite=True)
+    assert replaced.missing_shards() == [0, 1, 2]
+
+
+def test_another_process_temporary_files_do_not_make_a_directory_foreign(tiny_dataset, tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / ".manifest.json.123.tmp").write_text("{}")  # another rank about to publish
+    store = CaptionStore.create(tmp_path / "s", manifest_for(tiny_dataset))
+    assert store.missing_shards() == [0, 1, 2]

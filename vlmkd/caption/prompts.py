@@ -81,8 +81,10 @@ def parse_prompt_set(text: str, where: str, *, default_name: str = "custom", is_
     """Parse and validate prompt-set text; `where` names the file in error messages."""
     try:
         data = json.loads(text) if is_json else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise InputError(f"{where}: not valid {'JSON' if is_json else 'YAML'} ({error})") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{where}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{where}{_yaml_position(error)}: not valid YAML ({_one_line(error)})") from None
     if isinstance(data, list):
         data = {"prompts": data}
     if not isinstance(data, dict):
@@ -117,9 +119,22 @@ def _parse_prompt(item: object, where: str) -> Prompt:
     if not isinstance(template, str) or not template.strip():
         raise InputError(f"{where} ({prompt_id}): 'template' must be a non-empty string")
     try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
     except ValueError as error:
         raise InputError(f"{where} ({prompt_id}): bad template ({error}); write literal braces as {{{{ }}}}") from None
-    if not fields <= PLACEHOLDERS:
-        raise InputError(f"{where} ({prompt_id}): unknown placeholders {sorted(fields - PLACEHOLDERS)}; only {{label}}")
+    names = {name for name, _, _ in fields if name is not None}
+    if not names <= PLACEHOLDERS:
+        raise InputError(f"{where} ({prompt_id}): unknown placeholders {sorted(names - PLACEHOLDERS)}; only {{label}}")
+    if any(name is not None and (spec or conversion) for name, spec, conversion in fields):
+        raise InputError(f"{where} ({prompt_id}): write the placeholder as plain {{label}}, without '!' or ':'")
     return Prompt(id=prompt_id, template=template.strip())
+
+
+def _yaml_position(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def _one_line(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None)
+    return problem if problem else " ".join(str(error).split())

@@ -153,25 +153,30 @@ def run_captioning(
         generation=settings.record(),
         num_shards=num_shards,
     )
-    store = _open_store(out, manifest, overwrite, assignment)
-    if shard_index is not None:
-        store.shard_path(shard_index)  # range check
-        mine = [shard_index]
-    else:
-        mine = assignment.shards(store.num_shards)
-    missing = set(store.missing_shards())
-    todo = [k for k in mine if k in missing]
-    report = CaptionReport(store, shards_already_done=[k for k in mine if k not in missing])
-    if todo:
-        loaded = engine
-        if isinstance(engine, str):
-            device = _local_device(device)
-            loaded = load_engine(engine, model, settings, device=device, trust_remote_code=trust_remote_code)
-        try:
+    if shard_index is not None and not 0 <= shard_index < num_shards:
+        raise InputError(f"shard index {shard_index} is out of range [0, {num_shards})")
+    mine = [shard_index] if shard_index is not None else assignment.shards(num_shards)
+    # Check the store and load the model before writing anything: a mismatch or a bad model path then
+    # leaves no trace, and a rerun with nothing left to do never loads the model.
+    done = set()
+    if CaptionStore.check_compatible(out, manifest, overwrite=overwrite):
+        done = set(range(num_shards)) - set(CaptionStore.open(out).missing_shards())
+    loaded = engine
+    device = _local_device(device)
+    if isinstance(engine, str) and any(k not in done for k in mine):
+        loaded = load_engine(engine, model, settings, device=device, trust_remote_code=trust_remote_code)
+    try:
+        store = _open_store(out, manifest, overwrite, assignment)
+        missing = set(store.missing_shards())
+        report = CaptionReport(store, shards_already_done=[k for k in mine if k not in missing])
+        todo = [k for k in mine if k in missing]
+        if todo:
+            if isinstance(loaded, str):  # a shard went missing since the check above
+                loaded = load_engine(loaded, model, settings, device=device, trust_remote_code=trust_remote_code)
             _caption_shards(store, dataset, prompt_set, loaded, todo, batch_size, progress, report)
-        finally:
-            if isinstance(engine, str):
-                loaded.close()
+    finally:
+        if isinstance(engine, str) and not isinstance(loaded, str):
+            loaded.close()
     report.seconds = time.perf_counter() - start
     return report
 

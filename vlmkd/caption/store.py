@@ -119,28 +119,48 @@ class CaptionStore:
         return cls(path, manifest)
 
     @classmethod
+    def check_compatible(cls, path: Path, manifest: Mapping[str, Any], *, overwrite: bool = False) -> bool:
+        """Whether `path` holds a store with `manifest`'s settings (so a run resumes it); False when there is
+        none or `overwrite` will replace it. Raises what `create` would, without touching anything: a
+        caller can check before loading a model for minutes.
+        """
+        path = Path(path)
+        manifest = json.loads(json.dumps(manifest))  # the form it takes on disk: lists, str keys
+        if not (path / MANIFEST_NAME).exists():
+            if path.exists() and not path.is_dir():
+                raise InputError(f"{path}: exists and is not a directory; choose another --out")
+            if path.exists() and any(not _is_temporary(entry.name) for entry in path.iterdir()):
+                raise InputError(f"{path}: directory exists and is not a caption store; choose another --out")
+            return False
+        try:
+            existing = cls.open(path)
+        except InputError:
+            if overwrite:
+                return False
+            raise
+        differences = settings_differences(existing.manifest, manifest)
+        if differences and not overwrite:
+            raise StoreMismatchError(
+                f"{path}: caption store was made with other settings ({'; '.join(differences)}); "
+                "pass --overwrite to replace it or choose another --out"
+            )
+        return not differences
+
+    @classmethod
     def create(cls, path: Path, manifest: Mapping[str, Any], *, overwrite: bool = False) -> CaptionStore:
         """Create a store at `path` with `manifest` (from `make_manifest`), or reopen it to resume.
 
         An existing store with the same settings is returned as is: its finished shards are kept. One made
-        with other settings raises `StoreMismatchError` naming the differences, unless `overwrite`, which
-        deletes its manifest and shards (nothing else) first. Safe to call from several processes at once.
+        with other settings (or with an unreadable manifest) raises `StoreMismatchError` (`InputError`)
+        unless `overwrite`, which deletes its manifest and shards (nothing else) first. Safe to call from
+        several processes at once.
         """
         path = Path(path)
-        manifest = json.loads(json.dumps(manifest))  # the form it takes on disk: lists, str keys
-        if (path / MANIFEST_NAME).exists():
-            existing = cls.open(path)
-            differences = settings_differences(existing.manifest, manifest)
-            if not differences:
-                return existing
-            if not overwrite:
-                raise StoreMismatchError(
-                    f"{path}: caption store was made with other settings ({'; '.join(differences)}); "
-                    "pass --overwrite to replace it or choose another --out"
-                )
-            existing.delete_files()
-        elif path.exists() and any(path.iterdir()):
-            raise InputError(f"{path}: directory exists and is not a caption store; choose another --out")
+        manifest = json.loads(json.dumps(manifest))
+        if cls.check_compatible(path, manifest, overwrite=overwrite):
+            return cls.open(path)
+        if (path / MANIFEST_NAME).exists():  # overwrite: replace the old store
+            _delete_store_files(path)
         path.mkdir(parents=True, exist_ok=True)
         _publish_json(path / MANIFEST_NAME, manifest)
         store = cls.open(path)
@@ -151,10 +171,7 @@ class CaptionStore:
 
     def delete_files(self) -> None:
         """Remove this store's manifest, shards and leftover temporary files (and nothing else)."""
-        for entry in self.path.iterdir():
-            if _SHARD_RE.fullmatch(entry.name) or _TMP_RE.fullmatch(entry.name):
-                entry.unlink(missing_ok=True)
-        (self.path / MANIFEST_NAME).unlink(missing_ok=True)
+        _delete_store_files(self.path)
 
     # ---------------------------------------------------------------------------------------- identity
     @property
@@ -238,7 +255,10 @@ class CaptionStore:
         path = self.shard_path(shard)
         if not path.exists():
             raise InputError(f"{self.path}: shard {shard} is not written yet; rerun vlmkd-caption to finish it")
-        return pq.read_table(path).replace_schema_metadata(None)
+        try:
+            return pq.read_table(path).replace_schema_metadata(None)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise _unreadable_shard(path, error) from None
 
     def read_table(self) -> pa.Table:
         """All rows in (image, prompt) order; `InputError` listing the missing shards if incomplete."""
@@ -261,8 +281,12 @@ class CaptionStore:
         for shard in range(self.num_shards):
             path = self.shard_path(shard)
             if path.exists():
-                metadata = pq.read_schema(path).metadata or {}
-                failures += [(int(i), str(p), str(r)) for i, p, r in json.loads(metadata.get(FAILED_KEY, b"[]"))]
+                try:
+                    metadata = pq.read_schema(path).metadata or {}
+                    failed = json.loads(metadata.get(FAILED_KEY, b"[]"))
+                except (OSError, ValueError) as error:  # ArrowInvalid and JSONDecodeError are ValueErrors
+                    raise _unreadable_shard(path, error) from None
+                failures += [(int(i), str(p), str(r)) for i, p, r in failed]
         return failures
 
     # --------------------------------------------------------------------------------------- checking
@@ -300,6 +324,24 @@ def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
             continue
         differences.append(f"{name}: {a!r} in the store, {b!r} now")
     return differences
+
+
+def _is_temporary(name: str) -> bool:
+    """A file another process is writing right now (a shard or the manifest, before its rename)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _unreadable_shard(path: Path, error: Exception) -> InputError:
+    reason = " ".join(str(error).split())  # pyarrow's messages span lines; the CLIs print one
+    return InputError(f"{path}: unreadable caption shard ({reason}); delete it and rerun vlmkd-caption to rewrite it")
+
+
+def _delete_store_files(path: Path) -> None:
+    """Shards and temporary files first, the manifest last: other ranks wait for a new manifest."""
+    for entry in path.iterdir():
+        if _SHARD_RE.fullmatch(entry.name) or _TMP_RE.fullmatch(entry.name):
+            entry.unlink(missing_ok=True)
+    (path / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def _publish_json(path: Path, content: Mapping[str, Any]) -> None:
