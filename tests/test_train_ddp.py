@@ -20,6 +20,7 @@ def _command(dataset, output: Path, features: Path) -> list[str]:
         "--vlmkd-weight", "1.0", "--positives", "class", "--caption-mix", "mean", "--task-loss", "logit_adjust",
         "--arch", "resnet32", "--width", "0.25", "--norm", "group", "--image-size", "8", "--batch-size", "12",
         "--epochs", "3", "--warmup-epochs", "0", "--lr", "0.05", "--num-workers", "0", "--no-progress",
+        "--threads", "1",
     ]  # fmt: skip
 
 

@@ -28,9 +28,11 @@ class DemoSize:
     max_new_tokens: int = 12
     epochs: int = 6
     image_size: int = 28
+    width: float = 1.0  # ResNet-32 channel multiplier
     batch_size: int = 64
     num_workers: int = 2
     tsne_max: int = 1000
+    threads: int | None = None  # torch CPU threads (1 is fastest on a busy machine)
 
 
 def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -80,7 +82,9 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
             "vlmkd_weight": 1.0,
             "epochs": size.epochs,
             "image_size": size.image_size,
+            "width": size.width,
             "batch_size": size.batch_size,
+            "threads": size.threads,
             "num_workers": size.num_workers,
             "seed": seed,
             "progress": progress,
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=defaults.prompts, choices=range(1, 6), help="prompts used")
     parser.add_argument("--max-train-per-class", type=int, default=None, help="smaller, faster dataset")
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts=args.prompts,
         epochs=args.epochs,
         image_size=args.image_size,
+        batch_size=args.batch_size,
+        threads=args.threads,
     )
     results = run_demo(Path(args.out), size, seed=args.seed, progress=not args.no_progress)
     print()

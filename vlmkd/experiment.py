@@ -14,6 +14,7 @@ import torch
 
 from vlmkd.data import ImageList
 from vlmkd.data.demo import DemoDataset
+from vlmkd.errors import InputError
 
 # Short class descriptions for the control text source: each image gets one, chosen by its index, so the
 # text carries the class and nothing about the particular image.
@@ -272,6 +273,18 @@ def verdicts(table: dict) -> list[str]:
     return lines
 
 
+def _claim(out: Path, size: ExperimentSize) -> None:
+    """Cached runs are reused only under the settings they were made with: refuse a directory made otherwise."""
+    from dataclasses import asdict
+
+    settings_file = out / "settings.json"
+    settings = {k: v for k, v in asdict(size).items() if k != "seeds"}
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        raise InputError(f"{out}: holds runs made with {settings_file.read_text()}; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings))
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = ExperimentSize()
     parser = argparse.ArgumentParser(
@@ -295,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [arm for arm in ARMS if arm.name in args.arms.split(",")]
     out, report = Path(args.out), Path(args.report)
     torch.set_num_threads(size.threads)
+    _claim(out, size)
     data, features = prepare_text(out, size)
     results = []
     for seed in range(size.seeds):  # seed-major: an interrupted experiment still has whole seeds

@@ -62,19 +62,32 @@ def plot_tsne(
     max_points: int = 2000,
     seed: int = 0,
 ) -> Path:
-    """2-D t-SNE of `features` (a seeded subsample of at most `max_points`), one colour per class."""
+    """2-D t-SNE of `features` (a seeded subsample of at most `max_points`), one colour per class.
+
+    Identical feature vectors are embedded once and drawn larger by their multiplicity: a VLM often repeats a
+    caption verbatim (a tiny random one may give every image the same caption), and duplicate points crash
+    Barnes-Hut t-SNE.
+    """
     from sklearn.manifold import TSNE
 
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(features), size=min(max_points, len(features)), replace=False))
-    points, point_labels = np.asarray(features, dtype=np.float32)[keep], labels[keep]
-    perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3)))
-    embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
+    distinct, where = np.unique(np.asarray(features, dtype=np.float32)[keep], axis=0, return_inverse=True)
+    if len(distinct) >= 5:
+        perplexity = float(min(30.0, (len(distinct) - 1) / 3))
+        embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(distinct)
+    else:  # too few distinct points for t-SNE: their first two principal coordinates
+        centred = distinct - distinct.mean(axis=0)
+        embedded = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+        embedded = np.pad(embedded, ((0, 0), (0, 2 - embedded.shape[1])))
+    pairs, multiplicity = np.unique(np.stack([where.reshape(-1), labels[keep]], 1), axis=0, return_counts=True)
+    position, point_labels = embedded[pairs[:, 0]], pairs[:, 1]
     fig, ax = plt.subplots(figsize=(6.0, 5.5))
     cmap = plt.get_cmap("tab10" if len(classnames) <= 10 else "tab20")
     for c in np.unique(point_labels):
         chosen = point_labels == c
-        ax.scatter(*embedded[chosen].T, s=6, color=cmap(int(c) % cmap.N), label=classnames[int(c)])
+        sizes = 6 * np.sqrt(multiplicity[chosen])
+        ax.scatter(*position[chosen].T, s=sizes, color=cmap(int(c) % cmap.N), label=classnames[int(c)], alpha=0.8)
     if len(classnames) <= 20:
         ax.legend(markerscale=2.5, fontsize=7, loc="best")
     ax.set_xticks([])

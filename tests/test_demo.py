@@ -1,0 +1,38 @@
+"""`vlmkd demo` end to end at a reduced size: every stage runs and the table and plots come out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlmkd.demo import DemoSize, main, run_demo
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_writes_table_and_plots(tmp_path, capsys) -> None:
+    size = DemoSize(
+        max_train_per_class=20, test_per_class=5, prompts=2, max_new_tokens=4, epochs=1, image_size=8, width=0.25,
+        batch_size=16, num_workers=0, tsne_max=60, threads=1,
+    )  # fmt: skip
+    results = run_demo(tmp_path / "demo", size, progress=False)
+    assert results["top1"]["all"]["images"] == 50
+    for plot in ("per_class", "tsne_images", "tsne_captions"):
+        assert (tmp_path / "demo" / "eval" / results["plots"][plot].split("/")[-1]).is_file()
+    saved = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
+    assert saved["top1"] == results["top1"]
+    assert "randomly initialised" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_cli_rerun_reuses_the_finished_stages_and_prints_the_table(tmp_path, capsys) -> None:
+    args = ["--out", str(tmp_path / "demo"), "--max-train-per-class", "12", "--epochs", "1", "--prompts", "1"]
+    args += ["--image-size", "8", "--batch-size", "8", "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0  # stores, training checkpoints and the dataset are reused
+    second = capsys.readouterr().out
+    for out in (first, second):
+        assert "Many" in out and "Medium" in out and "Few" in out and "All" in out
+    table = [line for line in first.splitlines() if line.startswith("accuracy")]
+    assert table == [line for line in second.splitlines() if line.startswith("accuracy")]
