@@ -154,8 +154,18 @@ def peak_bytes(run: Callable[[str], None], device: str) -> int:
     return peak
 
 
-def measure(cases: list[Case], seconds: float, min_rounds: int = 3, max_rounds: int = 200) -> list[Result]:
-    """Interleaved rounds (every row and mode once per round) for `seconds` per case, within the round limits."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(
+    cases: list[Case], seconds: float, clock: str = "wall", min_rounds: int = 3, max_rounds: int = 200
+) -> list[Result]:
+    """Interleaved rounds (every row and mode once per round) for `seconds` per case, within the round limits.
+
+    clock="cpu" times the process's CPU time instead of wall time: with one thread it is the work done, and
+    it does not count the time slices that other processes on a shared machine take.
+    """
+    now = CLOCKS[clock]
     results = []
     for case in cases:
         inputs = make_inputs(case)
@@ -168,9 +178,9 @@ def measure(cases: list[Case], seconds: float, min_rounds: int = 3, max_rounds: 
         while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() < deadline):
             rounds += 1
             for (row, mode), values in times.items():
-                start = time.perf_counter()
+                start = now()
                 runs[row](mode)
-                values.append(time.perf_counter() - start)
+                values.append(now() - start)
         peaks = {row: peak_bytes(run, case.device) for row, run in runs.items()}
         results += [
             Result(case, row, mode, tuple(values), peaks[row] if mode == "full" else None)
@@ -190,10 +200,16 @@ def table(results: list[Result]) -> str:
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.case, r.row, r.mode): r for r in results}
+
+    def paired(result: Result, base: str) -> float:
+        """Median over rounds of this row's time over the base row's in the same round."""
+        base_seconds = by_key[result.case, base, result.mode].seconds
+        return statistics.median(a / b for a, b in zip(result.seconds, base_seconds, strict=True))
+
     for case in dict.fromkeys(r.case for r in results):
         for row in dict.fromkeys(r.row for r in results if r.case == case):
             fwd, full = by_key[case, row, "forward"], by_key[case, row, "full"]
-            ratios = [full.best / by_key[case, base, "full"].best for base in (GEMM, REF, COMPILED)]
+            ratios = [paired(full, base) for base in (GEMM, REF, COMPILED)]
             peak = f"{full.peak_bytes / 2**20:,.1f}"
             lines.append(
                 f"| {case.batch} | {case.image_dim} | {case.device} | {row} | {ms(fwd.best)} | {ms(fwd.median)} "
@@ -203,7 +219,7 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def report(results: list[Result], seconds: float, positives: str) -> str:
+def report(results: list[Result], seconds: float, clock: str, positives: str) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
@@ -214,10 +230,11 @@ def report(results: list[Result], seconds: float, positives: str) -> str:
             f"float32, Dt = {TEXT_DIM}, {positives} positives. CPU {cpu} ({os.cpu_count()} cores, torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads), GPU {gpu}. Load average at the end {load}: "
             "the machine is shared, so absolute numbers move with its load; the ratios come from interleaved "
-            f"rounds in one run (about {seconds:g} s per shape, at least 3 rounds; best-of-N).",
+            f"rounds in one run (about {seconds:g} s per shape, at least 3 rounds). Clock: {clock} time.",
             "",
             "*GEMMs only*: the same shapes' matrix products alone (2 forward, 5 forward + backward), the floor for "
-            "an implementation that keeps them on BLAS. *full*: forward + backward. Ratios use best-of-N of full. "
+            "an implementation that keeps them on BLAS. *full*: forward + backward. Ratios (of full): "
+            "median over rounds of the per-round ratio, so drifts of the machine's load between rounds cancel. "
             "*peak extra*: tensor memory one full run adds at its peak (CUDA allocator peak on a GPU, PyTorch's "
             "CPU allocator as recorded by the profiler on the CPU); "
             "one B x B float32 matrix is B^2 * 4 bytes (1 MiB at B = 512, 64 MiB at B = 4096).",
@@ -236,6 +253,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--image-dim", type=int, nargs="+", default=list(IMAGE_DIMS))
     parser.add_argument("--seconds", type=float, default=30.0, help="timing budget per shape (default: 30)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall", help="cpu: process CPU time")
     parser.add_argument("--positives", choices=("instance", "class"), default="instance")
     parser.add_argument("--threads", type=int, help="intra-op threads for torch and vlmkd (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "contrastive.md")
@@ -245,8 +263,8 @@ def main() -> None:
     batches, dims = ((256, 512), (512,)) if args.quick else (args.batch, args.image_dim)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     cases = [Case(b, d, device, positives=args.positives) for device in devices for d in dims for b in batches]
-    results = measure(cases, args.seconds)
-    text = report(results, args.seconds, args.positives)
+    results = measure(cases, args.seconds, args.clock)
+    text = report(results, args.seconds, args.clock, args.positives)
     print(text)
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,12 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-def _scale(logit_scale: torch.Tensor) -> float:
-    return math.exp(min(float(logit_scale), MAX_LOGIT_SCALE))
+def _scale(logit_scale: torch.Tensor) -> tuple[float, bool]:
+    """(exp(min(logit_scale, log 100)), whether the clamp is active), compared in logit_scale's dtype as the
+    reference does; like torch.clamp's gradient, the clamp counts as active at log 100 itself."""
+    value = _np(logit_scale)
+    clamped = bool(value >= value.dtype.type(MAX_LOGIT_SCALE))
+    return math.exp(min(float(value), MAX_LOGIT_SCALE)), clamped
 
 
 @torch.library.custom_op("vlmkd::contrastive_forward_cpp", mutates_args=(), device_types="cpu")
@@ -38,7 +42,7 @@ def contrastive_forward_cpp(
     class_positives: bool,
 ) -> list[torch.Tensor]:
     """[loss, dL/dS, scale v^, u^, |v|, |u|, dL/dlogit_scale] for an upstream gradient of 1."""
-    scale = _scale(logit_scale)
+    scale, clamped = _scale(logit_scale)
     batch = v.shape[0]
     v_scaled, v_norm, u_norm = torch.empty_like(v), v.new_empty(batch), v.new_empty(batch)
     _C.normalize_rows(_np(v), _np(v_scaled), _np(v_norm), scale)
@@ -46,8 +50,6 @@ def contrastive_forward_cpp(
     _C.normalize_rows(_np(u_hat), _np(u_hat), _np(u_norm))
     grad_s = torch.mm(v_scaled, u_hat.T)
     loss, grad_dot_s = _C.contrastive_grad_(_np(grad_s), _np(labels), class_positives)
-    # As torch.clamp's gradient: zero from log 100 up (compared in logit_scale's dtype, like the reference).
-    clamped = bool(logit_scale >= MAX_LOGIT_SCALE)
     grad_logit_scale = v.new_tensor(0.0 if clamped else grad_dot_s)
     return [v.new_tensor(loss), grad_s, v_scaled, u_hat, v_norm, u_norm, grad_logit_scale]
 
@@ -81,7 +83,7 @@ def contrastive_backward_cpp(
 ) -> list[torch.Tensor]:
     """[grad_v, grad_weight, grad_bias, grad_logit_scale] from the forward's saved tensors."""
     grad_s, v_scaled, u_hat, v_norm, u_norm, grad_logit_scale = saved
-    scale, upstream = _scale(logit_scale), float(grad_loss)
+    (scale, _), upstream = _scale(logit_scale), float(grad_loss)
     grad_v = torch.mm(grad_s, u_hat)
     grad_u = torch.mm(grad_s.T, v_scaled)
     _C.normalize_rows_backward(
