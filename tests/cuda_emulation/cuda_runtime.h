@@ -12,10 +12,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <stdexcept>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -48,6 +50,7 @@ inline ucontext_t scheduler;
 inline Fiber* current = nullptr;
 inline const std::function<void()>* body = nullptr;
 inline std::vector<double> lanes;  // one exchange slot per thread of the block
+inline std::exception_ptr failure;  // an exception thrown inside a fiber, rethrown by the scheduler
 
 inline void yield() {
   ++current->barriers;
@@ -55,7 +58,11 @@ inline void yield() {
 }
 
 inline void fiber_main() {
-  (*body)();
+  try {
+    (*body)();
+  } catch (...) {  // exceptions must not unwind past the fiber's first frame
+    failure = std::current_exception();
+  }
   current->done = true;  // returning resumes `scheduler` through uc_link
 }
 
@@ -91,6 +98,7 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
             current = &fiber;
             current_thread = fiber.thread;
             swapcontext(&scheduler, &fiber.context);
+            if (failure) std::rethrow_exception(std::exchange(failure, nullptr));
             if (fiber.done) continue;
             running = true;
             if (barrier >= 0 && fiber.barriers != barrier)

@@ -4,11 +4,13 @@
 // the whole tile, so loads, mma and stores have the same meaning (each lane computes and stores the full
 // tile, identically). Code that only uses the API and elementwise operations on `x` - as it must, since
 // the layout is unspecified - behaves the same. __float_to_tf32 rounds to TF32 (10-bit mantissa) like the
-// hardware, so TF32 accuracy is what the tests see.
+// hardware, so TF32 accuracy is what the tests see; loads and stores check alignment and ldm as the
+// hardware requires.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 
 namespace nvcuda::wmma {
@@ -44,9 +46,16 @@ inline float __float_to_tf32(float value) {
   return value;
 }
 
+// The hardware's requirements on WMMA memory operands: 256-bit aligned pointer, ldm a multiple of 16 bytes.
+inline void check_operand(const float* p, unsigned ldm) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) throw std::logic_error("WMMA pointer not 32-byte aligned");
+  if (ldm % 4 != 0) throw std::logic_error("WMMA ldm not a multiple of 16 bytes");
+}
+
 template <typename Use, int M, int N, int K, typename T, typename Layout>
 void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const float* p, unsigned ldm) {
   using F = fragment<Use, M, N, K, T, Layout>;
+  check_operand(p, ldm);
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c)
       f.x[r * F::cols + c] = std::is_same_v<Layout, col_major> ? p[c * ldm + r] : p[r * ldm + c];
@@ -72,6 +81,7 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a,
 
 template <int M, int N, int K>
 void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
+  check_operand(p, ldm);
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
 }
