@@ -181,8 +181,8 @@ def test_compiles_fullgraph() -> None:
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_peak_memory_is_linear_in_batch(backend: str) -> None:
-    """At B=8192 a single B x B float32 matrix is 256 MiB; forward + backward stay far below it."""
-    batch, dt, dv = 8192, 384, 512
+    """At B=16384 one B x B float32 matrix is 1 GiB; forward + backward together stay under a quarter of it."""
+    batch, dt, dv = 16384, 384, 256
     inputs, labels = make_inputs(batch, dt, dv, "class", torch.float32, "cuda")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -190,7 +190,7 @@ def test_peak_memory_is_linear_in_batch(backend: str) -> None:
     run_fused(backend, inputs, labels, "class", 1.0)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before
-    assert extra < 16 * batch * dv * 4, f"{extra / 2**20:.0f} MiB"  # ~16 B x Dv buffers, vs 256 MiB for B x B
+    assert extra < 16 * batch * dv * 4, f"{extra / 2**20:.0f} MiB"  # 16 B x Dv buffers = 256 MiB
 
 
 @pytest.mark.requires_cuda
