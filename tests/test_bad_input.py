@@ -339,11 +339,6 @@ SHARD_DAMAGE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vlmkd/caption/store.py:CaptionStore.read_shard (and failed_images): pyarrow's ArrowInvalid/OSError on a "
-    "corrupt shard escapes as a traceback instead of an InputError naming the shard",
-)
 @pytest.mark.parametrize("damage", SHARD_DAMAGE)
 def test_corrupt_caption_shard_is_refused_by_encode_in_one_line(pipeline, tmp_path, capsys, damage) -> None:
     store = copy_store(pipeline["captions"], tmp_path / "captions")
@@ -472,8 +467,6 @@ def test_unreadable_image_during_training_is_one_line_naming_the_file(tmp_path, 
 # ----------------------------------------------------------------------------------------- config files
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/caption/prompts.py:parse_prompt_set: a YAML syntax error is reported "
-                   "with PyYAML's multi-line message (the CLI prints several lines)")  # fmt: skip
 def test_prompt_file_with_a_yaml_syntax_error_is_one_line_naming_its_line(pipeline, tmp_path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("prompts:\n- {id: G, template: Describe the {label}.}\n")
@@ -494,11 +487,6 @@ def test_training_config_with_a_yaml_syntax_error_is_one_line(tmp_path, capsys) 
 PROMPT_TEMPLATES_FAILING_AT_RENDER = ["Describe the {label:>{width}}.", "Describe the {label:d}.", "A {label!z}."]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vlmkd/caption/prompts.py:_parse_prompt checks field names only: format "
-    "specs and conversions pass, then fail in Prompt.render (KeyError/ValueError) mid-captioning",
-)
 @pytest.mark.parametrize("template", PROMPT_TEMPLATES_FAILING_AT_RENDER)
 def test_prompt_template_that_cannot_render_is_refused_when_loaded(tmp_path, template: str) -> None:
     from vlmkd.caption.prompts import load_prompt_set
