@@ -1,0 +1,163 @@
+"""Training-step throughput (images/s) of ResNet-32 with VLM-KD off, on with the reference loss, and on
+with the fused loss; target: the VLM-KD term costs <= 5% of a step (fused vs off).
+
+One step = forward of the classifier, the objective (Balanced Softmax + lambda * VLM-KD), backward and an
+SGD step, on synthetic 32 px images and 384-d text features (all-MiniLM-L6-v2's width), batch 128: the
+CIFAR-LT recipe. The loader is left out so the table isolates the compute the VLM-KD term adds. Timed
+repetitions are interleaved across rows (shared machines are noisy); best-of-N and median reported.
+
+    python benchmarks/bench_train_step.py            # writes benchmarks/results/train_step.md
+    python benchmarks/bench_train_step.py --quick    # small smoke run, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlmkd.backends import backends
+from vlmkd.losses import TaskLoss, VlmkdObjective
+from vlmkd.models import ModelSpec, build_model
+from vlmkd.ops import VlmkdContrastiveLoss
+from vlmkd.train.schedule import build_optimizer
+from vlmkd.train.trainer import TrainStep
+
+RESULTS = Path(__file__).parent / "results" / "train_step.md"
+TARGET_OVERHEAD = 0.05
+TEXT_DIM, NUM_CLASSES = 384, 100
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: the VLM-KD term off (backend None) or on with a loss backend."""
+
+    name: str
+    backend: str | None
+
+
+@dataclass(frozen=True)
+class Setup:
+    batch: int
+    image_size: int
+    width: float
+    threads: int
+
+
+@dataclass
+class Result:
+    case: Case
+    seconds: list[float]  # per step, one entry per timed repetition
+
+    def rate(self, batch: int, pick: str) -> float:
+        value = min(self.seconds) if pick == "best" else statistics.median(self.seconds)
+        return batch / value
+
+
+class Stepper:
+    """A model, objective and optimizer for one case; `step()` runs one training step on fixed data."""
+
+    def __init__(self, case: Case, setup: Setup) -> None:
+        torch.manual_seed(0)
+        counts = torch.logspace(3, 1, NUM_CLASSES).round()
+        model = build_model(ModelSpec("resnet32", NUM_CLASSES, setup.width))
+        contrastive = None
+        if case.backend is not None:
+            contrastive = VlmkdContrastiveLoss(TEXT_DIM, model.feature_dim, backend=case.backend)
+        objective = VlmkdObjective(
+            TaskLoss("balanced_softmax", counts), contrastive, vlmkd_weight=1.0 if contrastive else 0.0
+        )
+        self.module = TrainStep(model, objective).train()
+        self.optimizer = build_optimizer([model, objective], "sgd", lr=0.01, weight_decay=5e-4)
+        self.images = torch.randn(setup.batch, 3, setup.image_size, setup.image_size)
+        self.labels = torch.randint(NUM_CLASSES, (setup.batch,))
+        self.text = torch.nn.functional.normalize(torch.randn(setup.batch, TEXT_DIM), dim=1)
+
+    def step(self) -> float:
+        started = time.perf_counter()
+        parts = self.module(self.images, self.labels, text=self.text)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        self.optimizer.step()
+        return time.perf_counter() - started
+
+
+def usable_backends() -> list[str]:
+    status = backends()
+    return [name for name in ("cpp", "triton", "cuda") if name in status and status[name].usable]
+
+
+def run(cases: list[Case], setup: Setup, repeats: int, steps: int, warmup: int) -> list[Result]:
+    torch.set_num_threads(setup.threads)
+    steppers = {case: Stepper(case, setup) for case in cases}
+    for stepper in steppers.values():
+        for _ in range(warmup):
+            stepper.step()
+    results = {case: Result(case, []) for case in cases}
+    for _ in range(repeats):  # interleaved: every row sees the same machine load, repetition by repetition
+        for case, stepper in steppers.items():
+            results[case].seconds.append(sum(stepper.step() for _ in range(steps)) / steps)
+    return list(results.values())
+
+
+def table(results: list[Result], setup: Setup) -> str:
+    off = next(r for r in results if r.case.backend is None)
+    lines = [
+        "| row | images/s (best) | images/s (median) | step ms (median) | VLM-KD cost vs off (median) |",
+        "|---|---|---|---|---|",
+    ]
+    for result in results:
+        median = statistics.median(result.seconds)
+        cost = median / statistics.median(off.seconds) - 1.0
+        lines.append(
+            f"| {result.case.name} | {result.rate(setup.batch, 'best'):.0f} | {result.rate(setup.batch, 'median'):.0f} "
+            f"| {1000 * median:.1f} | {'-' if result is off else f'{100 * cost:+.1f}%'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run; prints only")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    setup = Setup(batch=16 if args.quick else args.batch, image_size=32, width=1.0, threads=args.threads)
+    cases = [Case("VLM-KD off (task loss only)", None), Case("VLM-KD on, reference loss", "ref")]
+    cases += [Case(f"VLM-KD on, fused loss ({name})", name) for name in usable_backends()]
+    results = run(cases, setup, repeats=2 if args.quick else args.repeats, steps=1 if args.quick else 3, warmup=2)
+    body = table(results, setup)
+    print(body)
+    if args.quick:
+        return
+    fused = [r for r in results if r.case.backend not in (None, "ref")]
+    off = next(r for r in results if r.case.backend is None)
+    verdict = ""
+    if fused:
+        cost = statistics.median(fused[0].seconds) / statistics.median(off.seconds) - 1.0
+        met = "met" if cost <= TARGET_OVERHEAD else "NOT met"
+        verdict = (
+            f"Target (fused VLM-KD term <= {100 * TARGET_OVERHEAD:.0f}% of a step): **{met}** ({100 * cost:+.1f}%)."
+        )
+    header = [
+        "# Training step: cost of the VLM-KD term",
+        "",
+        f"ResNet-32 (width {setup.width}, {setup.image_size} px), {NUM_CLASSES} classes, batch {setup.batch}, "
+        f"text dim {TEXT_DIM}, Balanced Softmax + VLM-KD (lambda 1), SGD; forward + backward + step on fixed "
+        f"synthetic data. {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{setup.threads} thread(s); {len(results[0].seconds)} interleaved repetitions of 3 steps.",
+        "",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join([*header, body, "", verdict, ""]))
+    print(verdict)
+
+
+if __name__ == "__main__":
+    main()
