@@ -356,9 +356,14 @@ def _publish_json(path: Path, content: Mapping[str, Any]) -> None:
         os.link(tmp, path)  # fails if it exists: the first writer wins, the others compare with it
     except FileExistsError:
         pass
+    except FileNotFoundError:  # a process that published first swept our temporary file away
+        if not path.exists():
+            raise
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by runs killed before publishing
+        stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
