@@ -152,7 +152,7 @@ def test_crash_while_creating_the_array_restarts_cleanly(tmp_path: Path) -> None
         (lambda p: (p / MANIFEST_FILE).write_text("{not json"), "unreadable JSON"),
         (lambda p: (p / MANIFEST_FILE).write_text(json.dumps({"format": "other"})), "not a vlmkd feature-store"),
         (lambda p: _edit_manifest(p, version=99), "feature-store version 99"),
-        (lambda p: _edit_manifest(p, dim="5"), "'dim' missing or not a int"),
+        (lambda p: _edit_manifest(p, dim="5"), "'dim' is missing or not of type int"),
         (lambda p: _edit_manifest(p, num_images=8), r"expected float16 \(8, 3, 5\)"),
         (lambda p: _truncate(p / FEATURES_FILE), "unreadable feature array"),
         (lambda p: (p / FEATURES_FILE).unlink(), "unreadable feature array"),

@@ -29,7 +29,7 @@ FEATURES_FILE = "features.npy"
 PROGRESS_FILE = "progress.json"
 
 # Manifest keys every reader may rely on, with their JSON types.
-MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
+MANIFEST_KEYS: dict[str, type] = {
     "format": str,
     "version": int,
     "encoder": str,
@@ -161,7 +161,7 @@ def validate_manifest(manifest: Any, source: Path) -> None:
         raise InputError(f"{source}: feature-store version {manifest.get('version')!r}, this vlmkd reads {VERSION}")
     for key, kind in MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
-            raise InputError(f"{source}: manifest field {key!r} missing or not a {getattr(kind, '__name__', kind)}")
+            raise InputError(f"{source}: manifest field {key!r} is missing or not of type {kind.__name__}")
     if manifest["dtype"] != "float16":
         raise InputError(f"{source}: feature dtype {manifest['dtype']!r}, expected 'float16'")
 
