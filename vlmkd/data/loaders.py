@@ -66,10 +66,10 @@ def build_loader(
     exactly once over all ranks. `num_workers` is the worker processes (torch) or threads (DALI). The
     DALI path decodes on the GPU (`device="mixed"`) when CUDA is available and yields images there.
     """
-    if batch_size < 1 or image_size < 1 or num_workers < 0 or world_size < 1:
+    if batch_size < 1 or image_size < 1 or num_workers < 0 or world_size < 1 or seed < 0:
         raise InputError(
-            f"batch_size and image_size must be >= 1, num_workers >= 0 and world_size >= 1; got "
-            f"{batch_size}, {image_size}, {num_workers}, {world_size}"
+            f"batch_size, image_size and world_size must be >= 1, num_workers and seed >= 0; got "
+            f"{batch_size}, {image_size}, {world_size}, {num_workers}, {seed}"
         )
     if not 0 <= rank < world_size:
         raise InputError(f"rank must be in [0, {world_size}), got {rank}")

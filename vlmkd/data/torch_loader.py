@@ -1,4 +1,4 @@
-"""The torch `DataLoader` path: PIL decoding and transforms in worker processes, normalisation in batches."""
+"""The torch `DataLoader` path: PIL decoding, transforms and normalisation in worker processes."""
 
 from __future__ import annotations
 
