@@ -1,0 +1,43 @@
+"""Every command of `vlmkd` and every `vlmkd-*` console script is built and prints readable help."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlmkd import cli
+
+CONSOLE_SCRIPTS = {
+    "vlmkd-caption": "caption",
+    "vlmkd-encode": "encode",
+    "vlmkd-train": "train",
+    "vlmkd-eval": "eval",
+}
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_command_is_built_and_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and len(out.splitlines()) >= 3
+
+
+@pytest.mark.parametrize("script", sorted(CONSOLE_SCRIPTS))
+def test_console_scripts_are_installed_and_route_to_their_command(script: str, tmp_path: Path) -> None:
+    executable = shutil.which(script) or str(Path(sys.executable).parent / script)
+    result = subprocess.run([executable, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name, command in cli.COMMANDS.items():
+        assert name in out and command.summary in out
