@@ -210,7 +210,20 @@ def plot_results(table: dict, path: Path) -> Path:
     return path
 
 
-def format_report(table: dict, size: ExperimentSize, counts: list[int], plot: str, seconds: float) -> str:
+def caption_diversity(captions: Path) -> dict[str, int]:
+    """Distinct captions per prompt id: how much the VLM's text can say about individual images at all."""
+    from vlmkd.caption.store import CaptionStore
+
+    table = CaptionStore.open(captions).read_table()
+    distinct: dict[str, set[str]] = {}
+    for prompt, caption in zip(table["prompt_id"].to_pylist(), table["caption"].to_pylist(), strict=True):
+        distinct.setdefault(prompt, set()).add(caption)
+    return {prompt: len(texts) for prompt, texts in distinct.items()}
+
+
+def format_report(
+    table: dict, size: ExperimentSize, counts: list[int], plot: str, seconds: float, diversity: dict[str, int]
+) -> str:
     """The markdown of experiments/RESULTS.md: setup, the mean/std table, paired differences and caveats."""
     lines = [
         "# Experiment: baseline vs VLM-KD on the embedded MNIST-LT",
@@ -226,6 +239,9 @@ def format_report(table: dict, size: ExperimentSize, counts: list[int], plot: st
         "- Text sources, both encoded by all-MiniLM-L6-v2: **captions** from a tiny *randomly initialised* BLIP "
         "(no real VLM weights exist offline) with the default prompts G, T1-T4; **control**: one short class "
         'description per image ("a handwritten digit three", 4 templates), i.e. text that carries the class.',
+        f"- Caption diversity: distinct captions per prompt over the {sum(counts)} training images: "
+        + ", ".join(f"{prompt} {n}" for prompt, n in diversity.items())
+        + " (1 means the VLM said the same thing for every image: its text carries no image or class information).",
         f"- Seeds: {table['baseline']['all']['n'] if 'baseline' in table else '?'} per arm (model init, data order, "
         f"augmentation); total compute {seconds / 60:.0f} min on a shared 2-core CPU.",
         "",
@@ -323,8 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     plot = plot_results(table, report.with_name("results.png"))
     seconds = sum(r["seconds"] for r in results)
     counts = data.train.class_counts().tolist()
-    text = format_report(table, size, counts, plot.name, seconds)
+    text = format_report(table, size, counts, plot.name, seconds, caption_diversity(out / "captions"))
     text += "\n## Reading (paired t-test per arm vs baseline, computed)\n\n" + "\n".join(verdicts(table)) + "\n"
+    text += (
+        "\nCaveats: with 5 seeds a paired t-test detects only large effects, and 10 comparisons at 95% give about "
+        "one false 'outside' by chance; an effect that also appears with the uninformative captions is not "
+        "evidence that caption *content* helps.\n"
+    )
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(text)
     (report.with_name("results.json")).write_text(json.dumps({"table": table, "runs": results}, indent=2))
