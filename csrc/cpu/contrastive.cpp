@@ -142,19 +142,51 @@ void normalize_rows_backward_impl(const T* y, const T* grad, const T* norms, T* 
 
 // ---------------------------------------------------------------------------------------------------------
 // Symmetric InfoNCE over S, gradient in place.
+//
+// The positives of anchor i (row i and column i) are the anchors with its label: in instance mode just i.
+// The sweeps over all of S handle the "all pairs" half of the loss, vectorised; the positive half touches
+// only the positive pairs, gathered through the label groups, so class mode costs what instance mode costs
+// plus O(number of positive pairs).
 
-// Labels renumbered 0..K-1 as int32, so the positive mask compares in the lane width of float.
-std::vector<std::int32_t> dense_labels(const std::int64_t* labels, std::int64_t n) {
-  std::vector<std::int64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return labels[a] < labels[b]; });
-  std::vector<std::int32_t> dense(n);
-  std::int32_t id = -1;
-  for (std::int64_t k = 0; k < n; ++k) {
-    if (k == 0 || labels[order[k]] != labels[order[k - 1]]) ++id;
-    dense[order[k]] = id;
+// Anchors grouped by label: group g is order[start[g] .. start[g + 1]), group_of[i] is anchor i's group.
+struct Groups {
+  std::vector<std::int64_t> order, start, group_of;
+  std::int64_t largest = 1;
+
+  const std::int64_t* members(std::int64_t i) const { return order.data() + start[group_of[i]]; }
+  std::int64_t count(std::int64_t i) const { return start[group_of[i] + 1] - start[group_of[i]]; }
+};
+
+// Groups of equal labels, or one group per anchor when labels is null (instance positives).
+Groups group_labels(const std::int64_t* labels, std::int64_t n) {
+  Groups groups;
+  groups.order.resize(n);
+  groups.group_of.resize(n);
+  std::iota(groups.order.begin(), groups.order.end(), 0);
+  if (labels) {
+    std::stable_sort(groups.order.begin(), groups.order.end(),
+                     [&](std::int64_t a, std::int64_t b) { return labels[a] < labels[b]; });
   }
-  return dense;
+  for (std::int64_t k = 0; k < n; ++k) {
+    const std::int64_t i = groups.order[k];
+    if (k == 0 || !labels || labels[i] != labels[groups.order[k - 1]]) groups.start.push_back(k);
+    groups.group_of[i] = std::int64_t(groups.start.size()) - 1;
+  }
+  groups.start.push_back(n);
+  for (std::size_t g = 0; g + 1 < groups.start.size(); ++g) {
+    groups.largest = std::max(groups.largest, groups.start[g + 1] - groups.start[g]);
+  }
+  return groups;
+}
+
+// log-sum-exp of x[at[k] * stride] over k < count (count >= 1): a gather along a row or down a column.
+template <typename T>
+T gathered_lse(const T* x, const std::int64_t* at, std::int64_t count, std::int64_t stride) {
+  T m = -std::numeric_limits<T>::max();
+  for (std::int64_t k = 0; k < count; ++k) m = std::max(m, x[at[k] * stride]);
+  T sum = 0;
+  for (std::int64_t k = 0; k < count; ++k) sum += vexp(x[at[k] * stride] - m);
+  return m + std::log(sum);
 }
 
 // Running (max, sum of exp(s - max)) of every column, one set per thread, updated one row block at a time.
@@ -164,52 +196,27 @@ struct ColumnStats {
   T* sum;
 };
 
-// Row i of S: log-sum-exp over all columns and over the positives (same label; the diagonal in instance mode).
-template <typename T, bool kClass>
-VLMKD_CLONES void row_stats(const T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T* lse,
-                            T* pos_lse) {
-  const T lowest = -std::numeric_limits<T>::max();
-  T m = lowest;
+// log-sum-exp of one row of S.
+template <typename T>
+VLMKD_CLONES T row_lse(const T* row, std::int64_t n) {
+  T m = -std::numeric_limits<T>::max();
 #pragma omp simd reduction(max : m)
   for (std::int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (std::int64_t j = 0; j < n; ++j) sum += vexp(row[j] - m);
-  *lse = m + std::log(sum);
-  if constexpr (kClass) {
-    const std::int32_t li = label[i];
-    T pm = lowest;
-#pragma omp simd reduction(max : pm)
-    for (std::int64_t j = 0; j < n; ++j) pm = std::max(pm, label[j] == li ? row[j] : lowest);
-    T pos = 0;
-#pragma omp simd reduction(+ : pos)
-    for (std::int64_t j = 0; j < n; ++j) {
-      const T e = vexp(row[j] - pm);
-      pos += label[j] == li ? e : T(0);
-    }
-    *pos_lse = pm + std::log(pos);
-  } else {
-    *pos_lse = row[i];
-  }
+  return m + std::log(sum);
 }
 
 // Folds rows [r0, r1) of S into the running column statistics; `block_max` is scratch of length n.
-// With `label`, only entries whose row label equals the column label count (the positives).
 template <typename T>
-VLMKD_CLONES void fold_rows_into_columns(const T* s, const std::int32_t* label, std::int64_t r0, std::int64_t r1,
-                                         std::int64_t n, ColumnStats<T> stats, T* block_max) {
-  const T lowest = -std::numeric_limits<T>::max();
-  std::fill(block_max, block_max + n, lowest);
+VLMKD_CLONES void fold_rows_into_columns(const T* s, std::int64_t r0, std::int64_t r1, std::int64_t n,
+                                         ColumnStats<T> stats, T* block_max) {
+  std::fill(block_max, block_max + n, -std::numeric_limits<T>::max());
   for (std::int64_t i = r0; i < r1; ++i) {
     const T* row = s + i * n;
-    if (label) {
-      const std::int32_t li = label[i];
 #pragma omp simd
-      for (std::int64_t j = 0; j < n; ++j) block_max[j] = std::max(block_max[j], label[j] == li ? row[j] : lowest);
-    } else {
-#pragma omp simd
-      for (std::int64_t j = 0; j < n; ++j) block_max[j] = std::max(block_max[j], row[j]);
-    }
+    for (std::int64_t j = 0; j < n; ++j) block_max[j] = std::max(block_max[j], row[j]);
   }
 #pragma omp simd
   for (std::int64_t j = 0; j < n; ++j) {
@@ -219,17 +226,8 @@ VLMKD_CLONES void fold_rows_into_columns(const T* s, const std::int32_t* label, 
   }
   for (std::int64_t i = r0; i < r1; ++i) {
     const T* row = s + i * n;
-    if (label) {
-      const std::int32_t li = label[i];
 #pragma omp simd
-      for (std::int64_t j = 0; j < n; ++j) {
-        const T e = vexp(row[j] - stats.max[j]);
-        stats.sum[j] += label[j] == li ? e : T(0);
-      }
-    } else {
-#pragma omp simd
-      for (std::int64_t j = 0; j < n; ++j) stats.sum[j] += vexp(row[j] - stats.max[j]);
-    }
+    for (std::int64_t j = 0; j < n; ++j) stats.sum[j] += vexp(row[j] - stats.max[j]);
   }
 }
 
@@ -245,34 +243,27 @@ void merge_columns(const std::vector<T>& max, const std::vector<T>& sum, int thr
   }
 }
 
-// Overwrites row i of S with dL/dS = (softmax_row + softmax_col - positive parts) / 2n; returns sum(dL/dS * S).
-template <typename T, bool kClass>
-VLMKD_CLONES T grad_row(T* row, const std::int32_t* label, std::int64_t i, std::int64_t n, T row_lse, T row_pos,
-                        const T* col_lse, const T* col_pos) {
+// Overwrites one row of S with dL/dS = (softmax_row + softmax_col - their positive parts) / 2n and returns
+// sum(dL/dS * S). `positives` lists the row's positive columns; `saved` is scratch for their logits.
+template <typename T>
+VLMKD_CLONES T grad_row(T* row, std::int64_t n, T lse, const T* col_lse, const std::int64_t* positives,
+                        std::int64_t count, T pos_lse, const T* col_pos_lse, T* saved) {
   const T c = T(0.5) / T(n);
-  const T diagonal = row[i];
+  for (std::int64_t k = 0; k < count; ++k) saved[k] = row[positives[k]];
   T dot = 0;
-  if constexpr (kClass) {
-    const std::int32_t li = label[i];
 #pragma omp simd reduction(+ : dot)
-    for (std::int64_t j = 0; j < n; ++j) {
-      const T x = row[j];
-      const T all = vexp(x - row_lse) + vexp(x - col_lse[j]);
-      const T pos = vexp(x - row_pos) + vexp(x - col_pos[j]);
-      const T g = c * (label[j] == li ? all - pos : all);
-      dot += g * x;
-      row[j] = g;
-    }
-  } else {
-#pragma omp simd reduction(+ : dot)
-    for (std::int64_t j = 0; j < n; ++j) {
-      const T x = row[j];
-      const T g = c * (vexp(x - row_lse) + vexp(x - col_lse[j]));
-      dot += g * x;
-      row[j] = g;
-    }
-    row[i] -= 2 * c;
-    dot -= 2 * c * diagonal;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T x = row[j];
+    const T g = c * (vexp(x - lse) + vexp(x - col_lse[j]));
+    dot += g * x;
+    row[j] = g;
+  }
+  for (std::int64_t k = 0; k < count; ++k) {
+    const std::int64_t j = positives[k];
+    const T x = saved[k];
+    const T positive_part = c * (vexp(x - pos_lse) + vexp(x - col_pos_lse[j]));
+    row[j] -= positive_part;
+    dot -= positive_part * x;
   }
   return dot;
 }
@@ -284,14 +275,12 @@ std::int64_t rows_per_block(std::int64_t n, std::size_t elem_size) {
 }
 
 // Loss and sum(dL/dS * S); S (n x n) is overwritten with dL/dS.
-template <typename T, bool kClass>
-std::pair<double, double> contrastive_grad_impl(T* s, const std::int32_t* label, std::int64_t n) {
-  const T lowest = -std::numeric_limits<T>::max();
+template <typename T>
+std::pair<double, double> contrastive_grad_impl(T* s, const Groups& groups, std::int64_t n) {
   const int threads = thread_count();
-  std::vector<T> row_lse(n), row_pos(n), col_lse(n), col_pos(n);
+  std::vector<T> row_all(n), col_all(n), row_pos(n), col_pos(n);
   const std::size_t stats_len = std::size_t(threads) * n;
-  std::vector<T> col_max(stats_len, lowest), col_sum(stats_len, T(0));
-  std::vector<T> pos_max(kClass ? stats_len : 0, lowest), pos_sum(kClass ? stats_len : 0, T(0));
+  std::vector<T> col_max(stats_len, -std::numeric_limits<T>::max()), col_sum(stats_len, T(0));
   const std::int64_t block = rows_per_block(n, sizeof(T));
   const std::int64_t blocks = (n + block - 1) / block;
 
@@ -299,36 +288,33 @@ std::pair<double, double> contrastive_grad_impl(T* s, const std::int32_t* label,
   {
     const std::size_t offset = std::size_t(thread_id()) * n;
     std::vector<T> scratch(n);
+#pragma omp for schedule(static) nowait
+    for (std::int64_t i = 0; i < n; ++i) {  // the positives, gathered
+      row_pos[i] = gathered_lse(s + i * n, groups.members(i), groups.count(i), 1);
+      col_pos[i] = gathered_lse(s + i, groups.members(i), groups.count(i), n);
+    }
 #pragma omp for schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b) {
+    for (std::int64_t b = 0; b < blocks; ++b) {  // all pairs: one sweep over S, a cached row block at a time
       const std::int64_t r0 = b * block, r1 = std::min(n, r0 + block);
-      for (std::int64_t i = r0; i < r1; ++i) {
-        row_stats<T, kClass>(s + i * n, label, i, n, &row_lse[i], &row_pos[i]);
-      }
-      fold_rows_into_columns<T>(s, nullptr, r0, r1, n, {col_max.data() + offset, col_sum.data() + offset},
-                                scratch.data());
-      if constexpr (kClass) {
-        fold_rows_into_columns<T>(s, label, r0, r1, n, {pos_max.data() + offset, pos_sum.data() + offset},
-                                  scratch.data());
-      }
+      for (std::int64_t i = r0; i < r1; ++i) row_all[i] = row_lse(s + i * n, n);
+      fold_rows_into_columns<T>(s, r0, r1, n, {col_max.data() + offset, col_sum.data() + offset}, scratch.data());
     }
   }
-  merge_columns(col_max, col_sum, threads, n, col_lse.data());
-  if constexpr (kClass) {
-    merge_columns(pos_max, pos_sum, threads, n, col_pos.data());
-  } else {
-    col_pos = row_pos;  // the diagonal
-  }
+  merge_columns(col_max, col_sum, threads, n, col_all.data());
 
   double loss = 0;
-  for (std::int64_t i = 0; i < n; ++i) loss += double(row_lse[i] - row_pos[i]) + double(col_lse[i] - col_pos[i]);
+  for (std::int64_t i = 0; i < n; ++i) loss += double(row_all[i] - row_pos[i]) + double(col_all[i] - col_pos[i]);
   loss /= 2.0 * double(n);
 
   double grad_dot_s = 0;
-#pragma omp parallel for schedule(static) reduction(+ : grad_dot_s)
-  for (std::int64_t i = 0; i < n; ++i) {
-    grad_dot_s += double(grad_row<T, kClass>(s + i * n, label, i, n, row_lse[i], row_pos[i], col_lse.data(),
-                                             col_pos.data()));
+#pragma omp parallel reduction(+ : grad_dot_s)
+  {
+    std::vector<T> saved(groups.largest);
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) {
+      grad_dot_s += double(grad_row(s + i * n, n, row_all[i], col_all.data(), groups.members(i), groups.count(i),
+                                    row_pos[i], col_pos.data(), saved.data()));
+    }
   }
   return {loss, grad_dot_s};
 }
@@ -426,8 +412,7 @@ std::pair<double, double> contrastive_grad(py::array& s, const py::array& labels
     const auto* lp = static_cast<const std::int64_t*>(labels.data());
     py::gil_scoped_release release;
     if (n == 0) return std::pair<double, double>{0.0, 0.0};
-    if (class_positives) return contrastive_grad_impl<T, true>(sp, dense_labels(lp, n).data(), n);
-    return contrastive_grad_impl<T, false>(sp, nullptr, n);
+    return contrastive_grad_impl<T>(sp, group_labels(class_positives ? lp : nullptr, n), n);
   });
 }
 
