@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlmkd.errors import InputError
 
-from ._kill import KillPoint, kill_chain, killed, run_and_kill, unit_seconds
+from ._kill import KillPoint, kill_chain, killed, run_and_kill, run_cli, unit_seconds
 
 pytestmark = pytest.mark.faults
 
@@ -153,3 +153,21 @@ def test_training_resumed_after_six_kills_equals_the_uninterrupted_run_byte_for_
         "epochs": EPOCHS, "weights_differing": 0, "leftover_temporary_dirs": leftovers,
         "uninterrupted_s": round(ref_run.seconds, 1), "final_rerun_s": round(final.seconds, 1),
     })  # fmt: skip
+
+
+def test_resume_after_a_kill_inside_the_final_save_rewrites_the_classifier(work, reference, tmp_path) -> None:
+    """The final classifier is written after the last checkpoint, in place: a kill while `model.safetensors` is
+    half written (and before `model.json`) leaves what this test recreates; `--resume` must rewrite it."""
+    import shutil
+
+    ref_out, _ = reference
+    out = Path(shutil.copytree(ref_out, tmp_path / "run"))
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (out / "model.json").unlink()
+    rerun = run_cli(train_args(work, out), tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert without_output(json.loads((out / "model.json").read_text())) == without_output(
+        json.loads((ref_out / "model.json").read_text())
+    )
