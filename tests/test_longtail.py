@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,17 @@ from vlmkd.errors import InputError
 
 
 def reference_counts(max_count: int, num_classes: int, imbalance_factor: int) -> list[int]:
-    """floor(max * IF^(-k/(C-1))) exactly, for integer IF: the largest n with (n/max)^(C-1) * IF^k <= 1."""
+    """floor(max * IF^(-k/(C-1))) in exact integers: the largest n with n^(C-1) * IF^k <= max^(C-1), at least 1."""
     counts = []
     for k in range(num_classes):
-        n = max_count
-        while n > 1 and Fraction(n, max_count) ** (num_classes - 1) * imbalance_factor**k > 1:
-            n -= 1
-        counts.append(n)
+        low, high = 1, max_count  # binary search; n = 1 is kept even when the profile falls below it
+        while low < high:
+            middle = (low + high + 1) // 2
+            if middle ** (num_classes - 1) * imbalance_factor**k <= max_count ** (num_classes - 1):
+                low = middle
+            else:
+                high = middle - 1
+        counts.append(low)
     return counts
 
 
