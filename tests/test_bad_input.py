@@ -638,3 +638,15 @@ def test_resuming_with_another_feature_store_at_the_same_path_is_refused_in_one_
     capsys.readouterr()
     assert vlmkd_main(argv) == 2
     assert "features" in one_line_error(capsys, "train")
+
+
+@pytest.mark.xfail(strict=True, reason="vlmkd/train/config.py:resolve_config: config-file values are not "
+                   "type-checked; `epochs: ten` raises TypeError (a traceback) in TrainConfig.validate")  # fmt: skip
+def test_training_config_with_a_value_of_the_wrong_type_is_one_line(tmp_path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: ten\n")
+    try:
+        code = vlmkd_main(["train", "--config", str(config), "--train", "x.txt", "--print-config"])
+    except Exception as error:
+        pytest.fail(f"traceback: {type(error).__name__}: {error}")
+    assert code == 2 and "epochs" in one_line_error(capsys, "train")
