@@ -3,7 +3,8 @@
 Cases: short one-sentence captions (6-14 words, like a captioning model's) and VLM-style paragraphs (25-70
 words, like LLaVA's answers to the General and Targeted prompts). Rows: plain `SentenceTransformer.encode`
 (the baseline, no vlmkd code), vlmkd's `load_text_encoder().encode` at batch 16/64/128, and the whole
-`encode_captions` stage (caption store in, fp16 feature store out, chunk commits included) at batch 64.
+`encode_captions` stage (caption store in, fp16 feature store out, chunk commits included) at batch 64;
+one vlmkd row runs on a single thread, which shows how much a shared (oversubscribed) machine hurts.
 Captions are distinct, so no row gains from the stage's de-duplication. Timed repetitions are interleaved
 across rows (shared machines are noisy); best-of-N and the median are reported.
 
@@ -42,6 +43,9 @@ SENTENCES = (
 WORDS = [word for sentence in SENTENCES for word in sentence.split()]
 
 
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 @dataclass(frozen=True)
 class Case:
     """Captions of one length range (words, inclusive)."""
@@ -57,6 +61,7 @@ class Row:
 
     path: str
     batch_size: int
+    threads: int = DEFAULT_THREADS  # torch intra-op threads while this row runs
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ CASES = (Case("sentence", 6, 14), Case("paragraph", 25, 70))
 BASELINE = "SentenceTransformer.encode (no vlmkd)"
 ENCODER = "vlmkd load_text_encoder().encode"
 STAGE = "vlmkd encode_captions (store to store)"
-ROWS = (Row(BASELINE, 64), Row(ENCODER, 16), Row(ENCODER, 64), Row(ENCODER, 128), Row(STAGE, 64))
+ROWS = (Row(BASELINE, 64), Row(ENCODER, 16), Row(ENCODER, 64), Row(ENCODER, 128), Row(ENCODER, 64, threads=1),
+        Row(STAGE, 64))  # fmt: skip
 
 
 def make_captions(case: Case, count: int, seed: int = 0) -> list[str]:
@@ -132,27 +138,31 @@ def measure(args: argparse.Namespace) -> list[Result]:
             store = make_caption_store(work / "captions", captions)
             for row in ROWS:
                 timed[case, row] = runner(row, captions, encoder, baseline, store, work)
-        for function in timed.values():  # warm-up: allocator, thread pools, page cache
+        for (_, row), function in timed.items():  # warm-up: allocator, thread pools, page cache
+            torch.set_num_threads(row.threads)
             function()
         rates: dict[tuple[Case, Row], list[float]] = {key: [] for key in timed}
         for _ in range(args.repeats):
             for key, function in timed.items():
+                torch.set_num_threads(key[1].threads)
                 start = time.perf_counter()
                 function()
                 rates[key].append(args.captions / (time.perf_counter() - start))
+        torch.set_num_threads(DEFAULT_THREADS)
     return [Result(case, row, tuple(rates[case, row]), tokens[case]) for case, row in timed]
 
 
 def table(results: list[Result]) -> str:
     baselines = {r.case: r.median for r in results if r.row.path == BASELINE}
     lines = [
-        "| captions | mean tokens | path | batch | captions/s (best) | captions/s (median) | vs baseline (median) |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| captions | mean tokens | path | batch | threads | captions/s (best) | captions/s (median) | vs baseline "
+        "(median) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         words = f"{r.case.name} ({r.case.min_words}-{r.case.max_words} words)"
         lines.append(
-            f"| {words} | {r.mean_tokens:.0f} | {r.row.path} | {r.row.batch_size} | {r.best:,.0f} | "
+            f"| {words} | {r.mean_tokens:.0f} | {r.row.path} | {r.row.batch_size} | {r.row.threads} | {r.best:,.0f} | "
             f"{r.median:,.0f} | {r.median / baselines[r.case]:.2f}x |"
         )
     return "\n".join(lines)
@@ -167,7 +177,7 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str) ->
             "# Caption encoding throughput",
             "",
             f"Encoder {DEFAULT_ENCODER} (384-d, {args.dtype} compute, fp16 store) on {where} ({cpu}, "
-            f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads). "
+            f"{os.cpu_count()} cores, torch {torch.__version__}). "
             f"{args.captions} distinct captions per case, {args.repeats} interleaved repetitions per row after a "
             "warm-up.",
             "",
