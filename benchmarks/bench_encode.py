@@ -181,8 +181,9 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str) ->
             f"{args.captions} distinct captions per case, {args.repeats} interleaved repetitions per row after a "
             "warm-up.",
             "",
-            f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine may be shared: "
-            "absolute numbers move with its load, the ratios to the baseline much less.",
+            f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. When it exceeds the core "
+            "count the machine is oversubscribed: absolute numbers fall with the load, and even rows running the "
+            "same code (baseline vs vlmkd at batch 64) differ by tens of percent.",
             "",
             table(results),
             "",
