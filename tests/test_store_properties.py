@@ -286,3 +286,31 @@ def test_any_value_in_a_training_config_file_is_refused_or_has_the_settings_type
     except InputError:
         return
     assert _field_type_ok(getattr(config, name), getattr(defaults, name)), (name, value)
+
+
+# ------------------------------------------------------------------------------------- prompt-set files
+
+prompt_items = st.lists(
+    st.dictionaries(st.sampled_from(["id", "template", "description", "other"]),
+                    json_values | st.sampled_from(["G", "T1", "Describe the {label}.", "{label}", "{x}", "{", "}"]),
+                    max_size=4),
+    max_size=4,
+)  # fmt: skip
+
+
+@SETTINGS
+@given(document=st.fixed_dictionaries({"prompts": prompt_items}, optional={"name": json_values}) | json_values)
+def test_any_prompt_file_loads_a_renderable_prompt_set_or_is_an_input_error(tmp_path_factory, document) -> None:
+    from vlmkd.caption.prompts import load_prompt_set
+
+    for suffix, text in ((".json", json.dumps(document)), (".yaml", json.dumps(document))):  # JSON is valid YAML
+        path = fresh(tmp_path_factory, "prompts") / f"p{suffix}"
+        path.write_text(text)
+        try:
+            prompts = load_prompt_set(path)
+        except InputError as error:
+            assert str(error).startswith(str(path))
+            continue
+        assert prompts.prompts and len(set(prompts.ids)) == len(prompts.ids)
+        for prompt in prompts.prompts:
+            assert "cat" in prompt.render("cat") or "{label}" not in prompt.template
