@@ -5,8 +5,8 @@ crop, flip, normalise). Rows: vlmkd's DALI path, vlmkd's torch path, a plain tor
 baseline (PIL + transforms in persistent workers), and a plain DALI pipeline for reference. Each loader
 is built once. A round gives each loader in turn an untimed epoch and then a timed one, so every timed
 epoch starts in steady state (DALI's queues full, workers up) and work a loader leaves running after
-its epoch falls into the next loader's untimed epoch; rounds interleave loaders (shared machines are
-noisy) and best-of-N and the median are reported.
+its epoch falls into the next loader's untimed epoch; rounds interleave loaders in rotating order
+(shared machines are noisy) and best-of-N and the median are reported.
 
     python benchmarks/bench_loader.py            # writes benchmarks/results/loader.md
     python benchmarks/bench_loader.py --quick    # small smoke run, prints only
@@ -185,10 +185,11 @@ def run_case(case: Case, reps: int) -> list[Result]:
         dataset = make_files(case, Path(tmp))
         loaders = loaders_for(dataset, case)
         rates: dict[str, list[float]] = {name: [] for name in loaders}
+        names = list(loaders)
         for rep in range(reps):
-            for name, loader in loaders.items():
-                epoch_rate(loader, 2 * rep)  # untimed lead-in
-                rates[name].append(epoch_rate(loader, 2 * rep + 1))
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate who runs first
+                epoch_rate(loaders[name], 2 * rep)  # untimed lead-in
+                rates[name].append(epoch_rate(loaders[name], 2 * rep + 1))
         del loaders
     return [Result(case, name, tuple(values)) for name, values in rates.items()]
 
@@ -203,13 +204,14 @@ def table(results: list[Result], reps: int) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Files: synthetic smooth RGB images, 224x224 JPEG "
         "(quality 90) and 32x32 PNG, read at their own size with the train transform (random-resized-crop scale "
         f"{SCALE}, flip, normalise); batch 64, 2 worker processes / 2 DALI threads; {reps} rounds, each giving "
-        "every loader an untimed epoch then a timed one; images/s.",
+        "every loader (in rotating order) an untimed epoch then a timed one; images/s.",
         f"Machine: {os.cpu_count()} CPU cores, no GPU (DALI decodes on the CPU), {platform.python_version()}, "
         f"torch {torch.__version__}, DALI {nvidia.dali.__version__}. **The machine was shared with other jobs "
         f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end)**: compare rows within a case, "
         "not across runs.",
         "",
-        "| case | loader | best img/s | median img/s | best vs DataLoader + PIL | best vs vlmkd torch |",
+        "| case | loader | best img/s | median img/s | vs DataLoader + PIL (best / median) "
+        "| vs vlmkd torch (best / median) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for case in dict.fromkeys(result.case for result in results):
@@ -219,7 +221,8 @@ def table(results: list[Result], reps: int) -> str:
         for result in rows:
             lines.append(
                 f"| {case.name} ({case.num_images} files) | {result.loader} | {result.best:,.0f} | "
-                f"{result.median:,.0f} | {result.best / baseline.best:.2f}x | {result.best / library_torch.best:.2f}x |"
+                f"{result.median:,.0f} | {result.best / baseline.best:.2f}x / {result.median / baseline.median:.2f}x | "
+                f"{result.best / library_torch.best:.2f}x / {result.median / library_torch.median:.2f}x |"
             )
     return "\n".join(lines) + "\n"
 
