@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=int, default=1024, help="images per committed chunk, the unit of resuming (default: 1024)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a feature store made by another job")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
     return parser
 
 
