@@ -207,3 +207,49 @@ def test_resume_refuses_changed_settings(tiny_dataset, tmp_path) -> None:
     train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=1))
     with pytest.raises(InputError, match=r"lr \(0\.1 -> 0\.2\)"):
         train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=1, lr=0.2), resume="auto")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epochs: ten\n", "epochs must be an integer, got 'ten'"),
+        ("lr: fast\n", "lr must be a number"),
+        ("batch_size: 2.5\n", "batch_size must be an integer"),
+        ("mean: 3\n", "mean must be a list of 3 numbers"),
+        ("flip: 1\n", "flip must be true or false"),
+        ("prompts: G\n", "prompts must be a list of strings or null"),
+        ("epochs: [1\n", r"c\.yaml:2:1: not valid YAML"),
+    ],
+)
+def test_config_file_errors_are_one_line_naming_file_and_setting(tmp_path, text: str, message: str) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(InputError, match=message) as caught:
+        read_config_file(str(tmp_path / "c.yaml"))
+    assert "\n" not in str(caught.value)
+
+
+def test_corrupt_classifier_files_are_refused_naming_the_file(tiny_dataset, tmp_path) -> None:
+    from vlmkd.train.checkpoint import load_classifier
+
+    train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=1))
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError, match=r"model\.safetensors: unreadable or corrupt"):
+        load_classifier(tmp_path / "run")
+    (tmp_path / "run" / "model.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"model\.json: unreadable or corrupt JSON"):
+        load_classifier(tmp_path / "run")
+
+
+def test_resume_refuses_a_relabelled_dataset_and_sweeps_debris_of_a_killed_save(tiny_dataset, tmp_path) -> None:
+    from vlmkd.errors import StoreMismatchError
+
+    config = tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=2)
+    train(config)
+    debris = tmp_path / "run" / ".tmp_epoch_0002_99999"
+    debris.mkdir()
+    train(config, resume="auto")
+    assert not debris.exists()
+    lines = Path(tiny_dataset.source).read_text().splitlines()
+    Path(tiny_dataset.source).write_text("\n".join([lines[-1].replace(" 2", " 1"), *lines[:-1]]) + "\n")
+    with pytest.raises(StoreMismatchError, match="the training dataset changed since this run started"):
+        train(config, resume="auto")

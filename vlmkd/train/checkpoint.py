@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vlmkd.errors import InputError
@@ -64,11 +65,18 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_classifier(directory: Path, model: Classifier, spec: ModelSpec, meta: dict[str, Any]) -> None:
-    """Write the deployable classifier: weights plus its spec and `meta` (class names, training counts)."""
+    """Write the deployable classifier: weights plus its spec and `meta` (class names, training counts).
+
+    Each file is written under a temporary name and renamed, `model.json` last, so a kill mid-save never
+    leaves a truncated file that a reader would take for a classifier.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / MODEL_WEIGHTS))
-    (directory / MODEL_META).write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=2))
+    tmp_weights, tmp_meta = directory / f".{MODEL_WEIGHTS}.tmp", directory / f".{MODEL_META}.tmp"
+    save_file(state, str(tmp_weights))
+    tmp_meta.write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=2))
+    os.replace(tmp_weights, directory / MODEL_WEIGHTS)
+    os.replace(tmp_meta, directory / MODEL_META)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
@@ -77,10 +85,33 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     directory = path.parent if path.is_file() else path
     if not (directory / MODEL_WEIGHTS).is_file() or not (directory / MODEL_META).is_file():
         raise InputError(f"{path}: not a vlmkd classifier (expected {MODEL_WEIGHTS} and {MODEL_META})")
-    meta = json.loads((directory / MODEL_META).read_text())
-    model = build_model(ModelSpec(**meta["spec"]))
-    model.load_state_dict(load_file(str(directory / MODEL_WEIGHTS)))
+    meta = _read_json(directory / MODEL_META)
+    try:
+        model = build_model(ModelSpec(**meta["spec"]))
+    except (KeyError, TypeError) as error:
+        raise InputError(f"{directory / MODEL_META}: not a vlmkd model description ({error})") from None
+    try:
+        model.load_state_dict(_read_tensors(directory / MODEL_WEIGHTS))
+    except RuntimeError as error:
+        raise InputError(f"{directory / MODEL_WEIGHTS}: weights do not fit {meta['spec']} ({error})") from None
     return model.to(device).eval(), meta
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{file}: unreadable or corrupt JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{file}: expected a JSON object")
+    return data
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{file}: unreadable or corrupt safetensors file ({error})") from None
 
 
 def save_checkpoint(
@@ -111,9 +142,22 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
     """(model state dict, train state, info) of a checkpoint directory written by `save_checkpoint`."""
     if not (directory / STATE_META).is_file():
         raise InputError(f"{directory}: not a vlmkd training checkpoint (no {STATE_META})")
-    info = json.loads((directory / STATE_META).read_text())
-    train_state = unflatten_state(info.pop("train_state"), load_file(str(directory / TRAIN_STATE)))
-    return load_file(str(directory / MODEL_WEIGHTS)), train_state, info
+    info = _read_json(directory / STATE_META)
+    try:
+        train_state = unflatten_state(info.pop("train_state"), _read_tensors(directory / TRAIN_STATE))
+    except KeyError as error:
+        raise InputError(f"{directory}: checkpoint state and tensors do not match (missing {error})") from None
+    return _read_tensors(directory / MODEL_WEIGHTS), train_state, info
+
+
+def sweep_temporary(run_dir: Path) -> None:
+    """Remove what a run killed inside a save left behind: `.tmp_epoch_*` directories and `.model.*.tmp` files."""
+    if not run_dir.is_dir():
+        return
+    for debris in run_dir.glob(".tmp_epoch_*"):
+        shutil.rmtree(debris, ignore_errors=True)
+    for debris in run_dir.glob(".model.*.tmp"):
+        debris.unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -115,13 +117,61 @@ def read_config_file(spec: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML ({error})") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise InputError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of settings at the top level")
-    unknown = sorted(set(data) - set(field_names()))
+    return check_settings(data, str(path))
+
+
+def check_settings(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """Settings with each value checked against its field's type (ints widen to floats); `InputError` otherwise."""
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(settings) - set(hints))
     if unknown:
-        raise InputError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    return data
+        raise InputError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    return {name: _typed(name, value, hints[name], where) for name, value in settings.items()}
+
+
+def _typed(name: str, value: Any, hint: Any, where: str) -> Any:
+    options = [arg for arg in typing.get_args(hint) if arg is not type(None)] if _is_optional(hint) else [hint]
+    if value is None and len(options) == 1 and options[0] is not hint:
+        return None
+    kind = options[0]
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        if isinstance(value, list):
+            items = [_scalar(v, item) for v in value]
+            if all(v is not _BAD for v in items) and (item is not float or len(items) == 3):
+                return items
+    elif (checked := _scalar(value, kind)) is not _BAD:
+        return checked
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+    if typing.get_origin(kind) is list:
+        expected = "a list of 3 numbers" if typing.get_args(kind)[0] is float else "a list of strings"
+    if kind is not hint:
+        expected += " or null"
+    raise InputError(f"{where}: {name} must be {expected}, got {value!r}")
+
+
+_BAD = object()
+
+
+def _scalar(value: Any, kind: type) -> Any:
+    if kind is bool:
+        return value if isinstance(value, bool) else _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if kind is int:
+        return value if isinstance(value, int) else _BAD
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) else _BAD
+    return value if isinstance(value, kind) else _BAD
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def list_presets() -> list[str]:
@@ -130,8 +180,8 @@ def list_presets() -> list[str]:
 
 def resolve_config(file_settings: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the file's settings, then the flags that were given (None means not given)."""
-    merged = {**file_settings, **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(**merged).validate()
+    given = check_settings({k: v for k, v in overrides.items() if v is not None}, "setting")
+    return TrainConfig(**{**file_settings, **given}).validate()
 
 
 def write_config(config: TrainConfig, path: Path) -> None:

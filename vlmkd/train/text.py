@@ -30,6 +30,15 @@ def open_text_source(config: TrainConfig, dataset: ImageList) -> TextSource:
     return CaptionFeatures(store, mix=config.caption_mix, prompts=config.prompts)
 
 
+def feature_fingerprint(config: TrainConfig) -> str | None:
+    """Identity of the feature store a run trains on (None without VLM-KD), recorded in its checkpoints."""
+    if config.vlmkd_weight <= 0 or not config.features:
+        return None
+    from vlmkd.encode.store import FeatureStore
+
+    return FeatureStore.open(config.features).fingerprint()
+
+
 def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.Module:
     """The VLM-KD loss module: adaptor text_dim -> image_dim and the (fixed or learnable) temperature."""
     from vlmkd.ops import VlmkdContrastiveLoss

@@ -13,19 +13,27 @@ from torch import nn
 from tqdm import tqdm
 
 from vlmkd.data import ImageList, load_image_list
-from vlmkd.errors import InputError, VlmkdError
+from vlmkd.errors import InputError, StoreMismatchError, VlmkdError
 from vlmkd.losses import TaskLoss, VlmkdObjective
 from vlmkd.models import Classifier, ModelSpec, build_model
-from vlmkd.train.checkpoint import latest_checkpoint, load_checkpoint, load_classifier, save_checkpoint, save_classifier
+from vlmkd.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_classifier,
+    save_checkpoint,
+    save_classifier,
+    sweep_temporary,
+)
 from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.metrics_log import MetricsLog
 from vlmkd.train.schedule import build_optimizer, lr_at
-from vlmkd.train.text import build_contrastive, open_text_source
+from vlmkd.train.text import build_contrastive, feature_fingerprint, open_text_source
 
 LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
 # Settings that may differ between a run and its resumption without changing the result.
 RESUME_FREE = frozenset({"output", "progress", "log_every", "num_workers"})
+IDENTITY_NAMES = {"train_fingerprint": "training dataset", "features_fingerprint": "feature store"}
 
 
 class NonFiniteLossError(VlmkdError):
@@ -127,9 +135,11 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
 
     start_epoch, step, skipped = 0, 0, 0
     checkpoint = _find_resume(resume, output)
+    identity = {"train_fingerprint": dataset.fingerprint(), "features_fingerprint": feature_fingerprint(config)}
     if checkpoint is not None:
-        start_epoch, step, skipped = _restore(checkpoint, config, model, objective, optimizer, scaler)
+        start_epoch, step, skipped = _restore(checkpoint, config, identity, model, objective, optimizer, scaler)
     if ctx.is_main:
+        sweep_temporary(output)
         write_config(config, output / "config.yaml")
     log = MetricsLog(output / "metrics.jsonl", resume_step=step if checkpoint else None) if ctx.is_main else None
     model_meta = {
@@ -205,7 +215,7 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
                 "scaler": scaler.state_dict(),
                 "rng": {"torch": torch.get_rng_state()},
             }
-            info = {"step": step, "skipped_steps": skipped, "config": config.to_dict()}
+            info = {"step": step, "skipped_steps": skipped, "config": config.to_dict(), **identity}
             save_checkpoint(
                 output,
                 epoch + 1,
@@ -248,6 +258,7 @@ def _find_resume(resume: str | None, output: Path) -> Path | None:
 def _restore(
     checkpoint: Path,
     config: TrainConfig,
+    identity: dict[str, str | None],
     model: nn.Module,
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -259,6 +270,12 @@ def _restore(
     if changed:
         detail = ", ".join(f"{k} ({saved.get(k)!r} -> {current[k]!r})" for k in changed)
         raise InputError(f"{checkpoint}: cannot resume with different settings: {detail}")
+    for key, value in identity.items():
+        if info.get(key) != value:
+            raise StoreMismatchError(
+                f"{checkpoint}: the {IDENTITY_NAMES[key]} changed since this run started ({info.get(key)} -> {value}); "
+                "resuming would mix two trainings: start a new --output"
+            )
     model.load_state_dict(model_state)
     objective.load_state_dict(train_state["objective"])
     optimizer.load_state_dict(train_state["optimizer"])
