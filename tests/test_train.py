@@ -251,5 +251,5 @@ def test_resume_refuses_a_relabelled_dataset_and_sweeps_debris_of_a_killed_save(
     assert not debris.exists()
     lines = Path(tiny_dataset.source).read_text().splitlines()
     Path(tiny_dataset.source).write_text("\n".join([lines[-1].replace(" 2", " 1"), *lines[:-1]]) + "\n")
-    with pytest.raises(StoreMismatchError, match="the training dataset changed since this run started"):
+    with pytest.raises(StoreMismatchError, match=r"the training dataset \(--train\) changed since this run started"):
         train(config, resume="auto")

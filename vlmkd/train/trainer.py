@@ -33,7 +33,10 @@ from vlmkd.train.text import build_contrastive, feature_fingerprint, open_text_s
 LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
 # Settings that may differ between a run and its resumption without changing the result.
 RESUME_FREE = frozenset({"output", "progress", "log_every", "num_workers"})
-IDENTITY_NAMES = {"train_fingerprint": "training dataset", "features_fingerprint": "feature store"}
+IDENTITY_NAMES = {
+    "train_fingerprint": "training dataset (--train)",
+    "features_fingerprint": "feature store (--features)",
+}
 
 
 class NonFiniteLossError(VlmkdError):
