@@ -180,8 +180,9 @@ def list_presets() -> list[str]:
 
 def resolve_config(file_settings: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the file's settings, then the flags that were given (None means not given)."""
+    from_file = check_settings(file_settings, "config")
     given = check_settings({k: v for k, v in overrides.items() if v is not None}, "setting")
-    return TrainConfig(**{**file_settings, **given}).validate()
+    return TrainConfig(**{**from_file, **given}).validate()
 
 
 def write_config(config: TrainConfig, path: Path) -> None:
