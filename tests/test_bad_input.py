@@ -475,8 +475,6 @@ def test_prompt_file_with_a_yaml_syntax_error_is_one_line_naming_its_line(pipeli
     assert f"{bad}" in one_line_error(capsys, "caption")
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/train/config.py:read_config_file: a YAML syntax error is reported "
-                   "with PyYAML's multi-line message (the CLI prints several lines)")  # fmt: skip
 def test_training_config_with_a_yaml_syntax_error_is_one_line(tmp_path, capsys) -> None:
     bad = tmp_path / "run.yaml"
     bad.write_text("epochs: 3\nlr: [0.1\n")
@@ -569,11 +567,6 @@ def test_evaluating_on_a_test_set_with_other_classes_is_one_line(trained, tmp_pa
     assert "3 classes, but the model was trained on 2" in one_line_error(capsys, "eval")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vlmkd/train/checkpoint.py:load_classifier: a truncated model.safetensors (a "
-    "kill inside the final, in-place save) raises SafetensorError: a traceback in vlmkd eval",
-)
 def test_evaluating_a_truncated_classifier_is_one_line_naming_the_file(trained, tmp_path, capsys) -> None:
     import shutil
 
@@ -590,10 +583,6 @@ def test_evaluating_a_truncated_classifier_is_one_line_naming_the_file(trained, 
 
 
 # ------------------------------------------------------------------------------------ inputs changed under a resume
-
-RESUME_DATA = pytest.mark.xfail(strict=True, reason="vlmkd/train/trainer.py:_restore compares the config only (the "
-                                "paths), not the dataset or feature-store fingerprints: a resume continues silently "
-                                "on a relabelled dataset or a different feature store")  # fmt: skip
 
 
 def _killed_after_epoch_one(tmp_path: Path, listing: Path, features: Path | None) -> list[str]:
@@ -612,7 +601,6 @@ def _killed_after_epoch_one(tmp_path: Path, listing: Path, features: Path | None
     return argv
 
 
-@RESUME_DATA
 def test_resuming_on_a_relabelled_dataset_is_refused_in_one_line(pipeline, tmp_path, capsys) -> None:
     import shutil
 
@@ -625,7 +613,6 @@ def test_resuming_on_a_relabelled_dataset_is_refused_in_one_line(pipeline, tmp_p
     assert "dataset" in one_line_error(capsys, "train")
 
 
-@RESUME_DATA
 def test_resuming_with_another_feature_store_at_the_same_path_is_refused_in_one_line(pipeline, tmp_path, capsys):
     features = copy_store(pipeline["features"], tmp_path / "features")
     argv = _killed_after_epoch_one(tmp_path, pipeline["list"], features)
@@ -640,8 +627,6 @@ def test_resuming_with_another_feature_store_at_the_same_path_is_refused_in_one_
     assert "features" in one_line_error(capsys, "train")
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/train/config.py:resolve_config: config-file values are not "
-                   "type-checked; `epochs: ten` raises TypeError (a traceback) in TrainConfig.validate")  # fmt: skip
 def test_training_config_with_a_value_of_the_wrong_type_is_one_line(tmp_path, capsys) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("epochs: ten\n")

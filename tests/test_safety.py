@@ -175,9 +175,6 @@ def test_checkpoint_with_a_pickle_in_place_of_safetensors_is_refused_without_unp
     assert not sentinel.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/train/checkpoint.py:load_classifier/load_checkpoint: a corrupt "
-                   "model.safetensors or state.json raises SafetensorError/JSONDecodeError (a traceback), "
-                   "not an InputError naming the file")  # fmt: skip
 @pytest.mark.parametrize("name", ["model.safetensors", "model.json"])
 def test_corrupt_classifier_files_are_an_input_error_naming_the_file(trained_run, tmp_path, name: str) -> None:
     from vlmkd.train.checkpoint import load_classifier

@@ -266,9 +266,6 @@ def _field_type_ok(value, default) -> bool:
     return value is None or isinstance(value, (str, list))  # optional settings: features, teacher, prompts
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/train/config.py:resolve_config/TrainConfig.validate: values from a "
-                   "config file are not type-checked: `epochs: ten` raises TypeError in validate, `lr: fast` or "
-                   "`batch_size: 2.5` pass and fail later inside training")  # fmt: skip
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 @example(data=None)
