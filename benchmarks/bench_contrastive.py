@@ -116,6 +116,8 @@ def runner(row: str, inputs: dict[str, torch.Tensor], positives: str = "instance
 
     if row == GEMM:
         return gemms
+    if row == COMPILED:
+        torch._dynamo.reset()  # one compiled shape at a time: no recompile limit across many shapes
     if row in (REF, COMPILED):
         loss_fn = contrastive_ref if row == REF else torch.compile(contrastive_ref, fullgraph=True, dynamic=False)
     else:
