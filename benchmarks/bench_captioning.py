@@ -55,6 +55,7 @@ class Row:
 class Result:
     row: Row
     rates: list[float]  # images/s of each timed repetition
+    cpu_ms: list[float]  # process CPU time per image (all threads): less sensitive to a busy machine than wall
     store_shares: list[float]  # share of wall time spent writing shards (vlmkd rows)
 
     @property
@@ -89,10 +90,11 @@ def bare_generate(engine: HFEngine, dataset: ImageList, batch_size: int) -> None
         engine.tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
-def timed(function: Callable[[], float | None], count: int) -> tuple[float, float | None]:
-    start = time.perf_counter()
+def timed(function: Callable[[], float | None], count: int) -> tuple[float, float, float | None]:
+    """(images/s, CPU ms per image, the function's result)."""
+    start, cpu = time.perf_counter(), time.process_time()
     share = function()
-    return count / (time.perf_counter() - start), share
+    return count / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / count, share
 
 
 def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens: int) -> list[Result]:
@@ -122,13 +124,14 @@ def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens:
             ),
         }
         rows |= {Row(f"vlmkd run_captioning, batch {b}", b): vlmkd(b) for b in batches}
-        results = {row: Result(row, [], []) for row in rows}
+        results = {row: Result(row, [], [], []) for row in rows}
         for function in rows.values():  # warm-up: first-call allocations, lazy imports
             function()
         for _ in range(repeats):
             for row, function in rows.items():
-                rate, share = timed(function, num_images)
+                rate, cpu_ms, share = timed(function, num_images)
                 results[row].rates.append(rate)
+                results[row].cpu_ms.append(cpu_ms)
                 if share is not None:
                     results[row].store_shares.append(share)
         return list(results.values())
@@ -139,14 +142,15 @@ def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens:
 def table(results: list[Result]) -> str:
     loop = next(r for r in results if r.row.batch_size == 1)
     lines = [
-        "| row | batch | images/s best | images/s median | speed-up vs loop (median) | shard writing, share of wall |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| row | batch | images/s best | images/s median | speed-up vs loop (median) | CPU ms/image (median) "
+        "| shard writing, share of wall |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         share = f"{100 * statistics.median(r.store_shares):.2f}%" if r.store_shares else "-"
         lines.append(
             f"| {r.row.name} | {r.row.batch_size} | {r.best:.1f} | {r.median:.1f} | "
-            f"{r.median / loop.median:.1f}x | {share} |"
+            f"{r.median / loop.median:.1f}x | {statistics.median(r.cpu_ms):.0f} | {share} |"
         )
     return "\n".join(lines)
 
