@@ -46,11 +46,11 @@ class Run:
     unit_times: tuple[float, ...] = ()  # seconds from start at which units 1, 2, ... were seen
 
 
-def environment() -> dict[str, str]:
-    """The test process's environment, offline."""
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The test process's environment, offline, plus `extra`."""
     # One intra-op thread: the suite shares a small machine, and oversubscribed OpenMP spins make runs 3-4x slower.
     return os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
+                         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} | (extra or {})  # fmt: skip
 
 
 def command(args: Sequence[str]) -> list[str]:
@@ -58,16 +58,21 @@ def command(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "vlmkd", *map(str, args)]
 
 
-def run_cli(args: Sequence[str], cwd: Path) -> Run:
+def run_cli(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> Run:
     """Run `vlmkd ARGS` to completion (cwd outside the checkout, so the installed package is what runs)."""
     start = time.perf_counter()
-    done = subprocess.run(command(args), cwd=cwd, env=environment(), capture_output=True, text=True,
+    done = subprocess.run(command(args), cwd=cwd, env=environment(env), capture_output=True, text=True,
                           timeout=RUN_LIMIT_S)  # fmt: skip
     return Run(done.returncode, time.perf_counter() - start, done.stdout, done.stderr)
 
 
 def run_and_kill(
-    args: Sequence[str], cwd: Path, units: Callable[[], int], point: KillPoint | None, unit_s: float = 0.0
+    args: Sequence[str],
+    cwd: Path,
+    units: Callable[[], int],
+    point: KillPoint | None,
+    unit_s: float = 0.0,
+    env: dict[str, str] | None = None,
 ) -> Run:
     """Start `vlmkd ARGS`, wait until `units()` has grown by `point.units`, wait the point's fraction of `unit_s`,
     then SIGKILL it. With `point=None` it runs to the end and only watches: `unit_times` gives when each unit
@@ -78,7 +83,7 @@ def run_and_kill(
     seen, times, last = None, [], -1
     target = None if point is None else units() + point.units
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        process = subprocess.Popen(command(args), cwd=cwd, env=environment(), stdout=stdout, stderr=stderr)
+        process = subprocess.Popen(command(args), cwd=cwd, env=environment(env), stdout=stdout, stderr=stderr)
         try:
             while process.poll() is None:
                 if time.perf_counter() - start > RUN_LIMIT_S:

@@ -121,3 +121,34 @@ def test_caption_rerun_after_six_kills_equals_the_uninterrupted_run_byte_for_byt
         "temporary_files_seen_at_kills": sum(1 for s in chain.snapshots for n in s["names"] if n.endswith(".tmp")),
         "uninterrupted_s": round(ref_run.seconds, 1), "final_rerun_s": round(final.seconds, 1),
     })  # fmt: skip
+
+
+def test_two_ranks_sharing_a_store_one_killed_and_rerun_equal_the_uninterrupted_run(work, reference, tmp_path):
+    """torchrun-style sharing (RANK/WORLD_SIZE): rank 1 is killed after two of its shards while rank 0 goes on;
+    rerunning rank 1 completes the store, identical to a single uninterrupted process."""
+    import subprocess
+
+    from ._kill import command, environment, run_cli
+
+    ref_out, ref_run = reference
+    out = tmp_path / "shared"
+    args = caption_args(work, out)
+
+    def rank_one_shards() -> int:
+        names = [n for n in _names(out) if SHARD.fullmatch(n)]
+        return sum(1 for n in names if int(n[6:11]) % 2 == 1) if (out / "manifest.json").exists() else -1
+
+    with open(tmp_path / "rank0.err", "w") as err:
+        rank0 = subprocess.Popen(command(args), cwd=tmp_path, env=environment({"RANK": "0", "WORLD_SIZE": "2"}),
+                                 stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        try:
+            rank1 = run_and_kill(args, tmp_path, rank_one_shards, KillPoint(3, 0.5), unit_seconds(ref_run),
+                                 env={"RANK": "1", "WORLD_SIZE": "2"})  # fmt: skip
+        finally:
+            assert rank0.wait(timeout=300) == 0, (tmp_path / "rank0.err").read_text()[-2000:]
+    assert killed(rank1)
+    with pytest.raises(InputError, match="caption store is incomplete"):
+        CaptionStore.open(out).read_table()
+    rerun = run_cli(args, tmp_path, env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert rerun.returncode == 0, rerun.stderr
+    assert tree_bytes(out) == tree_bytes(ref_out)
