@@ -650,3 +650,14 @@ def test_caption_info_on_a_store_with_a_corrupt_shard_is_one_line(pipeline, tmp_
     except Exception as error:
         pytest.fail(f"traceback: {type(error).__name__}: {error}")
     assert code == 2 and f"{shard}" in one_line_error(capsys, "caption-info")
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=WORKER_ERROR)])
+def test_unreadable_image_during_evaluation_is_one_line_naming_the_file(trained, tmp_path, capsys, workers) -> None:
+    run, _ = trained
+    images = {f"{k}.png": GOOD for k in range(4)}
+    images["2.png"] = b""
+    test = make_dataset(tmp_path / "test", images)
+    capsys.readouterr()
+    assert vlmkd_main(["eval", str(run), str(test), "--no-plots", "--num-workers", str(workers)]) == 2
+    assert f"{tmp_path / 'test' / '2.png'}: empty file (0 bytes)" in one_line_error(capsys, "eval")
