@@ -89,7 +89,9 @@ def plot_tsne(
         sizes = 6 * np.sqrt(multiplicity[chosen])
         ax.scatter(*position[chosen].T, s=sizes, color=cmap(int(c) % cmap.N), label=classnames[int(c)], alpha=0.8)
     if len(classnames) <= 20:
-        ax.legend(markerscale=2.5, fontsize=7, loc="best")
+        legend = ax.legend(fontsize=7, loc="best")
+        for handle in legend.legend_handles:
+            handle.set_sizes([24.0])  # one size in the legend, whatever the multiplicity of the first point
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
