@@ -121,7 +121,7 @@ def test_corrupt_shard_is_an_input_error_naming_it_on_one_line(tiny_dataset, tmp
     for shard in range(3):
         fill_shard(store, tiny_dataset, shard)
     store.shard_path(1).write_bytes(damage)
-    for read in (store.read_table, store.failed_images):
+    for read in (store.read_table, store.failed_images, lambda: store.shard_rows(1)):
         with pytest.raises(InputError, match="unreadable caption shard") as caught:
             read()
         assert str(store.shard_path(1)) in str(caught.value) and "\n" not in str(caught.value)

@@ -149,10 +149,8 @@ def info_main(argv: list[str] | None = None) -> int:
 
 def store_info(store: CaptionStore) -> dict:
     """A JSON-able summary of a store (the `--json` output)."""
-    import pyarrow.parquet as pq
-
     missing = store.missing_shards()
-    captions = sum(pq.read_metadata(store.shard_path(k)).num_rows for k in range(store.num_shards) if k not in missing)
+    captions = sum(store.shard_rows(k) for k in range(store.num_shards) if k not in missing)
     return {
         "path": str(store.path),
         "fingerprint": store.fingerprint(),

@@ -260,6 +260,16 @@ class CaptionStore:
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise _unreadable_shard(path, error) from None
 
+    def shard_rows(self, shard: int) -> int:
+        """Rows in one finished shard, from its footer (no captions read)."""
+        import pyarrow.parquet as pq
+
+        path = self.shard_path(shard)
+        try:
+            return pq.read_metadata(path).num_rows
+        except (OSError, ValueError) as error:
+            raise _unreadable_shard(path, error) from None
+
     def read_table(self) -> pa.Table:
         """All rows in (image, prompt) order; `InputError` listing the missing shards if incomplete."""
         import pyarrow as pa
