@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -142,3 +143,21 @@ def test_another_process_temporary_files_do_not_make_a_directory_foreign(tiny_da
     (tmp_path / "s" / ".manifest.json.123.tmp").write_text("{}")  # another rank about to publish
     store = CaptionStore.create(tmp_path / "s", manifest_for(tiny_dataset))
     assert store.missing_shards() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"num_shards": "2"}, "num_shards"),
+        ({"num_shards": 99}, "num_shards <= num_images"),
+        ({"prompt_set": "default"}, "prompt_set.prompts"),
+        ({"prompt_set": {"prompts": [{"id": 1, "template": "x"}]}}, "{id, template} strings"),
+        ({"generation": []}, "generation"),
+        ({"engine": None}, "engine is not a string"),
+    ],
+)
+def test_manifest_with_wrong_typed_fields_is_an_input_error(tiny_dataset, tmp_path, change, problem):
+    manifest = {**manifest_for(tiny_dataset), **change}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=f"damaged caption-store manifest: .*{re.escape(problem)}"):
+        CaptionStore.open(tmp_path)

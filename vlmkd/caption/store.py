@@ -113,9 +113,9 @@ class CaptionStore:
             raise InputError(f"{manifest_file}: not a caption-store manifest (format is not {FORMAT!r})")
         if manifest.get("version") != VERSION:
             raise InputError(f"{manifest_file}: caption-store version {manifest.get('version')} is not {VERSION}")
-        missing = [name for name in (*SETTINGS_FIELDS, "model_id") if name not in manifest]
-        if missing:
-            raise InputError(f"{manifest_file}: manifest lacks {', '.join(missing)}")
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise InputError(f"{manifest_file}: damaged caption-store manifest: {problem}")
         return cls(path, manifest)
 
     @classmethod
@@ -314,6 +314,30 @@ class CaptionStore:
                 f"shard {shard}: rows must cover images {expected.start}..{expected.stop - 1} x prompts "
                 f"{list(self.prompt_ids)} in order, failed images excepted ({len(got)} rows, {len(wanted)} expected)"
             )
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields (missing or of the wrong type), or None."""
+    missing = [name for name in (*SETTINGS_FIELDS, "model_id") if name not in manifest]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for name in ("dataset_fingerprint", "engine", "model_id", "model_fingerprint"):
+        if not isinstance(manifest[name], str):
+            return f"{name} is not a string"
+    counts = [manifest[name] for name in ("num_images", "num_shards")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts) or counts[1] > counts[0]:
+        return "num_images and num_shards must be integers with 1 <= num_shards <= num_images"
+    if not isinstance(manifest["generation"], dict):
+        return "generation is not a mapping"
+    prompt_set = manifest["prompt_set"]
+    prompts = prompt_set.get("prompts") if isinstance(prompt_set, dict) else None
+    if not isinstance(prompts, list) or not prompts:
+        return "prompt_set.prompts is not a non-empty list"
+    if not all(isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("id", "template")) for p in prompts):
+        return "prompt_set.prompts must be {id, template} strings"
+    if len({p["id"] for p in prompts}) != len(prompts):
+        return "prompt_set.prompts has duplicate ids"
+    return None
 
 
 def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
