@@ -107,7 +107,7 @@ def field_names() -> list[str]:
 
 
 def read_config_file(spec: str) -> dict[str, Any]:
-    """Settings from a YAML file path or the name of a bundled preset (see `vlmkd-train --list-presets`)."""
+    """Settings from a YAML file path or the name of a bundled preset (listed by `vlmkd-train --help`)."""
     path = Path(spec)
     if not path.is_file():
         preset = PRESET_DIR / f"{spec}.yaml"
