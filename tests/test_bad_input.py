@@ -637,8 +637,6 @@ def test_training_config_with_a_value_of_the_wrong_type_is_one_line(tmp_path, ca
     assert code == 2 and "epochs" in one_line_error(capsys, "train")
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/caption/cli.py:store_info: pq.read_metadata on a corrupt shard raises "
-                   "ArrowInvalid (a traceback from vlmkd caption-info)")  # fmt: skip
 @pytest.mark.parametrize("as_json", [False, True])
 def test_caption_info_on_a_store_with_a_corrupt_shard_is_one_line(pipeline, tmp_path, capsys, as_json) -> None:
     store = copy_store(pipeline["captions"], tmp_path / "captions")

@@ -79,9 +79,6 @@ def test_caption_manifest_that_is_not_a_store_manifest_is_an_input_error(tmp_pat
         use_caption_store(path)
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/caption/store.py:CaptionStore.open checks field presence, not types: a "
-                   "manifest with a wrong-typed prompt_set / num_shards / num_images raises TypeError, KeyError or "
-                   "AttributeError (a traceback) in __init__, missing_shards or shard_range")  # fmt: skip
 @SETTINGS
 @given(manifest=mutated(caption_manifest()))
 @example(manifest={**caption_manifest(), "prompt_set": "default"})
