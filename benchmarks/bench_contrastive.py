@@ -243,7 +243,7 @@ def report(results: list[Result], seconds: float, clock: str) -> str:
             "",
             table(results),
             "",
-            "Reproduce: `python benchmarks/bench_contrastive.py`.",
+            f"Reproduce: `{' '.join(['python benchmarks/bench_contrastive.py', *sys.argv[1:]])}`.",
             "",
         ]
     )
