@@ -245,3 +245,16 @@ def test_dali_decodes_on_the_gpu_when_there_is_one(tiny_dataset: ImageList) -> N
     )
     assert torch.equal(dali_indices, torch_indices)
     assert (pixels(dali_images) - pixels(torch_images)).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_corrupt_image_is_a_one_line_error_naming_the_file_even_from_a_worker(
+    tiny_dataset: ImageList, num_workers: int
+) -> None:
+    corrupt = tiny_dataset.path(3)
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    batches = build_loader(tiny_dataset, train=False, batch_size=4, image_size=32, num_workers=num_workers)
+    with pytest.raises(InputError) as error:
+        list(batches)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(str(corrupt))

@@ -12,6 +12,7 @@ from vlmkd.data.dataset import ImageList
 from vlmkd.data.images import load_rgb
 from vlmkd.data.sampling import sample_seeds, shard_indices, shard_size
 from vlmkd.data.transforms import TransformSpec, apply_transform
+from vlmkd.errors import InputError
 
 
 class _Images(Dataset):
@@ -110,4 +111,15 @@ class TorchImageBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        return iter(self.loader)
+        try:
+            yield from self.loader
+        except InputError as error:
+            raise InputError(_worker_message(error)) from None
+
+
+def _worker_message(error: InputError) -> str:
+    """The one-line message a worker raised: torch re-raises it wrapped in the worker's traceback text."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    return text.rstrip().splitlines()[-1].split("InputError: ", 1)[-1]
