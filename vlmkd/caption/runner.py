@@ -191,6 +191,7 @@ def _caption_shards(
     progress: bool,
     report: CaptionReport,
 ) -> None:
+    import pyarrow.parquet  # noqa: F401 - imported once up front, not inside the first shard's write time
     from tqdm import tqdm
 
     total = sum(len(store.shard_range(k)) for k in shards)
