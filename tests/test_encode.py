@@ -173,7 +173,7 @@ import os, signal, sys
 from vlmkd.encode import runner, writer
 
 captions, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-write_json, progress_writes = writer._write_json_atomic, []
+write_json, progress_writes = writer.write_json_atomic, []
 
 def die_before_the_commit(file, data):
     progress_writes.append(file.name == "progress.json")
@@ -181,7 +181,7 @@ def die_before_the_commit(file, data):
         os.kill(os.getpid(), signal.SIGKILL)
     write_json(file, data)
 
-writer._write_json_atomic = die_before_the_commit
+writer.write_json_atomic = die_before_the_commit
 runner.encode_captions(captions, out, chunk_size=2, batch_size=4, progress=False)
 """
 

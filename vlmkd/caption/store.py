@@ -15,15 +15,14 @@ store made with other settings is refused unless the caller asks for it to be re
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlmkd.atomic_files import atomic_write, remove_stale_temporaries, write_json_atomic
 from vlmkd.errors import InputError, StoreMismatchError
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ MANIFEST_NAME = "manifest.json"
 FAILED_KEY = b"vlmkd.failed"
 SHARD_KEY = b"vlmkd.shard"
 _SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.parquet")
-_TMP_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.\d+\.tmp")
+_TMP_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.\d+\.tmp")  # atomic_files.temporary_path
 
 # The manifest fields that must agree for two runs to write into the same store.
 # `model_id` (the name or path given) is shown, not compared: a model directory may move between runs.
@@ -234,18 +233,9 @@ class CaptionStore:
             }
         ).replace_schema_metadata({SHARD_KEY: str(shard).encode(), FAILED_KEY: failed_json})
         target = self.shard_path(shard)
-        tmp = self.path / f".{target.name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as handle:
-                pq.write_table(table, handle, compression="zstd")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.path)
-        for stale in self.path.glob(f".{target.name}.*.tmp"):  # left by a run killed while writing this shard
-            stale.unlink(missing_ok=True)
+        with atomic_write(target, ignore_dir_errors=True) as handle:  # some filesystems refuse fsync on dirs
+            pq.write_table(table, handle, compression="zstd")
+        remove_stale_temporaries(target)  # left by a run killed while writing this shard
         return target
 
     def read_shard(self, shard: int) -> pa.Table:
@@ -380,30 +370,5 @@ def _delete_store_files(path: Path) -> None:
 
 def _publish_json(path: Path, content: Mapping[str, Any]) -> None:
     """Write JSON to `path` atomically without replacing a file another process published first."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(tmp, path)  # fails if it exists: the first writer wins, the others compare with it
-    except FileExistsError:
-        pass
-    except FileNotFoundError:  # a process that published first swept our temporary file away
-        if not path.exists():
-            raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by runs killed before publishing
-        stale.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_json_atomic(path, content, replace=False, ignore_dir_errors=True)  # some filesystems refuse fsync on dirs
+    remove_stale_temporaries(path)  # left by runs killed before publishing

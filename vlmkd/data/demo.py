@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlmkd.atomic_files import write_text_atomic
 from vlmkd.data.dataset import CLASSNAMES_FILE, ImageList, load_image_list
-from vlmkd.data.listfile import write_classnames, write_list_file, write_text_atomic
+from vlmkd.data.listfile import write_classnames, write_list_file
 from vlmkd.data.longtail import longtail_counts, longtail_indices
 from vlmkd.data.mnist import DIGIT_NAMES, load_mnist_5k
 from vlmkd.errors import InputError
@@ -106,7 +107,7 @@ def _build(out_dir: Path, settings: dict) -> None:
                 entries.append((relative, int(labels[index])))
             write_list_file(staging / name, entries)
         write_classnames(staging / CLASSNAMES_FILE, [f"digit {name}" for name in DIGIT_NAMES])
-        write_text_atomic(staging / MANIFEST_FILE, json.dumps(settings, indent=1) + "\n")
+        write_text_atomic(staging / MANIFEST_FILE, json.dumps(settings, indent=1) + "\n", durable=False)
         _publish(staging, out_dir, settings)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Iterable
 from pathlib import Path
 
+from vlmkd.atomic_files import write_text_atomic
 from vlmkd.errors import InputError
 
 
@@ -96,7 +96,7 @@ def write_list_file(path: Path, entries: Iterable[tuple[str, int]]) -> None:
         if label < 0:
             raise InputError(f"{path}: entry {number}: label {label} is negative")
         lines.append(f"{relative} {int(label)}\n")
-    write_text_atomic(path, "".join(lines))
+    _write_text(path, "".join(lines))
 
 
 def write_classnames(path: Path, names: Iterable[str]) -> None:
@@ -105,12 +105,10 @@ def write_classnames(path: Path, names: Iterable[str]) -> None:
     for number, name in enumerate(names, start=1):
         if not name.strip() or "\n" in name or "\r" in name:
             raise InputError(f"{path}: class {number - 1}: name {name!r} cannot be written one per line")
-    write_text_atomic(path, "".join(f"{name}\n" for name in names))
+    _write_text(path, "".join(f"{name}\n" for name in names))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+def _write_text(path: Path, text: str) -> None:
+    """Create the parent directory and write `text` atomically (rename only: these files are not fsynced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, text, durable=False)

@@ -8,13 +8,13 @@ the manifest is written (atomically) once every chunk is in, which is what makes
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlmkd.atomic_files import fsync_dir, remove_stale_temporaries, write_json_atomic
 from vlmkd.encode.store import FEATURES_FILE, MANIFEST_FILE, PROGRESS_FILE, FeatureStore, Progress, read_json
 from vlmkd.errors import InputError, StoreMismatchError
 
@@ -40,7 +40,7 @@ class FeatureWriter:
             self.progress = found
         else:
             self.progress = Progress(self.manifest, chunk_size, frozenset())
-            _write_json_atomic(progress_file, self.progress.to_json())
+            write_json_atomic(progress_file, self.progress.to_json())
         self._array = self._open_array()
 
     @property
@@ -64,7 +64,7 @@ class FeatureWriter:
         self._array[rows.start : rows.stop] = values
         self._array.flush()
         self.progress = Progress(self.progress.manifest, self.progress.chunk_size, self.progress.done | {chunk})
-        _write_json_atomic(self.path / PROGRESS_FILE, self.progress.to_json())
+        write_json_atomic(self.path / PROGRESS_FILE, self.progress.to_json())
 
     def finish(self) -> FeatureStore:
         """Seal the store (manifest last) once every chunk is written, and open it for reading."""
@@ -74,9 +74,9 @@ class FeatureWriter:
             assert self._array is not None
             self._array.flush()
             self._array = None
-            _write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
+            write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
             (self.path / PROGRESS_FILE).unlink()
-            _fsync_directory(self.path)
+            fsync_dir(self.path)
             self._complete = True
         return FeatureStore.open(self.path)
 
@@ -85,9 +85,8 @@ class FeatureWriter:
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path}: exists and is not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (MANIFEST_FILE, PROGRESS_FILE):  # left by a crash inside `_write_json_atomic`
-            for stale in self.path.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        for name in (MANIFEST_FILE, PROGRESS_FILE):  # left by a crash inside `write_json_atomic`
+            remove_stale_temporaries(self.path / name)
         ours = (MANIFEST_FILE, FEATURES_FILE, PROGRESS_FILE)
         if not any((self.path / name).exists() for name in ours) and any(self.path.iterdir()):
             raise InputError(f"{self.path}: directory is not empty and is not a feature store; choose another --out")
@@ -125,7 +124,7 @@ class FeatureWriter:
                 pass
         if self.progress.done:
             self.progress = Progress(manifest, self.progress.chunk_size, frozenset())
-            _write_json_atomic(self.path / PROGRESS_FILE, self.progress.to_json())
+            write_json_atomic(self.path / PROGRESS_FILE, self.progress.to_json())
         return np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=shape)
 
 
@@ -149,23 +148,3 @@ def _differences(found: Any, wanted: dict[str, Any]) -> str:
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _write_json_atomic(file: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `file`, fsync it, and rename it over `file`."""
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, file)
-    _fsync_directory(file.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

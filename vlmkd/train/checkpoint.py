@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
+from vlmkd.atomic_files import write_bytes_atomic, write_text_atomic
 from vlmkd.errors import InputError
 from vlmkd.models import Classifier, ModelSpec, build_model
 
@@ -68,15 +69,14 @@ def save_classifier(directory: Path, model: Classifier, spec: ModelSpec, meta: d
     """Write the deployable classifier: weights plus its spec and `meta` (class names, training counts).
 
     Each file is written under a temporary name and renamed, `model.json` last, so a kill mid-save never
-    leaves a truncated file that a reader would take for a classifier.
+    leaves a truncated file that a reader would take for a classifier. (Renamed only, not fsynced.)
     """
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp_weights, tmp_meta = directory / f".{MODEL_WEIGHTS}.tmp", directory / f".{MODEL_META}.tmp"
-    save_file(state, str(tmp_weights))
-    tmp_meta.write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=2))
-    os.replace(tmp_weights, directory / MODEL_WEIGHTS)
-    os.replace(tmp_meta, directory / MODEL_META)
+    weights = save(state)
+    meta_text = json.dumps({"spec": spec.to_dict(), **meta}, indent=2)
+    write_bytes_atomic(directory / MODEL_WEIGHTS, weights, durable=False)
+    write_text_atomic(directory / MODEL_META, meta_text, durable=False)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
