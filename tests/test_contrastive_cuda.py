@@ -32,7 +32,7 @@ from test_contrastive_triton import (
 )
 
 _cuda = pytest.importorskip("vlmkd._cuda", reason="the CUDA module was not built (no nvcc)")
-from vlmkd.ops import contrastive_cuda  # noqa: E402  (registers the ops)
+from vlmkd.ops import contrastive_cuda, flash_contrastive  # noqa: E402  (registers the ops)
 
 KERNELS = ("normalize_rows", "normalize_rows_backward", "lse_pass_splits", "lse_pass", "grad_pass")
 EMULATION = Path(__file__).parent / "cuda_emulation"
@@ -81,11 +81,15 @@ def emulated(monkeypatch: pytest.MonkeyPatch, emulated_kernels: EmulatedCuda):
     """(forward, backward) of the CUDA backend on CPU tensors, its kernels emulated."""
     monkeypatch.setattr(contrastive_cuda, "_cuda", emulated_kernels)
     monkeypatch.setattr(contrastive_cuda, "_stream", lambda: 0)
+    kernels = contrastive_cuda._KERNELS
+
+    def forward(*args):
+        return flash_contrastive.forward(kernels, *args)
 
     def backward(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
-        return contrastive_cuda._backward(grad_loss, v, t, logit_scale, labels, class_positives, saved)
+        return flash_contrastive.backward(kernels, grad_loss, v, t, logit_scale, labels, class_positives, saved)
 
-    return contrastive_cuda._forward, backward
+    return forward, backward
 
 
 def test_module_exposes_the_kernels() -> None:

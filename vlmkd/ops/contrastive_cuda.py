@@ -1,6 +1,6 @@
 """CUDA C++ backend of the fused VLM-KD contrastive loss: ops `vlmkd::contrastive_{forward,backward}_cuda`.
 
-The same plan as the Triton backend (see `contrastive_triton`), with the kernels of `csrc/cuda/contrastive.cu`
+The same plan as the Triton backend (`flash_contrastive`), with the kernels of `csrc/cuda/contrastive.cu`
 called through `vlmkd._cuda` on raw pointers and the current stream: t W^T and dW = du^T t stay on torch.mm,
 bias + normalisation is one kernel per side, two LSE passes and two gradient passes recompute S tiles, and
 nothing of size B x B is stored. Computes in the input dtype (float32 or float64) with FMA tiles; for float32
@@ -10,15 +10,12 @@ the similarity products run on TF32 tensor cores unless `torch.get_float32_matmu
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.library import custom_op
 
 from vlmkd import _cuda
-
-MAX_LOGIT_SCALE = math.log(100.0)
+from vlmkd.ops import flash_contrastive
 
 
 def _dtype(x: Tensor) -> str:
@@ -108,37 +105,7 @@ def _grad_pass(
     return grad
 
 
-def _scale(logit_scale: Tensor) -> Tensor:
-    return logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-
-
-def _forward(
-    v: Tensor, t: Tensor, weight: Tensor, bias: Tensor, logit_scale: Tensor, labels: Tensor, class_positives: bool
-) -> list[Tensor]:
-    n = v.shape[0]
-    v_hat, v_norm = _normalize(v, None)
-    u_hat, u_norm = _normalize(torch.mm(t, weight.t()), bias)
-    scale = _scale(logit_scale)
-    row_lse = _lse_pass(v_hat, u_hat, labels, scale, class_positives)
-    col_lse = _lse_pass(u_hat, v_hat, labels, scale, class_positives)
-    loss = (row_lse[0] - row_lse[1] + col_lse[0] - col_lse[1]).sum() / (2 * n)
-    return [loss, v_hat, u_hat, v_norm, u_norm, row_lse, col_lse]
-
-
-def _backward(
-    grad_loss: Tensor, v: Tensor, t: Tensor, logit_scale: Tensor, labels: Tensor, class_positives: bool, saved
-) -> list[Tensor]:
-    v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
-    n = v.shape[0]
-    scale = _scale(logit_scale)
-    coef = grad_loss / (2 * n)
-    ds_s = v.new_empty(n)
-    grad_v_hat = _grad_pass(v_hat, u_hat, labels, scale, coef, row_lse, col_lse, class_positives, ds_s)
-    grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
-    grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
-    grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
-    grad_logit_scale = torch.where(logit_scale < MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
-    return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
+_KERNELS = flash_contrastive.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
 
 
 @custom_op("vlmkd::contrastive_forward_cuda", mutates_args=(), device_types="cuda")
@@ -153,7 +120,7 @@ def contrastive_forward_cuda(
 ) -> list[Tensor]:
     """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
     with torch.cuda.device(v.device):
-        return _forward(v, t, weight, bias, logit_scale, labels, class_positives)
+        return flash_contrastive.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
 
 
 @custom_op("vlmkd::contrastive_backward_cuda", mutates_args=(), device_types="cuda")
@@ -170,16 +137,8 @@ def contrastive_backward_cuda(
 ) -> list[Tensor]:
     """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
     with torch.cuda.device(v.device):
-        return _backward(grad_loss, v, t, logit_scale, labels, class_positives, saved)
+        return flash_contrastive.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
 
 
-@contrastive_forward_cuda.register_fake
-def _(v, t, weight, bias, logit_scale, labels, class_positives):
-    n, dims = v.shape
-    matrix, vector, lse = (n, dims), (n,), (2, n)
-    return [v.new_empty(())] + [v.new_empty(shape) for shape in (matrix, matrix, vector, vector, lse, lse)]
-
-
-@contrastive_backward_cuda.register_fake
-def _(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
-    return [torch.empty_like(v), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(logit_scale)]
+contrastive_forward_cuda.register_fake(flash_contrastive.fake_forward)
+contrastive_backward_cuda.register_fake(flash_contrastive.fake_backward)

@@ -1,10 +1,11 @@
 """Triton backend of the fused VLM-KD contrastive loss: ops `vlmkd::contrastive_{forward,backward}_triton`.
 
-Forward: u = t W^T on torch.mm, then one kernel per side for bias + row normalisation, then a row pass and a
-column pass of online log-sum-exp over tiles of S = scale v_hat u_hat^T. Backward recomputes S tiles: one
-pass accumulates dv_hat = scale dS u_hat, the other du_hat = scale dS^T v_hat, then one kernel per side goes
-back through the normalisation and torch.mm gives dW = du^T t. Nothing of size B x B is ever stored: the
-saved state is v_hat, u_hat (B x Dv), their norms and four LSE vectors.
+The plan (`flash_contrastive`, shared with the CUDA backend): u = t W^T on torch.mm, then one kernel per side
+for bias + row normalisation, then a row pass and a column pass of online log-sum-exp over tiles of
+S = scale v_hat u_hat^T. Backward recomputes S tiles: one pass accumulates dv_hat = scale dS u_hat, the other
+du_hat = scale dS^T v_hat, then one kernel per side goes back through the normalisation and torch.mm gives
+dW = du^T t. Nothing of size B x B is ever stored: the saved state is v_hat, u_hat (B x Dv), their norms and
+four LSE vectors. This module holds the launchers (through wrap_triton) and the op registrations.
 
 Computes in the input dtype (float32 or float64). For float32, tl.dot uses TF32 tensor cores unless
 `torch.get_float32_matmul_precision()` is "highest" (the PyTorch default), which asks for IEEE fp32.
@@ -13,7 +14,6 @@ Importing this module registers the ops; it needs triton, and never launches any
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +21,9 @@ import triton
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from vlmkd.ops import flash_contrastive
 from vlmkd.ops import triton_kernels as kernels
 
-MAX_LOGIT_SCALE = math.log(100.0)
 TARGET_PROGRAMS = 512  # LSE passes split their columns until they launch about this many programs
 
 
@@ -145,8 +145,7 @@ def _grad_pass(
     return grad
 
 
-def _scale(logit_scale: Tensor) -> Tensor:
-    return logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+_KERNELS = flash_contrastive.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
 
 
 @triton_op("vlmkd::contrastive_forward_triton", mutates_args=())
@@ -160,14 +159,7 @@ def contrastive_forward_triton(
     class_positives: bool,
 ) -> list[Tensor]:
     """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
-    n = v.shape[0]
-    v_hat, v_norm = _normalize(v, None)
-    u_hat, u_norm = _normalize(torch.mm(t, weight.t()), bias)
-    scale = _scale(logit_scale)
-    row_lse = _lse_pass(v_hat, u_hat, labels, scale, class_positives)
-    col_lse = _lse_pass(u_hat, v_hat, labels, scale, class_positives)
-    loss = (row_lse[0] - row_lse[1] + col_lse[0] - col_lse[1]).sum() / (2 * n)
-    return [loss, v_hat, u_hat, v_norm, u_norm, row_lse, col_lse]
+    return flash_contrastive.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
 
 
 @triton_op("vlmkd::contrastive_backward_triton", mutates_args=())
@@ -183,26 +175,8 @@ def contrastive_backward_triton(
     saved: list[Tensor],
 ) -> list[Tensor]:
     """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
-    v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
-    n = v.shape[0]
-    scale = _scale(logit_scale)
-    coef = grad_loss / (2 * n)
-    ds_s = torch.empty(n, dtype=v.dtype, device=v.device)
-    grad_v_hat = _grad_pass(v_hat, u_hat, labels, scale, coef, row_lse, col_lse, class_positives, ds_s)
-    grad_u_hat = _grad_pass(u_hat, v_hat, labels, scale, coef, col_lse, row_lse, class_positives, None)
-    grad_v = _normalize_backward(grad_v_hat, v_hat, v_norm)
-    grad_u = _normalize_backward(grad_u_hat, u_hat, u_norm)
-    grad_logit_scale = torch.where(logit_scale < MAX_LOGIT_SCALE, ds_s.sum(), torch.zeros_like(logit_scale))
-    return [grad_v, torch.mm(grad_u.t(), t), grad_u.sum(0), grad_logit_scale]
+    return flash_contrastive.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
 
 
-@contrastive_forward_triton.register_fake
-def _(v, t, weight, bias, logit_scale, labels, class_positives):
-    n, dims = v.shape
-    matrix, vector, lse = (n, dims), (n,), (2, n)
-    return [v.new_empty(())] + [v.new_empty(shape) for shape in (matrix, matrix, vector, vector, lse, lse)]
-
-
-@contrastive_backward_triton.register_fake
-def _(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
-    return [torch.empty_like(v), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(logit_scale)]
+contrastive_forward_triton.register_fake(flash_contrastive.fake_forward)
+contrastive_backward_triton.register_fake(flash_contrastive.fake_backward)
