@@ -443,15 +443,7 @@ def test_unreadable_images_are_skipped_and_logged_by_caption_then_named_by_encod
     assert "image 2 (img/2.png) has no caption for prompt G: the captioner skipped it (" in line
 
 
-WORKER_ERROR = pytest.mark.xfail(
-    strict=True,
-    reason="vlmkd/data/torch_loader.py:_Images.__getitem__: an InputError "
-    "raised in a DataLoader worker reaches the user as a multi-line message with the "
-    "worker's traceback (torch re-raises it as InputError('Caught ... Original Traceback'))",
-)
-
-
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=WORKER_ERROR)])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_unreadable_image_during_training_is_one_line_naming_the_file(tmp_path, capsys, workers: int) -> None:
     images = {f"img/{k}.png": GOOD for k in range(8)}
     images["img/5.png"] = GOOD[:40]
@@ -650,7 +642,7 @@ def test_caption_info_on_a_store_with_a_corrupt_shard_is_one_line(pipeline, tmp_
     assert code == 2 and f"{shard}" in one_line_error(capsys, "caption-info")
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=WORKER_ERROR)])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_unreadable_image_during_evaluation_is_one_line_naming_the_file(trained, tmp_path, capsys, workers) -> None:
     run, _ = trained
     images = {f"{k}.png": GOOD for k in range(4)}
