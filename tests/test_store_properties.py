@@ -141,8 +141,6 @@ def test_damaged_progress_file_resumes_or_is_refused_with_a_vlmkd_error(tmp_path
     assert np.array_equal(writer.finish().features, np.ones((5, 2, 3), dtype=np.float16))
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/encode/store.py:FeatureStore.open: a zero-byte features.npy raises "
-                   "EOFError, which the reader does not turn into an InputError")  # fmt: skip
 @SETTINGS
 @given(data=st.binary(max_size=300))
 @example(data=b"")
@@ -239,8 +237,6 @@ def test_long_tail_profile_of_any_numbers_is_a_valid_profile_or_an_input_error(m
     assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/data/longtail.py:longtail_counts: the relative 1e-9 guard before the "
-                   "floor adds a whole image once max_count * 1e-9 >= 1 (head class above max_count)")  # fmt: skip
 @pytest.mark.parametrize("max_count", [999_999_858, 2_000_000_000])
 def test_head_class_keeps_exactly_max_count_images_however_large(max_count: int) -> None:
     assert longtail_counts(max_count, 2, 1.0) == [max_count, max_count]

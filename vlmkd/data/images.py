@@ -10,7 +10,8 @@ from vlmkd.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
-# Larger images are refused instead of risking a decompression bomb; 2x PIL's own warning limit.
+# Larger images are refused instead of risking a decompression bomb; 2x PIL's own warning limit. PIL refuses
+# them first while its own limit is in force; this check holds when a user has lifted PIL's.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
@@ -31,6 +32,8 @@ def load_rgb(path: Path) -> Image.Image:
         raise InputError(f"{path}: file not found") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image file PIL can read") from None
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{path}: image is too large to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         if isinstance(error, InputError):
             raise

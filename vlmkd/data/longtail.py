@@ -22,8 +22,8 @@ def longtail_counts(max_count: int, num_classes: int, imbalance_factor: float) -
     """Images per class: n_k = floor(max_count * imbalance_factor ** (-k / (num_classes - 1))), at least 1.
 
     Class 0 keeps `max_count`, the last class `max_count / imbalance_factor` (the profile of CIFAR-LT and
-    ImageNet-LT style cuts). A class never drops to zero images. A relative 1e-9 guards the floor against
-    float error (500 / 100 is 5, not 4).
+    ImageNet-LT style cuts). A class never drops to zero images. A few ulps guard the floor against float
+    error (500 / 100 is 5, not 4) without ever adding a whole image, however large `max_count`.
     """
     if max_count < 1:
         raise InputError(f"max_count must be >= 1, got {max_count}")
@@ -36,7 +36,7 @@ def longtail_counts(max_count: int, num_classes: int, imbalance_factor: float) -
     counts = []
     for k in range(num_classes):
         exact = max_count * imbalance_factor ** (-k / (num_classes - 1))
-        counts.append(max(1, math.floor(exact * (1 + 1e-9))))
+        counts.append(max(1, math.floor(exact + 4 * math.ulp(exact))))
     return counts
 
 

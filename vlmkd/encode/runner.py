@@ -51,9 +51,25 @@ def encode_captions(
             vectors = encode_unique(text_encoder, grid.rows(images), batch_size=batch_size)
             if normalize:
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            writer.write(chunk, vectors.reshape(len(images), width, text_encoder.dim))
+            features = vectors.reshape(len(images), width, text_encoder.dim).astype(np.float16)
+            check_finite(features, images, grid)
+            writer.write(chunk, features)
             bar.update(len(images) * width)
     return writer.finish()
+
+
+def check_finite(features: np.ndarray, images: range, grid: CaptionGrid) -> None:
+    """Refuse NaN/inf features (fp16 turns values beyond +-65504 into inf), naming the image, prompt and caption."""
+    bad = np.argwhere(~np.isfinite(features).all(axis=2))
+    if bad.size:
+        offset, prompt = (int(i) for i in bad[0])
+        image = images.start + offset
+        caption = grid.texts[image * len(grid.prompt_ids) + prompt]
+        raise InputError(
+            f"image {image}, prompt {grid.prompt_ids[prompt]}: the text encoder gave a non-finite feature "
+            f"(NaN, inf, or beyond float16's range) for the caption {caption[:80]!r}; "
+            f"{len(bad)} such feature(s) in this chunk, nothing of it was stored"
+        )
 
 
 def encode_unique(encoder: TextEncoder, texts: list[str], *, batch_size: int) -> np.ndarray:

@@ -71,7 +71,7 @@ class FeatureStore:
         expected = (manifest["num_images"], len(manifest["prompt_ids"]), manifest["dim"])
         try:
             features = np.load(path / FEATURES_FILE, mmap_mode="r")
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:
             raise InputError(f"{path / FEATURES_FILE}: unreadable feature array ({error})") from None
         if features.shape != expected or features.dtype != np.float16:
             raise InputError(
