@@ -108,11 +108,10 @@ def test_caption_rerun_after_six_kills_equals_the_uninterrupted_run_byte_for_byt
     ref_out, ref_run = reference
     final = chain.final
     assert final.returncode == 0, final.stderr
-    # Same shards and manifest; a kill between a shard's rename and the sweep of its stale temporaries can leave
-    # a `.shard-*.tmp` behind (never read as a shard; pinned by test_rerun_sweeps_temporaries_of_finished_shards).
+    # Same shards and manifest, and no temporary file left: a rerun sweeps those of finished shards.
     ours = tree_bytes(work / "killed")
     leftovers = sorted(name for name in ours if TMP.fullmatch(name))
-    assert {k: v for k, v in ours.items() if k not in leftovers} == tree_bytes(ref_out)
+    assert ours == tree_bytes(ref_out)
     whole, resumed = CaptionStore.open(ref_out).read_table(), CaptionStore.open(work / "killed").read_table()
     assert resumed.equals(whole)
     reference_rows = set(zip(*(whole.column(c).to_pylist() for c in whole.column_names), strict=True))
@@ -160,9 +159,6 @@ def test_two_ranks_sharing_a_store_one_killed_and_rerun_equal_the_uninterrupted_
     assert tree_bytes(out) == tree_bytes(ref_out)
 
 
-@pytest.mark.xfail(strict=True, reason="vlmkd/caption/store.py:CaptionStore.write_shard sweeps a shard's stale "
-                   "temporaries only right after writing that shard: a kill between the rename and the sweep leaves "
-                   "`.shard-K-*.tmp` forever, since a finished shard is never rewritten")  # fmt: skip
 def test_rerun_sweeps_temporaries_of_finished_shards(work, reference, tmp_path) -> None:
     """Recreates a kill between the rename of shard 4 and the sweep of the temporary an earlier kill left."""
     import shutil

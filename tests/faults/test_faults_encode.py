@@ -87,8 +87,8 @@ def chain(work: Path, reference):
             seen["open"] = str(error)
         if (out / PROGRESS_FILE).exists():
             done = seen["done"] = json.loads((out / PROGRESS_FILE).read_text())["done"]
-            if not (out / FEATURES_FILE).exists():  # killed between creating progress.json and the array
-                seen["wrong_chunks"] = done
+            if not done or not (out / FEATURES_FILE).exists():  # nothing done yet, or killed before the array
+                seen["wrong_chunks"] = done  # the array may be mid-creation (even 0 bytes): nothing to compare
                 return seen
             features = np.load(out / FEATURES_FILE, mmap_mode="r")
             rows = {c: slice(c * CHUNK, (c + 1) * CHUNK) for c in done}

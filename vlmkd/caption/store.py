@@ -157,7 +157,9 @@ class CaptionStore:
         path = Path(path)
         manifest = json.loads(json.dumps(manifest))
         if cls.check_compatible(path, manifest, overwrite=overwrite):
-            return cls.open(path)
+            store = cls.open(path)
+            store._sweep_temporaries_of_finished_shards()
+            return store
         if (path / MANIFEST_NAME).exists():  # overwrite: replace the old store
             _delete_store_files(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -207,6 +209,12 @@ class CaptionStore:
     def shard_path(self, shard: int) -> Path:
         self._check_shard(shard)
         return self.path / f"shard-{shard:05d}-of-{self.num_shards:05d}.parquet"
+
+    def _sweep_temporaries_of_finished_shards(self) -> None:
+        """Remove what a run killed between a shard's rename and its sweep left; nobody rewrites those shards."""
+        for shard in range(self.num_shards):
+            if self.shard_path(shard).exists():
+                remove_stale_temporaries(self.shard_path(shard))
 
     def missing_shards(self) -> list[int]:
         """Shards not written yet, in order."""
