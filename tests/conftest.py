@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+# Subprocesses (`python -m vlmkd ...`) must load the installed package, not the source tree in the working
+# directory (which has no native modules): Python >= 3.11 then leaves the working directory off sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
