@@ -303,10 +303,9 @@ def test_kernels_compile_for_sm90_without_register_spills(dtype: str, precision:
     """The launch configurations the ops use compile for Hopper and keep everything in registers."""
     pytest.importorskip("triton.backends.nvidia")
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(__file__).parent)  # this module, imported by the compiling process
     script = f"import test_contrastive_triton as t; print(t.sm90_resource_report({dtype!r}, {precision!r}))"
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     usage = result.stdout.strip().splitlines()
     assert len(usage) == 2 and all("STACK:0 " in line for line in usage), usage
