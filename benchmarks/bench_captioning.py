@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import Series, load_average, machine, rate_series, seconds_series
 from PIL import Image
 
 from vlmkd.caption import GenerationSettings, build_tiny_blip, load_engine, run_captioning
@@ -54,17 +53,10 @@ class Row:
 @dataclass
 class Result:
     row: Row
-    rates: list[float]  # images/s of each timed repetition
-    cpu_ms: list[float]  # process CPU time per image (all threads): less sensitive to a busy machine than wall
-    store_shares: list[float]  # share of wall time spent writing shards (vlmkd rows)
-
-    @property
-    def best(self) -> float:
-        return max(self.rates)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
+    rates: Series = field(default_factory=rate_series)  # images/s of each timed repetition
+    # process CPU time per image (all threads): less sensitive to a busy machine than wall
+    cpu_ms: Series = field(default_factory=seconds_series)
+    store_shares: Series = field(default_factory=seconds_series)  # share of wall time writing shards (vlmkd rows)
 
 
 def make_images(folder: Path, count: int, size: int = 64) -> ImageList:
@@ -124,16 +116,16 @@ def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens:
             ),
         }
         rows |= {Row(f"vlmkd run_captioning, batch {b}", b): vlmkd(b) for b in batches}
-        results = {row: Result(row, [], [], []) for row in rows}
+        results = {row: Result(row) for row in rows}
         for function in rows.values():  # warm-up: first-call allocations, lazy imports
             function()
         for _ in range(repeats):
             for row, function in rows.items():
                 rate, cpu_ms, share = timed(function, num_images)
-                results[row].rates.append(rate)
-                results[row].cpu_ms.append(cpu_ms)
+                results[row].rates.add(rate)
+                results[row].cpu_ms.add(cpu_ms)
                 if share is not None:
-                    results[row].store_shares.append(share)
+                    results[row].store_shares.add(share)
         return list(results.values())
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -147,10 +139,10 @@ def table(results: list[Result]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        share = f"{100 * statistics.median(r.store_shares):.2f}%" if r.store_shares else "-"
+        share = f"{100 * r.store_shares.median:.2f}%" if r.store_shares else "-"
         lines.append(
-            f"| {r.row.name} | {r.row.batch_size} | {r.best:.1f} | {r.median:.1f} | "
-            f"{r.median / loop.median:.1f}x | {statistics.median(r.cpu_ms):.0f} | {share} |"
+            f"| {r.row.name} | {r.row.batch_size} | {r.rates.best:.1f} | {r.rates.median:.1f} | "
+            f"{r.rates.median / loop.rates.median:.1f}x | {r.cpu_ms.median:.0f} | {share} |"
         )
     return "\n".join(lines)
 
@@ -159,13 +151,14 @@ def verdict(results: list[Result]) -> str:
     loop = next(r for r in results if r.row.batch_size == 1)
     best_vlmkd = max((r for r in results if r.store_shares), key=lambda r: r.row.batch_size)
     bare = next(r for r in results if r.row.name.startswith("bare"))
-    speedup = best_vlmkd.median / loop.median
-    share = statistics.median(best_vlmkd.store_shares)
+    speedup = best_vlmkd.rates.median / loop.rates.median
+    share = best_vlmkd.store_shares.median
     met = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
     return (
         f"At batch {best_vlmkd.row.batch_size} vlmkd runs {speedup:.1f}x the loop (target >= {TARGET_SPEEDUP:.0f}x: "
-        f"{met}); bare batched generate {bare.median / loop.median:.1f}x, "
-        f"so the stage keeps {100 * best_vlmkd.median / bare.median:.0f}% of the bare speed. Writing shards takes "
+        f"{met}); bare batched generate {bare.rates.median / loop.rates.median:.1f}x, "
+        f"so the stage keeps {100 * best_vlmkd.rates.median / bare.rates.median:.0f}% of the bare speed. "
+        "Writing shards takes "
         f"{100 * share:.2f}% of wall time (target <= {100 * TARGET_STORE_SHARE:.0f}%: "
         f"{'met' if share <= TARGET_STORE_SHARE else 'NOT met'})."
     )
@@ -180,15 +173,13 @@ def main() -> None:
     args = parser.parse_args()
     images, repeats = (32, 1) if args.quick else (args.images, args.repeats)
     results = run(images, repeats, (8, 16, 32), args.max_new_tokens)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     report = "\n".join(
         [
             "# Captioning throughput: batched `hf` engine vs one image at a time",
             "",
             f"Tiny random-init BLIP (`build_tiny_blip`), {images} random 64 px PNGs, one prompt, greedy, "
             f"{args.max_new_tokens} new tokens; {repeats} interleaved repetitions after a warm-up. "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), load average {load:.1f} at the end of the run.",
+            f"{machine()}, load average {load_average()} at the end of the run.",
             "",
             table(results),
             "",

@@ -18,8 +18,6 @@ import argparse
 import gc
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _common import Series, load_average, machine, seconds_series
 from torch.profiler import ProfilerActivity, profile
 
 from vlmkd.errors import InputError
@@ -59,16 +58,8 @@ class Result:
     case: Case
     row: str
     mode: str
-    seconds: tuple[float, ...]
+    seconds: Series
     peak_bytes: int | None = None
-
-    @property
-    def best(self) -> float:
-        return min(self.seconds)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
 
 
 def make_inputs(case: Case) -> dict[str, torch.Tensor]:
@@ -185,7 +176,7 @@ def measure(
                 values.append(now() - start)
         peaks = {row: peak_bytes(run, case.device) for row, run in runs.items()}
         results += [
-            Result(case, row, mode, tuple(values), peaks[row] if mode == "full" else None)
+            Result(case, row, mode, seconds_series(values), peaks[row] if mode == "full" else None)
             for (row, mode), values in times.items()
         ]
         print(f"timed {case}", file=sys.stderr, flush=True)
@@ -205,15 +196,15 @@ def table(results: list[Result]) -> str:
 
     def paired(result: Result, base: str) -> float:
         """Median over rounds of this row's time over the base row's in the same round."""
-        base_seconds = by_key[result.case, base, result.mode].seconds
-        return statistics.median(a / b for a, b in zip(result.seconds, base_seconds, strict=True))
+        base_seconds = by_key[result.case, base, result.mode].seconds.values
+        return statistics.median(a / b for a, b in zip(result.seconds.values, base_seconds, strict=True))
 
     for case in dict.fromkeys(r.case for r in results):
         for row in dict.fromkeys(r.row for r in results if r.case == case):
             fwd, full = by_key[case, row, "forward"], by_key[case, row, "full"]
             ratios = [paired(full, base) for base in (GEMM, REF, COMPILED)]
             cells = [case.batch, case.image_dim, case.positives, case.device, row]
-            cells += [ms(fwd.best), ms(fwd.median), ms(full.best), ms(full.median)]
+            cells += [ms(fwd.seconds.best), ms(fwd.seconds.median), ms(full.seconds.best), ms(full.seconds.median)]
             cells += [f"{ratio:.2f}x" for ratio in ratios]
             cells += [f"{full.peak_bytes / 2**20:,.1f}", len(full.seconds)]
             lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
@@ -221,16 +212,12 @@ def table(results: list[Result]) -> str:
 
 
 def report(results: list[Result], seconds: float, clock: str) -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    cpu = platform.processor() or platform.machine()
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return "\n".join(
         [
             "# VLM-KD contrastive loss: speed and memory",
             "",
-            f"float32, Dt = {TEXT_DIM}; class positives with B/4 random classes. CPU {cpu} ({os.cpu_count()} "
-            f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads), GPU {gpu}. "
-            f"Load average at the end {load}: the machine is shared, so absolute numbers move with its load; "
+            f"float32, Dt = {TEXT_DIM}; class positives with B/4 random classes. {machine()}. "
+            f"Load average at the end {load_average()}: the machine is shared, so absolute numbers move with its load; "
             "the ratios come from interleaved "
             f"rounds in one run (about {seconds:g} s per shape, at least 3 rounds). Clock: {clock} time.",
             "",
@@ -273,7 +260,7 @@ def main() -> None:
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-        records = [{**asdict(r), "best": r.best, "median": r.median} for r in results]
+        records = [{**asdict(r), "best": r.seconds.best, "median": r.seconds.median} for r in results]
         args.out.with_suffix(".json").write_text(json.dumps(records, indent=1))
         print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import Series, load_average, machine, rate_series
 
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.encode import DEFAULT_ENCODER, TextEncoder, encode_captions, load_text_encoder
@@ -68,16 +67,8 @@ class Row:
 class Result:
     case: Case
     row: Row
-    rates: tuple[float, ...]  # captions/s of each timed repetition
+    rates: Series  # captions/s of each timed repetition
     mean_tokens: float
-
-    @property
-    def best(self) -> float:
-        return max(self.rates)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
 
 
 CASES = (Case("sentence", 6, 14), Case("paragraph", 25, 70))
@@ -149,11 +140,11 @@ def measure(args: argparse.Namespace) -> list[Result]:
                 function()
                 rates[key].append(args.captions / (time.perf_counter() - start))
         torch.set_num_threads(DEFAULT_THREADS)
-    return [Result(case, row, tuple(rates[case, row]), tokens[case]) for case, row in timed]
+    return [Result(case, row, rate_series(rates[case, row]), tokens[case]) for case, row in timed]
 
 
 def table(results: list[Result]) -> str:
-    baselines = {r.case: r.median for r in results if r.row.path == BASELINE}
+    baselines = {r.case: r.rates.median for r in results if r.row.path == BASELINE}
     lines = [
         "| captions | mean tokens | path | batch | threads | captions/s (best) | captions/s (median) | vs baseline "
         "(median) |",
@@ -162,26 +153,24 @@ def table(results: list[Result]) -> str:
     for r in results:
         words = f"{r.case.name} ({r.case.min_words}-{r.case.max_words} words)"
         lines.append(
-            f"| {words} | {r.mean_tokens:.0f} | {r.row.path} | {r.row.batch_size} | {r.row.threads} | {r.best:,.0f} | "
-            f"{r.median:,.0f} | {r.median / baselines[r.case]:.2f}x |"
+            f"| {words} | {r.mean_tokens:.0f} | {r.row.path} | {r.row.batch_size} | {r.row.threads} | "
+            f"{r.rates.best:,.0f} | "
+            f"{r.rates.median:,.0f} | {r.rates.median / baselines[r.case]:.2f}x |"
         )
     return "\n".join(lines)
 
 
 def report(results: list[Result], args: argparse.Namespace, load_before: str) -> str:
-    load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    cpu = platform.processor() or platform.machine()
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "the CPU"
     return "\n".join(
         [
             "# Caption encoding throughput",
             "",
-            f"Encoder {DEFAULT_ENCODER} (384-d, {args.dtype} compute, fp16 store) on {where} ({cpu}, "
-            f"{os.cpu_count()} cores, torch {torch.__version__}). "
+            f"Encoder {DEFAULT_ENCODER} (384-d, {args.dtype} compute, fp16 store) on {where} ({machine()}). "
             f"{args.captions} distinct captions per case, {args.repeats} interleaved repetitions per row after a "
             "warm-up.",
             "",
-            f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. When it exceeds the core "
+            f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}. When it exceeds the core "
             "count the machine is oversubscribed: absolute numbers fall with the load, and even rows running the "
             "same code (baseline vs vlmkd at batch 64) differ by tens of percent.",
             "",
@@ -204,7 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.captions, args.repeats = 128, 1
-    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load_before = load_average()
     text = report(measure(args), args, load_before)
     print(text)
     if not args.quick:

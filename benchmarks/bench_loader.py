@@ -15,9 +15,6 @@ its epoch falls into the next loader's untimed epoch; rounds interleave loaders 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import Series, load_average, machine, rate_series
 from PIL import Image, ImageFilter
 
 from vlmkd.data import IMAGENET_MEAN, IMAGENET_STD, ImageList, build_loader, load_image_list
@@ -50,15 +48,7 @@ class Case:
 class Result:
     case: Case
     loader: str
-    rates: tuple[float, ...]  # images/s of each timed epoch
-
-    @property
-    def best(self) -> float:
-        return max(self.rates)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
+    rates: Series  # images/s of each timed epoch
 
 
 CASES = (Case("224 px JPEG", 224, "jpg", 2048), Case("32 px PNG", 32, "png", 8192))
@@ -191,11 +181,10 @@ def run_case(case: Case, reps: int) -> list[Result]:
                 epoch_rate(loaders[name], 2 * rep)  # untimed lead-in
                 rates[name].append(epoch_rate(loaders[name], 2 * rep + 1))
         del loaders
-    return [Result(case, name, tuple(values)) for name, values in rates.items()]
+    return [Result(case, name, rate_series(values)) for name, values in rates.items()]
 
 
 def table(results: list[Result], reps: int) -> str:
-    load = os.getloadavg()
     import nvidia.dali
 
     lines = [
@@ -205,9 +194,9 @@ def table(results: list[Result], reps: int) -> str:
         "(quality 90) and 32x32 PNG, read at their own size with the train transform (random-resized-crop scale "
         f"{SCALE}, flip, normalise); batch 64, 2 worker processes / 2 DALI threads; {reps} rounds, each giving "
         "every loader (in rotating order) an untimed epoch then a timed one; images/s.",
-        f"Machine: {os.cpu_count()} CPU cores, no GPU (DALI decodes on the CPU), {platform.python_version()}, "
-        f"torch {torch.__version__}, DALI {nvidia.dali.__version__}. **The machine was shared with other jobs "
-        f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end)**: compare rows within a case, "
+        f"Machine: {machine()} (DALI decodes on the CPU without a GPU), DALI {nvidia.dali.__version__}. "
+        f"**The machine was shared with other jobs (load average {load_average()} at the end)**: compare rows "
+        "within a case, "
         "not across runs.",
         "",
         "| case | loader | best img/s | median img/s | vs DataLoader + PIL (best / median) "
@@ -218,11 +207,13 @@ def table(results: list[Result], reps: int) -> str:
         rows = [result for result in results if result.case == case]
         baseline = next(result for result in rows if result.loader == BASELINE)
         library_torch = next(result for result in rows if result.loader == "vlmkd torch")
+        base, ours = baseline.rates, library_torch.rates
         for result in rows:
+            got = result.rates
             lines.append(
-                f"| {case.name} ({case.num_images} files) | {result.loader} | {result.best:,.0f} | "
-                f"{result.median:,.0f} | {result.best / baseline.best:.2f}x / {result.median / baseline.median:.2f}x | "
-                f"{result.best / library_torch.best:.2f}x / {result.median / library_torch.median:.2f}x |"
+                f"| {case.name} ({case.num_images} files) | {result.loader} | {got.best:,.0f} | {got.median:,.0f} | "
+                f"{got.best / base.best:.2f}x / {got.median / base.median:.2f}x | "
+                f"{got.best / ours.best:.2f}x / {got.median / ours.median:.2f}x |"
             )
     return "\n".join(lines) + "\n"
 

@@ -13,13 +13,12 @@ repetitions are interleaved across rows (shared machines are noisy); best-of-N a
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from _common import Series, machine, seconds_series
 
 from vlmkd.backends import backends
 from vlmkd.losses import TaskLoss, VlmkdObjective
@@ -52,12 +51,9 @@ class Setup:
 @dataclass
 class Result:
     case: Case
-    seconds: list[float]  # wall time per step, one entry per timed repetition
-    cpu_seconds: list[float]  # process CPU time per step: less sensitive to other processes on a shared machine
-
-    def rate(self, batch: int, pick: str) -> float:
-        value = min(self.seconds) if pick == "best" else statistics.median(self.seconds)
-        return batch / value
+    seconds: Series = field(default_factory=seconds_series)  # wall time per step, one per timed repetition
+    # process CPU time per step: less sensitive to other processes on a shared machine
+    cpu_seconds: Series = field(default_factory=seconds_series)
 
 
 class Stepper:
@@ -100,12 +96,12 @@ def run(cases: list[Case], setup: Setup, repeats: int, steps: int, warmup: int) 
     for stepper in steppers.values():
         for _ in range(warmup):
             stepper.step()
-    results = {case: Result(case, [], []) for case in cases}
+    results = {case: Result(case) for case in cases}
     for _ in range(repeats):  # interleaved: every row sees the same machine load, repetition by repetition
         for case, stepper in steppers.items():
             times = [stepper.step() for _ in range(steps)]
-            results[case].seconds.append(sum(wall for wall, _ in times) / steps)
-            results[case].cpu_seconds.append(sum(cpu for _, cpu in times) / steps)
+            results[case].seconds.add(sum(wall for wall, _ in times) / steps)
+            results[case].cpu_seconds.add(sum(cpu for _, cpu in times) / steps)
     return list(results.values())
 
 
@@ -117,13 +113,13 @@ def table(results: list[Result], setup: Setup) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for result in results:
-        wall, cpu = statistics.median(result.seconds), statistics.median(result.cpu_seconds)
+        wall, cpu = result.seconds.median, result.cpu_seconds.median
         costs = ["-", "-"]
         if result is not off:
-            costs = [f"{100 * (wall / statistics.median(off.seconds) - 1):+.1f}%"]
-            costs += [f"{100 * (cpu / statistics.median(off.cpu_seconds) - 1):+.1f}%"]
+            costs = [f"{100 * (wall / off.seconds.median - 1):+.1f}%"]
+            costs += [f"{100 * (cpu / off.cpu_seconds.median - 1):+.1f}%"]
         lines.append(
-            f"| {result.case.name} | {result.rate(setup.batch, 'best'):.0f} | {result.rate(setup.batch, 'median'):.0f} "
+            f"| {result.case.name} | {setup.batch / result.seconds.best:.0f} | {setup.batch / wall:.0f} "
             f"| {1000 * wall:.1f} | {1000 * cpu:.1f} | {costs[0]} | {costs[1]} |"
         )
     return "\n".join(lines)
@@ -148,8 +144,8 @@ def main() -> None:
     off = next(r for r in results if r.case.backend is None)
     verdict = ""
     if fused:
-        cpu_cost = statistics.median(fused[0].cpu_seconds) / statistics.median(off.cpu_seconds) - 1.0
-        wall_cost = statistics.median(fused[0].seconds) / statistics.median(off.seconds) - 1.0
+        cpu_cost = fused[0].cpu_seconds.median / off.cpu_seconds.median - 1.0
+        wall_cost = fused[0].seconds.median / off.seconds.median - 1.0
         met = "met" if cpu_cost <= TARGET_OVERHEAD else "NOT met"
         verdict = (
             f"Target (fused VLM-KD term <= {100 * TARGET_OVERHEAD:.0f}% of a step, judged by median CPU time per "
@@ -162,8 +158,7 @@ def main() -> None:
         "",
         f"ResNet-32 (width {setup.width}, {setup.image_size} px), {NUM_CLASSES} classes, batch {setup.batch}, "
         f"text dim {TEXT_DIM}, Balanced Softmax + VLM-KD (lambda 1), SGD; forward + backward + step on fixed "
-        f"synthetic data. {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{setup.threads} thread(s); {len(results[0].seconds)} interleaved repetitions of 3 steps.",
+        f"synthetic data. {machine()}; {len(results[0].seconds)} interleaved repetitions of 3 steps.",
         "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
