@@ -32,7 +32,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "info": Command("vlmkd.cli:info_main", "show which backends (reference, cpp, triton, cuda) are usable here"),
     "data": Command("vlmkd.data.cli:main", "build datasets: the embedded MNIST-LT demo, long-tail cuts, inspect"),
-    "caption": Command("vlmkd.caption.cli:main", "caption every training image with a VLM (General + T1-T4)"),
+    "caption": Command("vlmkd.caption.cli:main", "caption every training image with a VLM; or import/export captions"),
     "caption-info": Command("vlmkd.caption.cli:info_main", "summarise a caption store"),
     "encode": Command("vlmkd.encode.cli:main", "encode captions into a fp16 feature store"),
     "train": Command("vlmkd.train.cli:main", "train a long-tail classifier with VLM-KD"),

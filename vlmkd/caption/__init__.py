@@ -5,6 +5,7 @@ from vlmkd.caption.prompts import Prompt, PromptSet, load_prompt_set
 from vlmkd.caption.runner import Assignment, CaptionReport, caption_dataset, run_captioning
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.caption.tiny_models import build_tiny_blip, build_tiny_llava
+from vlmkd.caption.transfer import ImportReport, export_captions, import_captions
 
 __all__ = [
     "Assignment",
@@ -12,12 +13,15 @@ __all__ = [
     "CaptionReport",
     "CaptionStore",
     "GenerationSettings",
+    "ImportReport",
     "Prompt",
     "PromptSet",
     "Request",
     "build_tiny_blip",
     "build_tiny_llava",
     "caption_dataset",
+    "export_captions",
+    "import_captions",
     "load_engine",
     "load_prompt_set",
     "make_manifest",

@@ -15,6 +15,7 @@ from vlmkd.caption.store import CaptionStore
 from vlmkd.data import load_image_list
 
 FAILURES_SHOWN = 20
+SUBCOMMANDS = {"import": "import_main", "export": "export_main"}  # in vlmkd.caption.transfer_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption every image of a dataset with a VLM, once per prompt (General + T1-T4 by default), "
         "into a sharded Parquet caption store. Reruns resume; finished shards are never rewritten.",
         epilog="Several processes share a store through --num-shards/--shard-index, or automatically under "
-        "torchrun (RANK/WORLD_SIZE): rank r writes shards r, r+W, r+2W...",
+        "torchrun (RANK/WORLD_SIZE): rank r writes shards r, r+W, r+2W... Captions you already have: "
+        "`vlmkd caption import FILE --dataset DATASET --out STORE`; a store to JSONL: `vlmkd caption export`.",
     )
     parser.add_argument("dataset", type=Path, help="list file (`relative/path label` lines) or ImageFolder dir")
     parser.add_argument("--model", required=True, help="model directory (or a cached Hugging Face id)")
@@ -59,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`vlmkd-caption DATASET --model PATH --out STORE [...]`."""
+    """`vlmkd-caption DATASET --model PATH --out STORE [...]`, or `vlmkd caption import|export ...`."""
+    if argv and argv[0] in SUBCOMMANDS:  # a dataset literally named so is reachable as ./import
+        from vlmkd.caption import transfer_cli
+
+        return getattr(transfer_cli, SUBCOMMANDS[argv[0]])(argv[1:])
     args = build_parser().parse_args(argv)
     dataset = load_image_list(args.dataset, root=args.root, classnames=args.classnames)
     report = run_captioning(

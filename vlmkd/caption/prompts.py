@@ -50,6 +50,11 @@ class PromptSet:
         return prompt_set_record(self.name, {prompt.id: prompt.template for prompt in self.prompts})
 
 
+def is_prompt_id(text: str) -> bool:
+    """Whether `text` is a valid prompt id: 1-64 characters of letters, digits, '_', '.', '-'."""
+    return _ID_RE.fullmatch(text) is not None
+
+
 def shipped_prompt_sets() -> list[str]:
     """Names of the prompt sets shipped with vlmkd (usable as `--prompts NAME`)."""
     folder = resources.files("vlmkd.caption") / "prompt_sets"
