@@ -36,6 +36,7 @@ COMMANDS: dict[str, Command] = {
     "caption-info": Command("vlmkd.caption.cli:info_main", "summarise a caption store"),
     "encode": Command("vlmkd.encode.cli:main", "encode captions into a fp16 feature store"),
     "train": Command("vlmkd.train.cli:main", "train a long-tail classifier with VLM-KD"),
+    "plot": Command("vlmkd.train.curves:main", "draw a run's curves (loss terms, VLM-KD vs chance, temperature, lr)"),
     "eval": Command("vlmkd.evaluate.cli:main", "Many/Medium/Few/All top-1, per-class accuracy and t-SNE plots"),
     "demo": Command("vlmkd.demo:main", "run the whole pipeline on the embedded MNIST-LT with a tiny VLM"),
     "experiment": Command("vlmkd.experiment:main", "baseline vs VLM-KD over seeds, controls and prompt ablation"),
