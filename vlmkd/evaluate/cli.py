@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--few-threshold", type=int, default=20, help="Few: fewer training images than this")
     parser.add_argument("--no-plots", action="store_true", help="only compute and print the accuracies")
     parser.add_argument("--tsne-max", type=int, default=2000, help="t-SNE points at most (a seeded subsample)")
+    parser.add_argument(
+        "--save-features", action="store_true",
+        help="also write the test images' features and the VLM-KD loss module (adaptor, temperature) to OUT/features",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -47,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         device=args.device,
+        save_features=args.save_features,
     )
     print(format_table(results["top1"]))
     print(f"results: {out / RESULTS_FILE}")
     for name, path in results["plots"].items():
         print(f"plot ({name}): {path}")
+    if "features" in results:
+        print(f"features: {results['features']}")
     return 0

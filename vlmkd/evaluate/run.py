@@ -31,11 +31,14 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     num_workers: int = 2,
     device: str = "cpu",
+    save_features: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved classifier on `dataset`; writes `metrics.json` (and PNGs) to `out_dir`, returns the results.
 
     Training counts (which decide the splits) come from the checkpoint. `features` (a caption feature store
     of the training set `train`, default: the one the model was trained on) adds the caption t-SNE.
+    `save_features` writes the test images' features and the VLM-KD loss module to `out_dir/features`
+    (see `vlmkd.evaluate.features`).
     """
     model, meta = load_classifier(checkpoint, device)
     test = load_image_list(dataset)
@@ -69,6 +72,10 @@ def evaluate_checkpoint(
         },
         "plots": {},
     }
+    if save_features:
+        from vlmkd.evaluate.features import save_eval_features
+
+        results["features"] = str(save_eval_features(out, checkpoint, test, preds))
     if plots:
         thresholds = {"many_threshold": many_threshold, "few_threshold": few_threshold}
         results["plots"]["per_class"] = str(
