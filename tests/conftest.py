@@ -54,3 +54,12 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory):
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "classnames.txt").write_text("zero\none\ntwo\n")
     return load_image_list(root / "train.txt")
+
+
+@pytest.fixture
+def tf32_matmul():
+    """float32 matmul precision "high" (TF32 allowed) for the test, restored afterwards."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)

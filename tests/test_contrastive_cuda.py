@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_contrastive_triton import (
+from _fused_checks import (
     CASES_FP32,
     CASES_FP64,
     check_clamped_scale,
@@ -28,7 +28,6 @@ from test_contrastive_triton import (
     check_tf32,
     make_inputs,
     run_fused,
-    tf32_matmul,  # noqa: F401  (fixture)
 )
 
 _cuda = pytest.importorskip("vlmkd._cuda", reason="the CUDA module was not built (no nvcc)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_encode_store import random_values, write_store
+from _cases import random_values, write_store
 
 from vlmkd.encode.loader import CaptionFeatures
 from vlmkd.errors import InputError

@@ -8,41 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cases import make_manifest, random_values, write_store
 
-from vlmkd.encode.store import FEATURES_FILE, FORMAT, MANIFEST_FILE, PROGRESS_FILE, VERSION, FeatureStore
+from vlmkd.encode.store import FEATURES_FILE, MANIFEST_FILE, PROGRESS_FILE, FeatureStore
 from vlmkd.encode.writer import FeatureWriter
 from vlmkd.errors import InputError, StoreMismatchError
-
-
-def make_manifest(num_images: int = 7, prompt_ids: tuple[str, ...] = ("G", "T1", "T2"), dim: int = 5, **changes):
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "encoder": "test-encoder",
-        "encoder_dtype": "float32",
-        "dim": dim,
-        "normalized": False,
-        "dtype": "float16",
-        "prompt_ids": list(prompt_ids),
-        "num_images": num_images,
-        "dataset_fingerprint": "d" * 16,
-        "caption_store_fingerprint": "c" * 16,
-    }
-    return manifest | changes
-
-
-def write_store(path: Path, values: np.ndarray, chunk_size: int = 3, **changes) -> FeatureStore:
-    """A complete store holding `values` (images, prompts, dim)."""
-    images, prompts, dim = values.shape
-    manifest = make_manifest(images, tuple(f"P{k}" for k in range(prompts)), dim, **changes)
-    writer = FeatureWriter(path, manifest, chunk_size=chunk_size)
-    for chunk in writer.pending:
-        writer.write(chunk, values[writer.chunk_rows(chunk).start : writer.chunk_rows(chunk).stop])
-    return writer.finish()
-
-
-def random_values(shape: tuple[int, ...] = (7, 3, 5), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def test_written_store_reads_back_as_float16_of_the_values(tmp_path: Path) -> None:

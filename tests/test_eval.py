@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_train import make_features, tiny_config
+from _cases import make_features, tiny_config
 
 from vlmkd.evaluate.cli import main as eval_main
 from vlmkd.evaluate.metrics import format_table, per_class_accuracy, split_accuracy

@@ -13,34 +13,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _cases import TINY, make_features, tiny_config
 from safetensors.torch import load_file
 
 from vlmkd.data import ImageList
 from vlmkd.errors import InputError
 from vlmkd.train.checkpoint import flatten_state, latest_checkpoint, load_checkpoint, unflatten_state
-from vlmkd.train.config import TrainConfig, read_config_file, resolve_config
+from vlmkd.train.config import read_config_file, resolve_config
 from vlmkd.train.metrics_log import read_metrics
 from vlmkd.train.trainer import NonFiniteLossError, train
-
-# threads=1: OpenMP with 2 threads on a busy 2-core machine is ~20x slower than 1 thread for nets this small.
-TINY = {
-    "arch": "resnet32", "width": 0.25, "image_size": 8, "num_workers": 0, "progress": False, "log_every": 1,
-    "threads": 1,
-}  # fmt: skip
-
-
-def make_features(dataset: ImageList, root: Path) -> Path:
-    """A real feature store for `dataset`: class-description captions through all-MiniLM-L6-v2."""
-    from vlmkd.encode.runner import encode_captions
-    from vlmkd.experiment import build_control_captions
-
-    captions = build_control_captions(dataset, root / "captions")
-    encode_captions(captions, root / "features", progress=False)
-    return root / "features"
-
-
-def tiny_config(dataset: ImageList, output: Path, **overrides: object) -> TrainConfig:
-    return resolve_config({}, {**TINY, "train": str(dataset.source), "output": str(output), **overrides})
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cases import make_features
 from safetensors.torch import load_file
-from test_train import make_features
 
 
 def _command(dataset, output: Path, features: Path) -> list[str]:
