@@ -133,14 +133,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
     setup = Setup(batch=16 if args.quick else args.batch, image_size=32, width=1.0, threads=args.threads)
-    cases = [Case("VLM-KD off (task loss only)", None), Case("VLM-KD on, reference loss", "ref")]
+    cases = [Case("VLM-KD off (task loss only)", None), Case("VLM-KD on, reference loss", "reference")]
     cases += [Case(f"VLM-KD on, fused loss ({name})", name) for name in usable_backends()]
     results = run(cases, setup, repeats=2 if args.quick else args.repeats, steps=1 if args.quick else 3, warmup=2)
     body = table(results, setup)
     print(body)
     if args.quick:
         return
-    fused = [r for r in results if r.case.backend not in (None, "ref")]
+    fused = [r for r in results if r.case.backend not in (None, "reference")]
     off = next(r for r in results if r.case.backend is None)
     verdict = ""
     if fused:

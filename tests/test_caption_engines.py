@@ -74,7 +74,7 @@ def test_model_fingerprint_follows_the_weights_not_the_path(tiny_models, tmp_pat
 
 
 def test_unknown_engine_and_bad_model_directory_are_user_errors(tmp_path):
-    with pytest.raises(InputError, match="unknown engine"):
+    with pytest.raises(InputError, match=r"engine must be one of hf, trt.*, got 'vllm'"):
         check_engine("vllm")
     with pytest.raises(InputError, match="cannot load"):
         load_engine("hf", tmp_path, SETTINGS)

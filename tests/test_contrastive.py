@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from vlmkd import backends
 from vlmkd.errors import InputError
 from vlmkd.ops import VlmkdContrastiveLoss, contrastive_ref, vlmkd_contrastive_loss
 from vlmkd.ops.contrastive import BACKENDS, resolve_backend
@@ -191,7 +192,7 @@ def test_autocast_error_at_most_twice_pytorchs_own(backend: str, low: torch.dtyp
 
 
 def test_fused_backends_keep_at_most_one_batch_squared_buffer_for_backward(backend: str) -> None:
-    if backend == "ref":
+    if backend == "reference":
         pytest.skip("the reference keeps what autograd keeps")
     batch = 257
     inputs = _to(_inputs(batch, 37, 65), _device(backend))
@@ -250,8 +251,8 @@ def test_default_backend_on_cpu_is_cpp_when_built(monkeypatch: pytest.MonkeyPatc
 
 
 def test_environment_variable_picks_the_backend_and_the_argument_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VLMKD_BACKEND", "ref")
-    assert resolve_backend("cpu") == "ref"
+    monkeypatch.setenv("VLMKD_BACKEND", "reference")
+    assert resolve_backend("cpu") == "reference"
     assert resolve_backend("cpu", "cpp") == "cpp"
     # The reference path is plain autograd: t gets a gradient there, proof that it was the one used.
     inputs = _to(_inputs(3, 5, 4), "cpu")
@@ -261,11 +262,20 @@ def test_environment_variable_picks_the_backend_and_the_argument_wins(monkeypatc
 
 
 def test_unknown_backend_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(InputError, match=r"backend must be one of ref, cpp, triton, cuda, got 'fast'"):
+    with pytest.raises(InputError, match=r"backend must be one of reference, cpp, triton, cuda, got 'fast'"):
         resolve_backend("cpu", "fast")
     monkeypatch.setenv("VLMKD_BACKEND", "fast")
     with pytest.raises(InputError, match=r"VLMKD_BACKEND must be one of"):
         resolve_backend("cpu")
+
+
+def test_backend_has_one_name_and_a_near_miss_gets_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLMKD_BACKEND", raising=False)
+    assert list(backends()) == list(BACKENDS)  # `vlmkd.backends()` and the dispatcher know the same names
+    with pytest.raises(InputError, match=r"got 'ref' \(did you mean 'reference'\?\)$"):
+        resolve_backend("cpu", "ref")
+    with pytest.raises(InputError, match=r"got 'cuda_' \(did you mean 'cuda'\?\)$"):
+        VlmkdContrastiveLoss(5, 4, backend="cuda_")(torch.zeros(2, 4), torch.zeros(2, 5))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

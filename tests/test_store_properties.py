@@ -252,11 +252,11 @@ def _field_type_ok(value, default) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
+    if isinstance(default, (str, Path)):
+        return isinstance(value, type(default))
     if isinstance(default, list):
         return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    return value is None or isinstance(value, (str, list))  # optional settings: features, teacher, prompts
+    return value is None or isinstance(value, (str, list, Path))  # optional settings: features, teacher, prompts
 
 
 @settings(max_examples=150, deadline=None)

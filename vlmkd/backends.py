@@ -1,15 +1,19 @@
-"""Which compute backends were built into this install and which can run here, and why not."""
+"""The compute backends of the fused VLM-KD loss: what each is, whether it was built, whether it can run here.
+
+Every backend is one registration in `BACKENDS` (name -> `ContrastiveBackend`); `vlmkd.backends()`, `vlmkd
+info`, `VLMKD_BACKEND`, `--contrastive-backend` and the dispatcher in `vlmkd.ops.contrastive` read it.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 
-BACKEND_NAMES = ("reference", "cpp", "triton", "cuda")
+from vlmkd.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -22,12 +26,21 @@ class BackendStatus:
     detail: str
 
 
-def load_native(name: str) -> ModuleType | None:
-    """Import a native module of vlmkd (`_C` or `_cuda`), or None when it was not built or cannot load."""
-    try:
-        return importlib.import_module(f"vlmkd.{name}")
-    except ImportError:
-        return None
+@dataclass(frozen=True)
+class ContrastiveBackend:
+    """How to reach a backend of the contrastive loss.
+
+    `ops_module` registers `torch.ops.vlmkd.contrastive_forward_<name>` / `contrastive_backward_<name>` when
+    imported (None: plain autograd over `contrastive_ref`). `device_problem(device_type, interpret)` says why
+    it cannot take tensors of that device type (None when it can). `auto_devices` are the device types on
+    which it is picked without being asked; among those the highest `priority` that can run wins.
+    """
+
+    status: Callable[[], BackendStatus]
+    ops_module: str | None
+    device_problem: Callable[[str, bool], str | None]
+    auto_devices: tuple[str, ...] = ()
+    priority: int = 0
 
 
 def triton_interpret() -> bool:
@@ -80,11 +93,44 @@ def _cuda_status() -> BackendStatus:
     return BackendStatus("cuda", True, True, f"{built_with} on {torch.cuda.get_device_name()}")
 
 
+def runs_on(device: str, label: str) -> Callable[[str, bool], str | None]:
+    """A `device_problem` for a backend that takes only `device` tensors (`label`: how to say so)."""
+
+    def problem(device_type: str, interpret: bool) -> str | None:
+        return None if device_type == device else f"it runs on {label} tensors, got {device_type} tensors"
+
+    return problem
+
+
+def _triton_device_problem(device_type: str, interpret: bool) -> str | None:
+    if device_type == "cuda" or (device_type == "cpu" and interpret):
+        return None
+    return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device_type} tensors"
+
+
+BACKENDS: Registry[ContrastiveBackend] = Registry("backend")
+BACKENDS.register(
+    "reference",
+    ContrastiveBackend(_reference_status, None, lambda device_type, interpret: None, ("cpu", "cuda"), priority=0),
+    "plain PyTorch autograd over contrastive_ref: runs everywhere, the ground truth in tests",
+)
+BACKENDS.register(
+    "cpp",
+    ContrastiveBackend(_cpp_status, "vlmkd.ops.contrastive_cpp", runs_on("cpu", "CPU"), ("cpu",), priority=10),
+    "C++/OpenMP kernels around BLAS GEMMs (vlmkd._C), CPU tensors",
+)
+BACKENDS.register(
+    "triton",
+    ContrastiveBackend(_triton_status, "vlmkd.ops.contrastive_triton", _triton_device_problem, ("cuda",), priority=20),
+    "flash-style Triton kernels, GPU (or the CPU interpreter under TRITON_INTERPRET=1)",
+)
+BACKENDS.register(
+    "cuda",
+    ContrastiveBackend(_cuda_status, "vlmkd.ops.contrastive_cuda", runs_on("cuda", "CUDA"), ("cuda",), priority=30),
+    "flash-style CUDA C++ kernels (vlmkd._cuda), GPU",
+)
+
+
 def backends() -> dict[str, BackendStatus]:
-    """Status of every backend, keyed by name (reference, cpp, triton, cuda)."""
-    return {
-        "reference": _reference_status(),
-        "cpp": _cpp_status(),
-        "triton": _triton_status(),
-        "cuda": _cuda_status(),
-    }
+    """Status of every registered backend, keyed by name (reference, cpp, triton, cuda)."""
+    return {name: BACKENDS.get(name).status() for name in BACKENDS}

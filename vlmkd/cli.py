@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmkd.errors import VlmkdError
+from vlmkd.registry import Registry
 
 OUT_OF_MEMORY_ADVICE = (
     "the GPU ran out of memory. Lower --batch-size, turn on --amp, or pick a smaller model; finished shards, "
@@ -30,7 +31,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "info": Command("vlmkd.cli:info_main", "show which backends (reference, cpp, triton, cuda) are usable here"),
+    "info": Command(
+        "vlmkd.cli:info_main", "show which backends are usable here, and the engines, backbones and losses"
+    ),
     "data": Command("vlmkd.data.cli:main", "build datasets: the embedded MNIST-LT demo, long-tail cuts, inspect"),
     "caption": Command("vlmkd.caption.cli:main", "caption every training image with a VLM; or import/export captions"),
     "caption-info": Command("vlmkd.caption.cli:info_main", "summarise a caption store"),
@@ -43,26 +46,16 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def _resolve(name: str) -> Callable[[list[str]], int] | None:
+def _resolve(name: str) -> Callable[[list[str]], int]:
     module_name, function_name = COMMANDS[name].target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
-            return None  # the stage itself is missing from this build, not one of its dependencies
-        raise
-    return getattr(module, function_name)
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:
     """Run subcommand `name` with `argv`; user errors become a one-line message and exit code 2."""
     prog = f"vlmkd {name}"
     try:
-        entry = _resolve(name)
-        if entry is None:
-            print(f"{prog}: not built yet in vlmkd {_version()}", file=sys.stderr)
-            return 2
-        return entry(list(argv))
+        return _resolve(name)(list(argv))
     except VlmkdError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -106,7 +99,18 @@ def info_main(argv: list[str] | None = None) -> int:
     for status in backends().values():
         state = "usable" if status.usable else ("built, not usable here" if status.built else "not available")
         print(f"  {status.name:<10} {state:<24} {status.detail}")
+    for title, registry in _registries().items():
+        print(f"{title}: {', '.join(registry.names())}")
     return 0
+
+
+def _registries() -> dict[str, Registry]:
+    """What `vlmkd info` lists besides the backends: every other name-registered choice."""
+    from vlmkd.caption.engines import ENGINES
+    from vlmkd.losses.task import TASK_LOSSES
+    from vlmkd.models.zoo import BACKBONES
+
+    return {"engines (--engine)": ENGINES, "backbones (--arch)": BACKBONES, "task losses (--task-loss)": TASK_LOSSES}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", type=Path, help="list file (`relative/path label` lines) or ImageFolder dir")
     parser.add_argument("--model", required=True, help="model directory (or a cached Hugging Face id)")
     parser.add_argument("--out", required=True, type=Path, help="caption store directory (created or resumed)")
-    parser.add_argument("--engine", choices=ENGINES, default="hf", help="hf: transformers (default); trt: TensorRT-LLM")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES.names(),
+        default="hf",
+        help="; ".join(f"{entry.name}: {entry.description}" for entry in ENGINES.entries()),
+    )
     parser.add_argument(
         "--prompts",
         default=None,

@@ -1,6 +1,6 @@
 """Image classifiers trained from scratch: a feature trunk plus a linear head."""
 
 from vlmkd.models.classifier import Classifier
-from vlmkd.models.zoo import ARCHS, ModelSpec, build_model
+from vlmkd.models.zoo import BACKBONES, ModelSpec, build_model
 
-__all__ = ["ARCHS", "Classifier", "ModelSpec", "build_model"]
+__all__ = ["BACKBONES", "Classifier", "ModelSpec", "build_model"]

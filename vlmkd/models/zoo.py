@@ -10,6 +10,7 @@ from torch import nn
 from vlmkd.errors import InputError, MissingDependencyError
 from vlmkd.models.classifier import Classifier
 from vlmkd.models.resnet32 import ResNet32Features
+from vlmkd.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,17 @@ def _torchvision(name: str) -> Callable[[ModelSpec], tuple[nn.Module, int]]:
     return build
 
 
-ARCHS: dict[str, Callable[[ModelSpec], tuple[nn.Module, int]]] = {
-    "resnet32": _resnet32,
-    "resnet50": _torchvision("resnet50"),
-    "resnext50": _torchvision("resnext50_32x4d"),
-}
+BACKBONES: Registry[Callable[[ModelSpec], tuple[nn.Module, int]]] = Registry("arch")
+BACKBONES.register("resnet32", _resnet32, "the CIFAR ResNet-32 (16/32/64 x width channels), any image size")
+BACKBONES.register("resnet50", _torchvision("resnet50"), "torchvision ResNet-50, random init")
+BACKBONES.register("resnext50", _torchvision("resnext50_32x4d"), "torchvision ResNeXt-50 32x4d, random init")
 
 
 def build_model(spec: ModelSpec) -> Classifier:
-    """A randomly initialised `Classifier` for `spec` (no pretrained weights are ever loaded)."""
-    if spec.arch not in ARCHS:
-        raise InputError(f"unknown arch {spec.arch!r}; choose from {', '.join(ARCHS)}")
-    trunk, feature_dim = ARCHS[spec.arch](spec)
+    """A randomly initialised `Classifier` for `spec` (no pretrained weights are ever loaded).
+
+    A backbone builder takes the spec and returns `(trunk, feature_dim)`: a module mapping images to
+    (B, feature_dim) features; the linear head is added here.
+    """
+    trunk, feature_dim = BACKBONES.get(spec.arch)(spec)
     return Classifier(trunk, feature_dim, spec.num_classes)

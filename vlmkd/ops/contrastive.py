@@ -1,6 +1,6 @@
 """The VLM-KD contrastive loss: public op, backend dispatch, and the loss module that owns the adaptor.
 
-Backends (see `vlmkd.backends()`): "ref" (`contrastive_ref`, plain PyTorch autograd), "cpp" (C++/OpenMP on
+Backends (see `vlmkd.backends()`): "reference" (`contrastive_ref`, plain PyTorch autograd), "cpp" (C++/OpenMP on
 CPU), "triton" (GPU, or CPU under TRITON_INTERPRET=1) and "cuda". Each fused backend module registers
 `torch.ops.vlmkd.contrastive_forward_<b>` / `contrastive_backward_<b>`; this module checks the inputs once,
 brings them to one dtype (fp16/bf16 computed in fp32), and wraps the pair in an autograd.Function, which
@@ -17,38 +17,36 @@ import os
 import torch
 from torch import nn
 
-from vlmkd.backends import backends, triton_interpret
+from vlmkd.backends import BACKENDS, triton_interpret
 from vlmkd.errors import InputError
 from vlmkd.ops.reference import contrastive_ref
 
-BACKENDS = ("ref", "cpp", "triton", "cuda")
-_MODULES = {
-    "cpp": "vlmkd.ops.contrastive_cpp",
-    "triton": "vlmkd.ops.contrastive_triton",
-    "cuda": "vlmkd.ops.contrastive_cuda",
-}
-_AUTO_ORDER = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpp", "ref")}
+REFERENCE = "reference"
 
 
 @functools.cache
 def _unusable_reason(name: str, device_type: str, interpret: bool) -> str | None:
     """Why backend `name` cannot run on `device_type` tensors here (None when it can); imports its ops."""
-    if name == "ref":
+    backend = BACKENDS.get(name)
+    if backend.ops_module is None:
         return None
-    status = backends()[name]
+    status = backend.status()
     if not status.usable:
         return status.detail
-    if name == "cpp" and device_type != "cpu":
-        return f"it runs on CPU tensors, got {device_type} tensors"
-    if name == "cuda" and device_type != "cuda":
-        return f"it runs on CUDA tensors, got {device_type} tensors"
-    if name == "triton" and device_type != "cuda" and not (device_type == "cpu" and interpret):
-        return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device_type} tensors"
+    problem = backend.device_problem(device_type, interpret)
+    if problem is not None:
+        return problem
     try:
-        importlib.import_module(_MODULES[name])
+        importlib.import_module(backend.ops_module)
     except ImportError as error:
-        return f"{_MODULES[name]} did not import: {error}"
+        return f"{backend.ops_module} did not import: {error}"
     return None
+
+
+def _auto_order(device_type: str) -> list[str]:
+    """Backends picked automatically on `device_type`, fastest (highest priority) first."""
+    chosen = [name for name in BACKENDS if device_type in BACKENDS.get(name).auto_devices]
+    return sorted(chosen, key=lambda name: -BACKENDS.get(name).priority) or [REFERENCE]
 
 
 @torch.compiler.assume_constant_result
@@ -63,10 +61,9 @@ def resolve_backend(device_type: str, requested: str | None = None) -> str:
         requested, source = os.environ["VLMKD_BACKEND"], "VLMKD_BACKEND"
     interpret = triton_interpret()
     if requested is None:
-        order = _AUTO_ORDER.get(device_type, ("ref",))
+        order = _auto_order(device_type)
         return next(name for name in order if _unusable_reason(name, device_type, interpret) is None)
-    if requested not in BACKENDS:
-        raise InputError(f"{source} must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    BACKENDS.check(requested, source)
     reason = _unusable_reason(requested, device_type, interpret)
     if reason is not None:
         raise InputError(f"{source}={requested!r} cannot run here: {reason}")
@@ -169,8 +166,8 @@ def vlmkd_contrastive_loss(
 
     `logit_scale` is the log of the similarity scale (CLIP's; clamped at log 100). `positives="class"`
     counts every pair with equal `labels` as a positive. Gradients flow to v, weight, bias and logit_scale;
-    t is frozen data (the fused backends refuse a t that requires grad). `backend` ("ref", "cpp", "triton",
-    "cuda") overrides $VLMKD_BACKEND and the choice by device. fp16/bf16 inputs are computed in fp32; the
+    t is frozen data (the fused backends refuse a t that requires grad). `backend` ("reference", "cpp",
+    "triton", "cuda") overrides $VLMKD_BACKEND and the choice by device. fp16/bf16 inputs are computed in fp32; the
     loss comes back in the compute dtype (float64 only when the inputs are float64).
     """
     if positives not in ("instance", "class"):
@@ -180,14 +177,14 @@ def vlmkd_contrastive_loss(
         logit_scale = torch.tensor(float(logit_scale), device=v.device)
     _check_inputs(v, t, weight, bias, logit_scale, labels, class_positives)
     name = resolve_backend(v.device.type, backend)
-    if name != "ref" and t.requires_grad:
+    if name != REFERENCE and t.requires_grad:
         raise InputError(f"t requires grad, but backend {name!r} treats it as frozen data: pass t.detach()")
 
     dtype = _compute_dtype(v, t, weight, logit_scale, *(() if bias is None else (bias,)))
     v, t, weight = (x.to(dtype).contiguous() for x in (v, t, weight))
     bias = weight.new_zeros(weight.shape[0]) if bias is None else bias.to(dtype).contiguous()
     logit_scale = logit_scale.to(dtype).reshape(())
-    if name == "ref":
+    if name == REFERENCE:
         with torch.autocast(v.device.type, enabled=False):
             return contrastive_ref(v, t, weight, bias, logit_scale, labels, positives)
     labels = labels.to(torch.int64).contiguous() if class_positives else torch.arange(v.shape[0], device=v.device)
@@ -235,7 +232,7 @@ class VlmkdContrastiveLoss(nn.Module):
         if isinstance(self.adaptor, nn.Linear):
             last, backend = self.adaptor, self.backend
         else:
-            last, t, backend = self.adaptor[-1], self.adaptor[:-1](t), "ref"
+            last, t, backend = self.adaptor[-1], self.adaptor[:-1](t), REFERENCE
         return vlmkd_contrastive_loss(
             v, t, last.weight, last.bias, self.logit_scale, labels, self.positives, backend=backend
         )

@@ -7,7 +7,7 @@ import types
 import typing
 from dataclasses import fields
 
-from vlmkd.train.config import CHOICES, TrainConfig, list_presets, read_config_file, resolve_config
+from vlmkd.train.config import TrainConfig, choices, list_presets, read_config_file, resolve_config
 
 HELP = {
     "train": "training dataset: a list file (`path label` lines) or an ImageFolder directory",
@@ -29,7 +29,7 @@ HELP = {
     "temperature": "initial contrastive temperature",
     "learn_temperature": "learn the temperature (as a logit scale clamped at 100) or keep it fixed",
     "adaptor_hidden": "hidden width of a 2-layer MLP text adaptor (default: a linear adaptor)",
-    "contrastive_backend": "backend of the fused VLM-KD loss: ref, cpp, triton or cuda (default: fastest usable)",
+    "contrastive_backend": "backend of the fused VLM-KD loss (default: the fastest usable)",
     "teacher": "frozen vision teacher: a classifier saved by vlmkd-train",
     "kd_weight": "weight of logit KD from --teacher",
     "kd_temperature": "softmax temperature of logit KD",
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif typing.get_origin(kind) is list:
             kwargs |= {"type": typing.get_args(kind)[0], "nargs": 3, "metavar": "X"}
         else:
-            kwargs |= {"type": kind, "choices": CHOICES.get(spec.name)}
+            kwargs |= {"type": kind, "choices": choices(spec.name)}
         parser.add_argument(flag, dest=spec.name, **kwargs)
     return parser
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vlmkd.config import StageConfig, coerce_settings, read_yaml_mapping, setting_names
 from vlmkd.errors import InputError
+from vlmkd.registry import Registry, choice_error
 
 PRESET_DIR = Path(__file__).parent / "configs"
 CHOICES: dict[str, tuple[str, ...]] = {
-    "arch": ("resnet32", "resnet50", "resnext50"),
     "norm": ("batch", "group"),
-    "task_loss": ("ce", "balanced_softmax", "logit_adjust"),
     "positives": ("instance", "class"),
     "caption_mix": ("sample", "mean"),
     "optimizer": ("sgd", "adamw"),
@@ -28,13 +23,32 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass
-class TrainConfig:
-    """Every setting of a training run. Field names are the YAML keys; `--some-field` flags override them."""
+def registries() -> dict[str, Registry]:
+    """Settings whose values are registered names: backbones, task losses and contrastive backends."""
+    from vlmkd.backends import BACKENDS
+    from vlmkd.losses.task import TASK_LOSSES
+    from vlmkd.models.zoo import BACKBONES
 
-    train: str = ""  # dataset: list file or ImageFolder directory
-    output: str = "runs/train"
-    features: str | None = None  # caption feature store (needed when vlmkd_weight > 0)
+    return {"arch": BACKBONES, "task_loss": TASK_LOSSES, "contrastive_backend": BACKENDS}
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of setting `name` (None: any value of its type)."""
+    registry = registries().get(name)
+    return registry.names() if registry is not None else CHOICES.get(name)
+
+
+@dataclass
+class TrainConfig(StageConfig):
+    """Every setting of a training run. Field names are the YAML keys; `--some-field` flags override them.
+
+    Values are checked on construction (`InputError` naming the setting); `validate()` also requires the
+    inputs a run needs (a dataset, and features or a teacher when their terms are on).
+    """
+
+    train: Path | None = None  # dataset: list file or ImageFolder directory
+    output: Path = Path("runs/train")
+    features: Path | None = None  # caption feature store (needed when vlmkd_weight > 0)
     # model
     arch: str = "resnet32"
     width: float = 1.0  # resnet32 channel multiplier (0.5: 8/16/32 channels)
@@ -42,8 +56,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm under DDP (GPU only)
     # data
     image_size: int = 32
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata={"length": 3})
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata={"length": 3})
     flip: bool = True
     loader: str = "torch"
     num_workers: int = 2
@@ -57,8 +71,8 @@ class TrainConfig:
     temperature: float = 0.07
     learn_temperature: bool = True
     adaptor_hidden: int | None = None  # 2-layer MLP adaptor of this width (default: linear)
-    contrastive_backend: str | None = None  # ref|cpp|triton|cuda; default: the fastest usable
-    teacher: str | None = None  # a vlmkd classifier checkpoint: frozen vision teacher
+    contrastive_backend: str | None = None  # a name in vlmkd.backends(); default: the fastest usable
+    teacher: Path | None = None  # a vlmkd classifier checkpoint: frozen vision teacher
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     # optimisation
@@ -78,17 +92,11 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
 
-    def validate(self) -> TrainConfig:
-        """Raise `InputError` naming the first bad setting."""
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if not self.train:
-            raise InputError("no training dataset: pass --train (a list file or ImageFolder directory)")
-        if self.vlmkd_weight > 0 and not self.features:
-            raise InputError("--vlmkd-weight > 0 needs --features (a caption feature store from vlmkd-encode)")
-        if self.kd_weight > 0 and not self.teacher:
-            raise InputError("--kd-weight > 0 needs --teacher (a trained vlmkd classifier)")
+    def check(self) -> None:
+        for name in (*CHOICES, *registries()):
+            value, allowed = getattr(self, name), choices(name)
+            if value is not None and allowed is not None and value not in allowed:
+                raise choice_error(name, value, allowed)
         if self.width <= 0:
             raise InputError(f"width must be positive; got {self.width}")
         for name in ("epochs", "batch_size", "image_size", "log_every"):
@@ -96,17 +104,24 @@ class TrainConfig:
                 raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.temperature <= 0 or self.kd_temperature <= 0:
             raise InputError("temperatures must be positive")
-        return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def validate(self) -> TrainConfig:
+        """Re-check every setting and require the run's inputs; raise `InputError` naming the first problem."""
+        self.__post_init__()
+        if not self.train:
+            raise InputError("no training dataset: pass --train (a list file or ImageFolder directory)")
+        if self.vlmkd_weight > 0 and not self.features:
+            raise InputError("--vlmkd-weight > 0 needs --features (a caption feature store from vlmkd-encode)")
+        if self.kd_weight > 0 and not self.teacher:
+            raise InputError("--kd-weight > 0 needs --teacher (a trained vlmkd classifier)")
+        return self
 
 
 def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+    return setting_names(TrainConfig)
 
 
-def read_config_file(spec: str) -> dict[str, Any]:
+def read_config_file(spec: str | Path) -> dict[str, Any]:
     """Settings from a YAML file path or the name of a bundled preset (listed by `vlmkd-train --help`)."""
     path = Path(spec)
     if not path.is_file():
@@ -114,64 +129,12 @@ def read_config_file(spec: str) -> dict[str, Any]:
         if not preset.is_file():
             raise InputError(f"{spec}: no such config file or preset (presets: {', '.join(list_presets())})")
         path = preset
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise InputError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of settings at the top level")
-    return check_settings(data, str(path))
+    return check_settings(read_yaml_mapping(path), str(path))
 
 
 def check_settings(settings: dict[str, Any], where: str) -> dict[str, Any]:
     """Settings with each value checked against its field's type (ints widen to floats); `InputError` otherwise."""
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(settings) - set(hints))
-    if unknown:
-        raise InputError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    return {name: _typed(name, value, hints[name], where) for name, value in settings.items()}
-
-
-def _typed(name: str, value: Any, hint: Any, where: str) -> Any:
-    options = [arg for arg in typing.get_args(hint) if arg is not type(None)] if _is_optional(hint) else [hint]
-    if value is None and len(options) == 1 and options[0] is not hint:
-        return None
-    kind = options[0]
-    if typing.get_origin(kind) is list:
-        item = typing.get_args(kind)[0]
-        if isinstance(value, list):
-            items = [_scalar(v, item) for v in value]
-            if all(v is not _BAD for v in items) and (item is not float or len(items) == 3):
-                return items
-    elif (checked := _scalar(value, kind)) is not _BAD:
-        return checked
-    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
-    if typing.get_origin(kind) is list:
-        expected = "a list of 3 numbers" if typing.get_args(kind)[0] is float else "a list of strings"
-    if kind is not hint:
-        expected += " or null"
-    raise InputError(f"{where}: {name} must be {expected}, got {value!r}")
-
-
-_BAD = object()
-
-
-def _scalar(value: Any, kind: type) -> Any:
-    if kind is bool:
-        return value if isinstance(value, bool) else _BAD
-    if isinstance(value, bool):
-        return _BAD
-    if kind is int:
-        return value if isinstance(value, int) else _BAD
-    if kind is float:
-        return float(value) if isinstance(value, (int, float)) else _BAD
-    return value if isinstance(value, kind) else _BAD
-
-
-def _is_optional(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    return dict(coerce_settings(TrainConfig, settings, where))
 
 
 def list_presets() -> list[str]:
@@ -187,5 +150,4 @@ def resolve_config(file_settings: dict[str, Any], overrides: dict[str, Any]) -> 
 
 def write_config(config: TrainConfig, path: Path) -> None:
     """Write the resolved config as YAML, loadable again with `--config`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    config.to_yaml(path)

@@ -1,23 +1,20 @@
-"""Captioning engines behind one interface: `hf` (transformers, default) and `trt` (TensorRT-LLM)."""
+"""Captioning engines behind one interface, registered by name in `ENGINES` (`--engine` reads it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, Request, model_fingerprint
-from vlmkd.errors import InputError
+from vlmkd.registry import Registry
 
-ENGINES = ("hf", "trt")
+ENGINES: Registry[type[CaptionEngine]] = Registry("engine")
+ENGINES.register("hf", "vlmkd.caption.engines.hf:HFEngine", "transformers image-text-to-text models (default)")
+ENGINES.register("trt", "vlmkd.caption.engines.trt:TRTEngine", "TensorRT-LLM's LLM API on a GPU")
 
 
 def check_engine(name: str) -> None:
     """Fail early (before any store is touched) if engine `name` is unknown or cannot run here."""
-    if name not in ENGINES:
-        raise InputError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    if name == "trt":
-        from vlmkd.caption.engines.trt import import_tensorrt_llm
-
-        import_tensorrt_llm()
+    ENGINES.get(name).check_available()
 
 
 def load_engine(
@@ -28,16 +25,10 @@ def load_engine(
     device: str = "cpu",
     trust_remote_code: bool = False,
 ) -> CaptionEngine:
-    """Load engine `name` ("hf" or "trt") with `model`; the trt engine always runs on the GPU."""
-    if name == "hf":
-        from vlmkd.caption.engines.hf import HFEngine
-
-        return HFEngine(model, settings, device=device, trust_remote_code=trust_remote_code)
-    if name == "trt":
-        from vlmkd.caption.engines.trt import TRTEngine
-
-        return TRTEngine(model, settings, trust_remote_code=trust_remote_code)
-    raise InputError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    """Load the engine registered as `name` with `model` (`device` is where engines that choose put it)."""
+    engine = ENGINES.get(name)
+    engine.check_available()
+    return engine(model, settings, device=device, trust_remote_code=trust_remote_code)
 
 
 __all__ = [

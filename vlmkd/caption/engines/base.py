@@ -58,11 +58,19 @@ class GenerationSettings:
 
 
 class CaptionEngine(ABC):
-    """Turns batches of (image, prompt) requests into caption strings, in request order."""
+    """Turns batches of (image, prompt) requests into caption strings, in request order.
+
+    Engines are built as `Engine(model, settings, *, device, trust_remote_code)` by `load_engine`, after
+    `Engine.check_available()` has raised if a dependency is missing (before any store is touched).
+    """
 
     name: str
     model_id: str
     settings: GenerationSettings
+
+    @classmethod  # noqa: B027 - optional hook, most engines need nothing beyond vlmkd
+    def check_available(cls) -> None:
+        """Raise `MissingDependencyError` (with the install hint) when this engine cannot run here."""
 
     @abstractmethod
     def caption(self, requests: Sequence[Request]) -> list[str]:

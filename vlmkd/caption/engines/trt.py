@@ -106,7 +106,14 @@ class TRTEngine(CaptionEngine):
 
     name = "trt"
 
-    def __init__(self, model: str | Path, settings: GenerationSettings, *, trust_remote_code: bool = False) -> None:
+    @classmethod
+    def check_available(cls) -> None:
+        import_tensorrt_llm()
+
+    def __init__(
+        self, model: str | Path, settings: GenerationSettings, *, device: str = "cuda", trust_remote_code: bool = False
+    ) -> None:
+        """`device` is not used: TensorRT-LLM always runs on the GPU(s) its own launcher assigns."""
         trt = import_tensorrt_llm()
         from tensorrt_llm.inputs import default_multimodal_input_loader
         from tensorrt_llm.llmapi import KvCacheConfig

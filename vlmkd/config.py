@@ -1,0 +1,183 @@
+"""Typed stage configs: dataclasses whose fields are checked against their type hints on construction.
+
+A `StageConfig` subclass lists its settings as annotated dataclass fields. Building one (from Python, a YAML
+file or command-line flags) checks every value against its field's type (`int`, `float` (ints widen),
+`bool`, `str`, `Path` (a `str` is accepted), `X | None`, `list[...]`, nested configs) and then the subclass's
+`check()` of allowed values; both raise `InputError` naming the setting. `to_dict()` is plain YAML/JSON data
+(paths as strings) and `from_dict(to_dict())` gives the same config back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from vlmkd.errors import InputError
+from vlmkd.registry import did_you_mean
+
+C = TypeVar("C", bound="StageConfig")
+_BAD = object()
+MAX_CONFIG_BYTES = 1 << 20  # a settings file larger than this is not a settings file
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """Base of the stage configs (`CaptionConfig`, `EncodeConfig`, `TrainConfig`, `EvalConfig`)."""
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        for name, value in coerce_settings(type(self), {f.name: getattr(self, f.name) for f in _fields(self)}, where):
+            object.__setattr__(self, name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Value checks beyond the types (choices, ranges); raise `InputError` naming the setting."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting as plain data (paths as strings, nested configs as mappings)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in _fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], settings: dict[str, Any], where: str | None = None) -> C:
+        """A config from a mapping of settings; unknown names and bad values are `InputError`s naming `where`."""
+        return cls(**dict(coerce_settings(cls, settings, where or cls.__name__)))
+
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write the settings as YAML (atomically), loadable again with `from_yaml`."""
+        from vlmkd.atomic_files import write_text_atomic
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False), durable=False)
+        return path
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path) -> C:
+        return cls.from_dict(read_yaml_mapping(Path(path)), str(path))
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with `changes` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _fields(config: StageConfig | type[StageConfig]) -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in dataclasses.fields(config) if f.init)
+
+
+def setting_names(cls: type[StageConfig]) -> list[str]:
+    return [f.name for f in _fields(cls)]
+
+
+def coerce_settings(cls: type, settings: dict[str, Any], where: str) -> list[tuple[str, Any]]:
+    """(name, value) pairs with each value checked against (and brought to) its field's type."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(settings) - known)
+    if len(unknown) == 1:
+        raise InputError(f"{where}: unknown setting {unknown[0]!r}{did_you_mean(unknown[0], sorted(known))}")
+    if unknown:
+        raise InputError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    lengths = {f.name: f.metadata.get("length") for f in dataclasses.fields(cls)}
+    return [(name, typed_value(name, value, hints[name], where, lengths[name])) for name, value in settings.items()]
+
+
+def typed_value(name: str, value: Any, hint: Any, where: str, length: int | None = None) -> Any:
+    """`value` as a `hint`-typed setting (ints widen to floats, str to Path), or `InputError`.
+
+    `length` (a field's `metadata={"length": n}`) fixes the number of items of a list setting.
+    """
+    optional = _is_optional(hint)
+    kind = next(arg for arg in typing.get_args(hint) if arg is not type(None)) if optional else hint
+    if value is None and optional:
+        return None
+    if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, dict):
+            try:
+                return kind(**dict(coerce_settings(kind, value, f"{where}: {name}")))
+            except TypeError as error:  # a dataclass that is not a StageConfig rejects a missing field itself
+                raise InputError(f"{where}: {name}: {error}") from None
+    elif typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        if isinstance(value, (list, tuple)):
+            items = [_scalar(v, item) for v in value]
+            if all(v is not _BAD for v in items) and length in (None, len(items)):
+                return items
+    elif (checked := _scalar(value, kind)) is not _BAD:
+        return checked
+    expected = _describe(kind, length)
+    raise InputError(f"{where}: {name} must be {expected}{' or null' if optional else ''}, got {value!r}")
+
+
+def _scalar(value: Any, kind: Any) -> Any:
+    if kind is bool:
+        return value if isinstance(value, bool) else _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if kind is int:
+        return value if isinstance(value, int) else _BAD
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) else _BAD
+    if kind is Path:
+        if isinstance(value, os.PathLike) or (isinstance(value, str) and value):
+            return Path(value)
+        return _BAD
+    if kind is Any:
+        return value
+    return value if isinstance(kind, type) and isinstance(value, kind) else _BAD
+
+
+def _describe(kind: Any, length: int | None = None) -> str:
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+    if kind in simple:
+        return simple[kind]
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        items = {float: "numbers", str: "strings", int: "integers"}.get(item, "items")
+        return f"a list of {'' if length is None else f'{length} '}{items}"
+    if dataclasses.is_dataclass(kind):
+        return f"a mapping of {kind.__name__} settings"
+    return str(kind)
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, StageConfig):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML settings file; unreadable, oversized or malformed files are `InputError`s."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise InputError(f"{path}: {size} bytes is too large for a settings file (at most {MAX_CONFIG_BYTES})")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read the settings file ({error})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise InputError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings at the top level")
+    return data
