@@ -1,4 +1,5 @@
-"""`vlmkd data`: build the embedded MNIST-LT demo, cut long tails, inspect datasets, time a loader."""
+"""`vlmkd data`: build the embedded MNIST-LT demo and the literature's benchmarks (CIFAR-LT, ImageNet-LT,
+Places-LT, iNaturalist 2018) from local data, cut long tails, inspect datasets, time a loader."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from vlmkd.data.dataset import load_image_list
 from vlmkd.data.demo import make_demo_dataset
 from vlmkd.data.loaders import LOADERS, build_loader
 from vlmkd.data.longtail import make_longtail
+from vlmkd.data.recipes import LIST_RECIPES, BuiltDataset, make_cifar_lt, make_list_recipe
 from vlmkd.data.splits import class_splits
 
 
@@ -42,6 +44,34 @@ def _parser() -> argparse.ArgumentParser:
     cut.add_argument("--seed", type=int, default=0)
     cut.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
     cut.add_argument("--root", type=Path, default=None, help="image root of a list file (default: its folder)")
+
+    cifar = commands.add_parser(
+        "cifar-lt",
+        help="write CIFAR-10-LT / CIFAR-100-LT (LDAM-DRW cut) from the local python-pickle CIFAR archive",
+        description="Read the official python-version CIFAR data (cifar-10-batches-py/ or cifar-100-python/, or "
+        "their .tar.gz) from SOURCE with a restricted unpickler, keep int(n_max * (1/IF)^(i/(C-1))) training "
+        "images of class i chosen as LDAM-DRW does (numpy RandomState(seed)), and write PNGs with OUT/train.txt, "
+        "OUT/test.txt (the full balanced test set) and OUT/classnames.txt. No network.",
+    )
+    cifar.add_argument("source", type=Path, metavar="SOURCE", help="folder holding the CIFAR folder or .tar.gz")
+    cifar.add_argument("out", type=Path, metavar="OUT")
+    cifar.add_argument("--dataset", choices=("cifar10", "cifar100"), help="which one (default: the one found)")
+    cifar.add_argument(
+        "--imbalance-factor", type=float, default=100.0, help="n_max / n_min; the literature uses 10, 50, 100"
+    )
+    cifar.add_argument("--seed", type=int, default=0, help="LDAM-DRW's rand_number (default 0)")
+    for name, recipe in LIST_RECIPES.items():
+        sub = commands.add_parser(
+            name,
+            help=f"write {recipe.title} from its published split files and a local image root",
+            description=f"{recipe.title}: {recipe.source}. Reads the split files from LISTS, checks every "
+            "listed image exists under IMAGES, and writes OUT/{train,val,test}.txt and OUT/classnames.txt "
+            "with paths through the link OUT/images -> IMAGES (images are never copied).",
+        )
+        sub.add_argument("lists", type=Path, metavar="LISTS", help="folder holding the split files")
+        sub.add_argument("images", type=Path, metavar="IMAGES", help="image root the split files are relative to")
+        sub.add_argument("out", type=Path, metavar="OUT")
+        sub.add_argument("--no-check-files", action="store_true", help="do not check that every image exists")
 
     info = commands.add_parser("info", help="counts per class, Many/Medium/Few splits and fingerprint")
     info.add_argument("spec", type=Path, metavar="DATASET")
@@ -86,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             files="copy" if args.copy else "link",
         )
         print(f"{cut.source}: {len(cut)} of {len(source)} images, per class {cut.class_counts().tolist()}")
+    elif args.command == "cifar-lt":
+        _report(
+            make_cifar_lt(
+                args.source, args.out, dataset=args.dataset, imbalance_factor=args.imbalance_factor, seed=args.seed
+            )
+        )
+    elif args.command in LIST_RECIPES:
+        _report(make_list_recipe(args.command, args.lists, args.images, args.out, check_files=not args.no_check_files))
     elif args.command == "info":
         dataset = load_image_list(args.spec, root=args.root)
         counts = dataset.class_counts()
@@ -115,3 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         rate = images / seconds
         print(f"{args.loader}: {images} images in {len(batches)} batches, {seconds:.2f} s, {rate:.0f} images/s")
     return 0
+
+
+def _report(built: BuiltDataset) -> None:
+    for split in built.splits.values():
+        counts = split.class_counts()
+        print(
+            f"{split.source}: {len(split)} images, {split.num_classes} classes, "
+            f"{counts.max()} to {counts.min()} per class"
+        )
+    for note in built.notes:
+        print(f"note: {note}")
