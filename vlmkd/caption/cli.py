@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vlmkd.caption.engines import ENGINES
 from vlmkd.caption.engines.hf import DTYPES
+from vlmkd.caption.gallery import GalleryOptions, gallery_summary, write_gallery
 from vlmkd.caption.prompts import shipped_prompt_sets
 from vlmkd.caption.runner import DEFAULT_SHARD_SIZE, CaptionReport, run_captioning
 from vlmkd.caption.store import CaptionStore
@@ -131,8 +132,24 @@ def info_main(argv: list[str] | None = None) -> int:
     parser.add_argument("store", type=Path)
     parser.add_argument("--failed", action="store_true", help="list every unreadable image")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    page = parser.add_argument_group(
+        "HTML gallery", "--html OUT writes static, self-contained pages (no server, no network): sampled images "
+        "per class with every prompt's caption, the unreadable images, the settings and caption diversity",
+    )  # fmt: skip
+    page.add_argument("--html", type=Path, default=None, metavar="OUT", help="gallery file (page 1; more: OUT-2.html)")
+    page.add_argument("--dataset", type=Path, default=None, help="the captioned dataset: shows images, by class")
+    page.add_argument("--root", type=Path, default=None, help="image root for a list-file --dataset")
+    page.add_argument("--classnames", type=Path, default=None, help="class names for --dataset, one per line")
+    page.add_argument("--features", type=Path, default=None, help="feature store of these captions: adds cosines")
+    defaults = GalleryOptions()
+    page.add_argument("--per-class", type=int, default=defaults.per_class, help="images shown per class")
+    page.add_argument("--classes-per-page", type=int, default=defaults.classes_per_page)
+    page.add_argument("--thumb-size", type=int, default=defaults.thumb_size, help="thumbnail size in pixels")
+    page.add_argument("--seed", type=int, default=defaults.seed, help="seed of the image sample")
     args = parser.parse_args(argv)
     store = CaptionStore.open(args.store)
+    if args.html is not None:
+        return _gallery(store, args)
     info = store_info(store)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
@@ -155,6 +172,16 @@ def info_main(argv: list[str] | None = None) -> int:
         print(f"    [{item['image_index']}] {item['image_path']}: {item['reason']}")
     if len(shown) < len(failed):
         print(f"    ... {len(failed) - len(shown)} more (--failed lists all)")
+    return 0
+
+
+def _gallery(store: CaptionStore, args: argparse.Namespace) -> int:
+    from vlmkd.encode.store import FeatureStore
+
+    dataset = load_image_list(args.dataset, root=args.root, classnames=args.classnames) if args.dataset else None
+    features = FeatureStore.open(args.features) if args.features else None
+    options = GalleryOptions(args.per_class, args.classes_per_page, args.thumb_size, args.seed)
+    print(gallery_summary(write_gallery(store, args.html, dataset=dataset, features=features, options=options)))
     return 0
 
 
