@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmkd.arguments import ArgumentParser, closest
 from vlmkd.errors import VlmkdError
 from vlmkd.registry import Registry
 
@@ -89,11 +90,9 @@ def _usage() -> str:
 
 def info_main(argv: list[str] | None = None) -> int:
     """`vlmkd info`: print the version and each backend's status."""
-    import argparse
-
     from vlmkd.backends import backends
 
-    parser = argparse.ArgumentParser(prog="vlmkd info", description="Show which compute backends are usable here.")
+    parser = ArgumentParser(prog="vlmkd info", description="Show which compute backends are usable here.")
     parser.parse_args(argv)
     print(f"vlmkd {_version()}")
     for status in backends().values():
@@ -123,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vlmkd {_version()}")
         return 0
     if args[0] not in COMMANDS:
-        print(f"vlmkd: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        match = closest(args[0], COMMANDS)
+        hint = f"; did you mean {match}?" if match else ""
+        print(f"vlmkd: error: unknown command {args[0]!r}{hint} (see vlmkd --help)", file=sys.stderr)
         return 2
     return run_command(args[0], args[1:])
 

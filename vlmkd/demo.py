@@ -6,10 +6,11 @@ Every stage writes a store under the output directory and a rerun reuses what is
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vlmkd.arguments import ArgumentParser
 
 NOTICE = (
     "NOTE: no real VLM weights are available offline, so the captions come from a tiny *randomly initialised* "
@@ -110,20 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     from vlmkd.evaluate.metrics import format_table
 
     defaults = DemoSize()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="vlmkd demo",
         description="Run caption -> encode -> train -> eval on the embedded MNIST-LT (IF 100) with a tiny "
         "randomly initialised VLM; prints the Many/Medium/Few/All table and writes the plots.",
     )
     parser.add_argument("--out", default="vlmkd-demo", help="output directory (reruns reuse finished stages)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--prompts", type=int, default=defaults.prompts, choices=range(1, 6), help="prompts used")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=defaults.prompts,
+        choices=range(1, 6),
+        help="prompts used, from General, T1, ..., T4",
+    )
     parser.add_argument("--max-train-per-class", type=int, default=None, help="smaller, faster dataset")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (default: 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="training image size, px")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch size")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data cut, the tiny VLM and training")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     size = DemoSize(
         max_train_per_class=args.max_train_per_class,

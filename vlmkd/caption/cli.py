@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from vlmkd.arguments import ArgumentParser
 from vlmkd.caption.engines import ENGINES
 from vlmkd.caption.engines.hf import DTYPES
 from vlmkd.caption.gallery import GalleryOptions, gallery_summary, write_gallery
@@ -19,8 +19,8 @@ FAILURES_SHOWN = 20
 SUBCOMMANDS = {"import": "import_main", "export": "export_main"}  # in vlmkd.caption.transfer_cli
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="vlmkd-caption",
         description="Caption every image of a dataset with a VLM, once per prompt (General + T1-T4 by default), "
         "into a sharded Parquet caption store. Reruns resume; finished shards are never rewritten.",
@@ -40,20 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prompts",
         default=None,
-        help=f"prompt-set YAML/JSON file or shipped set name ({', '.join(shipped_prompt_sets())}; default: default)",
+        help=f"prompt-set YAML/JSON file, or the name of a shipped set: {', '.join(shipped_prompt_sets())} "
+        "(default: the shipped set `default`, General + T1-T4)",
     )
     parser.add_argument("--root", type=Path, default=None, help="image root for a list file (default: its folder)")
     parser.add_argument("--classnames", type=Path, default=None, help="class names, one per line, in label order")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--batch-size", type=int, default=16, help="(image, prompt) requests per generate call")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="caption length limit, in tokens")
     gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")
     gen.add_argument("--top-p", type=float, default=1.0, help="with --do-sample")
     gen.add_argument("--seed", type=int, default=0, help="with --do-sample: each batch is seeded with it")
-    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy or sampled)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda (this rank's GPU under torchrun), cuda:N (hf only)")
-    gen.add_argument("--dtype", choices=DTYPES, default="float32")
+    gen.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights' dtype (auto: as saved)")
     gen.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
     store = parser.add_argument_group("store")
     store.add_argument(
@@ -128,7 +129,7 @@ def _share(part: float, whole: float) -> str:
 
 def info_main(argv: list[str] | None = None) -> int:
     """`vlmkd caption-info STORE`: what a caption store holds and how it was made."""
-    parser = argparse.ArgumentParser(prog="vlmkd caption-info", description="Summarise a caption store.")
+    parser = ArgumentParser(prog="vlmkd caption-info", description="Summarise a caption store.")
     parser.add_argument("store", type=Path)
     parser.add_argument("--failed", action="store_true", help="list every unreadable image")
     parser.add_argument("--json", action="store_true", help="machine-readable output")

@@ -3,10 +3,12 @@ Places-LT, iNaturalist 2018) from local data, cut long tails, inspect datasets, 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
+from vlmkd.arguments import ArgumentParser
 from vlmkd.data.dataset import load_image_list
 from vlmkd.data.demo import make_demo_dataset
 from vlmkd.data.loaders import LOADERS, build_loader
@@ -14,9 +16,11 @@ from vlmkd.data.longtail import make_longtail
 from vlmkd.data.recipes import LIST_RECIPES, BuiltDataset, make_cifar_lt, make_list_recipe
 from vlmkd.data.splits import class_splits
 
+CLASSES_SHOWN = 30  # per split in `vlmkd data info`
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlmkd data", description="Build and inspect datasets.")
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="vlmkd data", description="Build and inspect datasets.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -25,11 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Write the embedded demo: 28x28 PNG digits, a long-tail train.txt, a balanced test.txt and "
         "classnames.txt. Reuses OUT if it already holds the same demo. No network.",
     )
-    demo.add_argument("out", type=Path, metavar="OUT")
-    demo.add_argument("--imbalance-factor", type=float, default=100.0, help="head / tail count (default 100)")
+    demo.add_argument("out", type=Path, metavar="OUT", help="directory for the PNGs and list files")
+    demo.add_argument("--imbalance-factor", type=float, default=100.0, help="head / tail count")
     demo.add_argument("--test-per-class", type=int, default=100, help="held-out test digits per class")
     demo.add_argument("--max-train-per-class", type=int, default=None, help="cap on the head class")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the train/test cut")
 
     cut = commands.add_parser(
         "longtail",
@@ -38,10 +42,10 @@ def _parser() -> argparse.ArgumentParser:
         "OUT/train.txt and OUT/classnames.txt.",
     )
     cut.add_argument("spec", type=Path, metavar="DATASET", help="list file or ImageFolder directory")
-    cut.add_argument("out", type=Path, metavar="OUT")
-    cut.add_argument("--imbalance-factor", type=float, default=100.0)
+    cut.add_argument("out", type=Path, metavar="OUT", help="directory for the cut dataset")
+    cut.add_argument("--imbalance-factor", type=float, default=100.0, help="head / tail count")
     cut.add_argument("--max-count", type=int, default=None, help="head class size (default: smallest class)")
-    cut.add_argument("--seed", type=int, default=0)
+    cut.add_argument("--seed", type=int, default=0, help="seed of which images each class keeps")
     cut.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
     cut.add_argument("--root", type=Path, default=None, help="image root of a list file (default: its folder)")
 
@@ -74,21 +78,29 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-check-files", action="store_true", help="do not check that every image exists")
 
     info = commands.add_parser("info", help="counts per class, Many/Medium/Few splits and fingerprint")
-    info.add_argument("spec", type=Path, metavar="DATASET")
-    info.add_argument("--root", type=Path, default=None)
-    info.add_argument("--many-threshold", type=int, default=100)
-    info.add_argument("--few-threshold", type=int, default=20)
+    info.add_argument("spec", type=Path, metavar="DATASET", help="list file or ImageFolder directory")
+    info.add_argument("--root", type=Path, default=None, help="image root of a list file (default: its folder)")
+    info.add_argument("--many-threshold", type=int, default=100, help="Many: more training images than this")
+    info.add_argument("--few-threshold", type=int, default=20, help="Few: fewer training images than this")
 
     load = commands.add_parser("load", help="read one epoch through a loader and report images/s")
-    load.add_argument("spec", type=Path, metavar="DATASET")
-    load.add_argument("--root", type=Path, default=None)
-    load.add_argument("--loader", choices=LOADERS, default="torch")
+    load.add_argument("spec", type=Path, metavar="DATASET", help="list file or ImageFolder directory")
+    load.add_argument("--root", type=Path, default=None, help="image root of a list file (default: its folder)")
+    load.add_argument("--loader", choices=LOADERS, default="torch", help="torch DataLoader or NVIDIA DALI")
     load.add_argument("--train", action="store_true", help="train transform (default: eval transform)")
-    load.add_argument("--image-size", type=int, default=224)
-    load.add_argument("--batch-size", type=int, default=64)
+    load.add_argument("--image-size", type=int, default=224, help="output image size, px")
+    load.add_argument("--batch-size", type=int, default=64, help="images per batch")
     load.add_argument("--workers", type=int, default=2, help="worker processes (torch) or threads (DALI)")
     load.add_argument("--no-flip", action="store_true", help="no horizontal flip in the train transform")
     return parser
+
+
+def _class_list(classnames: tuple[str, ...], counts: np.ndarray, classes: np.ndarray) -> str:
+    """`name (count), ...` for a split's classes, largest first, at most CLASSES_SHOWN of them."""
+    ordered = sorted(classes.tolist(), key=lambda c: (-counts[c], c))
+    shown = ", ".join(f"{classnames[c]} ({counts[c]})" for c in ordered[:CLASSES_SHOWN])
+    more = len(ordered) - CLASSES_SHOWN
+    return shown + (f", ... and {more} more" if more > 0 else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = counts.max() / max(1, counts.min())
         print(f"images per class: min {counts.min()}, max {counts.max()}, imbalance {ratio:.1f}")
         for name, classes in class_splits(counts, args.many_threshold, args.few_threshold).items():
-            print(f"  {name:<6} {len(classes):>5} classes, {int(counts[classes].sum()):>8} images")
+            print(f"  {name:<6} {len(classes):>5} classes, {int(counts[classes].sum()):>8} images", end="")
+            print(f": {_class_list(dataset.classnames, counts, classes)}" if len(classes) else "")
     else:
         dataset = load_image_list(args.spec, root=args.root)
         batches = build_loader(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
+from vlmkd.arguments import ArgumentParser
 from vlmkd.encode.runner import encode_captions
 from vlmkd.encode.text_encoder import DEFAULT_ENCODER, DTYPES
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="vlmkd-encode",
         description="Encode every caption of a caption store with a text encoder into a feature store: "
         "float16 features (images x prompts x dim) in features.npy plus manifest.json. An interrupted run "
@@ -28,16 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sentence-transformers or Hugging Face encoder: a directory or a cached hub id "
         f"(default: {DEFAULT_ENCODER}, bundled offline)",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default_device, help=f"torch device (default here: {default_device})")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default: float32)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype")
     parser.add_argument(
         "--no-normalize", dest="normalize", action="store_false", help="store features without L2 normalisation"
     )
-    parser.add_argument(
-        "--chunk-size", type=int, default=1024, help="images per committed chunk, the unit of resuming (default: 1024)"
-    )
+    parser.add_argument("--chunk-size", type=int, default=1024, help="images per committed chunk, the unit of resuming")
     parser.add_argument("--overwrite", action="store_true", help="replace a feature store made by another job")
     parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
     return parser

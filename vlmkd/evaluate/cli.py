@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from vlmkd.arguments import ArgumentParser
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="vlmkd-eval",
         description="Evaluate a classifier saved by vlmkd-train: top-1 on the Many / Medium / Few / All splits "
         "(by training images per class), a per-class accuracy plot, and t-SNE maps of image features and, "
@@ -26,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-features", action="store_true",
         help="also write the test images' features and the VLM-KD loss module (adaptor, temperature) to OUT/features",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=256, help="test images per forward pass")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     return parser
 
 
