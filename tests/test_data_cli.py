@@ -48,3 +48,12 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
     assert run_command("data", ["info", str(tmp_path / "bad.txt")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "bad.txt:2: path '../b.png' escapes the dataset root" in error
+
+
+def test_info_lists_each_splits_classes_by_name(tiny_dataset, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(tiny_dataset.source)
+    assert run_command("data", ["info", spec, "--many-threshold", "5", "--few-threshold", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  many       1 classes,        6 images: zero (6)" in lines
+    assert "  medium     1 classes,        4 images: one (4)" in lines
+    assert "  few        1 classes,        2 images: two (2)" in lines

@@ -40,8 +40,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--prompts",
         default=None,
-        help=f"prompt-set YAML/JSON file, or the name of a shipped set: {', '.join(shipped_prompt_sets())} "
-        "(default: the shipped set `default`, General + T1-T4)",
+        metavar="FILE_OR_NAME",
+        help=f"prompt-set YAML/JSON file, or a set shipped with vlmkd by name: {', '.join(shipped_prompt_sets())} "
+        "(default: the shipped General + T1-T4)",
     )
     parser.add_argument("--root", type=Path, default=None, help="image root for a list file (default: its folder)")
     parser.add_argument("--classnames", type=Path, default=None, help="class names, one per line, in label order")
