@@ -103,6 +103,7 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
         out / "eval",
         num_workers=size.num_workers,
         tsne_max=size.tsne_max,
+        progress=progress,
     )
     return results
 
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(results["top1"], title="VLM-KD top-1"))
     for name, path in results["plots"].items():
-        print(f"plot ({name}): {path}")
+        note = results["notes"].get(name)
+        print(f"plot ({name}): {path}" + (f": {note}" if note else ""))
     print(f"results: {Path(args.out) / 'eval' / 'metrics.json'}")
     print("(tiny random VLM: the captions are noise; this shows the pipeline, not the method's accuracy)")
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmkd.quiet import transformers_bars_off
+
 # Small images keep the vision towers cheap; the processors resize any input to this size.
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -71,7 +73,8 @@ def build_tiny_blip(out_dir: Path, seed: int = 0) -> Path:
     image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    with transformers_bars_off():
+        model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
 
@@ -142,6 +145,7 @@ def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    with transformers_bars_off():
+        model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir

@@ -7,8 +7,7 @@ Nothing is downloaded unless the caller's Hugging Face settings allow it; the de
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -18,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmkd.errors import InputError
+from vlmkd.quiet import transformers_bars_off
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_ENCODER, "all-MiniLM-L6-v2")
@@ -113,7 +113,7 @@ def load_text_encoder(name_or_path: str | None, device: str = "cpu", dtype: str 
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     source, name, is_sentence_transformer = _resolve(name_or_path)
-    with _quiet_loading():
+    with transformers_bars_off():
         if is_sentence_transformer:
             from sentence_transformers import SentenceTransformer
 
@@ -129,20 +129,6 @@ def load_text_encoder(name_or_path: str | None, device: str = "cpu", dtype: str 
         model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype]).to(torch_device).eval()
     max_length = min(int(tokenizer.model_max_length), int(getattr(model.config, "max_position_embeddings", 512)))
     return MeanPoolingEncoder(model=model, tokenizer=tokenizer, name=name, dtype=dtype, max_length=max_length)
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' per-tensor "Loading weights" bar: loading takes well under a second."""
-    from transformers.utils import logging
-
-    was_enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            logging.enable_progress_bar()
 
 
 def _check_device(device: str) -> torch.device:

@@ -30,6 +30,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256, help="test images per forward pass")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or stage times")
     return parser
 
 
@@ -53,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=args.num_workers,
         device=args.device,
         save_features=args.save_features,
+        progress=not args.no_progress,
     )
     print(format_table(results["top1"]))
     print(f"results: {out / RESULTS_FILE}")
     for name, path in results["plots"].items():
-        print(f"plot ({name}): {path}")
+        note = results["notes"].get(name)
+        print(f"plot ({name}): {path}" + (f": {note}" if note else ""))
     if "features" in results:
         print(f"features: {results['features']}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +33,11 @@ def predict(
     batch_size: int = 256,
     num_workers: int = 2,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> Predictions:
     """Run `model` (in eval mode) over `dataset` once, in dataset order, with the evaluation transform."""
+    from tqdm import tqdm
+
     from vlmkd.data.loaders import build_loader
 
     loader = build_loader(
@@ -48,7 +52,8 @@ def predict(
     )
     model.eval().to(device)
     predicted, labels, features = [], [], []
-    for images, batch_labels, _ in loader:
+    bar = tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=not progress, file=sys.stderr)
+    for images, batch_labels, _ in bar:
         logits, batch_features = model(images.to(device), return_features=True)
         predicted.append(logits.argmax(dim=1).cpu())
         labels.append(batch_labels)

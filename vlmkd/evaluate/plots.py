@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vlmkd.data.splits import class_splits  # noqa: E402
+
+MIN_DISTINCT_POINTS = 5  # t-SNE's perplexity needs a few points at least
+MIN_DISTINCT_CAPTIONS = 20  # fewer distinct captions than this only make stacks, no map worth reading
+
+
+@dataclass(frozen=True)
+class TsnePlot:
+    """A t-SNE figure on disk; `note` says why it holds a message instead of a map (None when it is a map)."""
+
+    path: Path
+    note: str | None
 
 
 def plot_per_class_accuracy(
@@ -31,20 +43,37 @@ def plot_per_class_accuracy(
         for name, colour in zip(("many", "medium", "few"), ("C0", "C1", "C3"), strict=True)
         for c in splits[name]
     }
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(order) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(order) + 2), 4.6))
     x = np.arange(len(order))
-    ax.bar(x, np.nan_to_num(accuracy[order]), color=[colour_of[int(c)] for c in order])
+    sorted_accuracy = np.asarray(accuracy, dtype=float)[order]
+    colours = [colour_of[int(c)] for c in order]
+    ax.bar(x, np.nan_to_num(sorted_accuracy), color=colours)
+    zero = sorted_accuracy == 0  # no bar to see: a marker on the axis says "measured, and 0%"
+    ax.scatter(x[zero], np.full(zero.sum(), 2.0), marker="v", s=40, color=np.array(colours)[zero], edgecolors="black",
+               zorder=3, clip_on=False)  # fmt: skip
+    for position in x[np.isnan(sorted_accuracy)]:
+        ax.text(position, 1, "n/a", ha="center", va="bottom", fontsize=7)
     ax.set_ylim(0, 100)
     ax.set_ylabel("test top-1 (%)")
+    ax.set_xlabel("class (sorted by training images, most on the left)")
     ax.set_xticks(x, [classnames[c] for c in order], rotation=90 if len(order) > 12 else 40, ha="right", fontsize=8)
     counts_ax = ax.twinx()
-    counts_ax.plot(x, np.asarray(train_counts)[order], color="black", marker="o", markersize=3, linewidth=1)
+    (counts_line,) = counts_ax.plot(
+        x, np.asarray(train_counts)[order], color="black", marker="o", markersize=3, linewidth=1
+    )
     counts_ax.set_yscale("log")
     counts_ax.set_ylabel("training images (log)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("C0", "C1", "C3")]
+    handles: list = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("C0", "C1", "C3")]
     labels = [f"Many (>{many_threshold})", f"Medium ({few_threshold}-{many_threshold})", f"Few (<{few_threshold})"]
-    ax.legend(handles, labels, loc="upper right", fontsize=8)
-    ax.set_title(title)
+    handles.append(counts_line)
+    labels.append("training images")
+    if zero.any():
+        handles.append(plt.Line2D([], [], marker="v", color="grey", markeredgecolor="black", linestyle=""))
+        labels.append("0% top-1")
+    # above the axes, not over the bars
+    ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=7,
+              frameon=False)  # fmt: skip
+    ax.set_title(title, pad=22)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -61,25 +90,27 @@ def plot_tsne(
     title: str,
     max_points: int = 2000,
     seed: int = 0,
-) -> Path:
+    what: str = "features",
+    min_distinct: int = MIN_DISTINCT_POINTS,
+) -> TsnePlot:
     """2-D t-SNE of `features` (a seeded subsample of at most `max_points`), one colour per class.
 
     Identical feature vectors are embedded once and drawn larger by their multiplicity: a VLM often repeats a
-    caption verbatim (a tiny random one may give every image the same caption), and duplicate points crash
-    Barnes-Hut t-SNE.
+    caption verbatim, and duplicate points crash Barnes-Hut t-SNE. With fewer than `min_distinct` distinct
+    vectors (a tiny random VLM may give every image one of a handful of captions) a map would only show
+    stacks, so the figure says "too few distinct {what} to embed" instead.
     """
-    from sklearn.manifold import TSNE
-
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(features), size=min(max_points, len(features)), replace=False))
     distinct, where = np.unique(np.asarray(features, dtype=np.float32)[keep], axis=0, return_inverse=True)
-    if len(distinct) >= 5:
-        perplexity = float(min(30.0, (len(distinct) - 1) / 3))
-        embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(distinct)
-    else:  # too few distinct points for t-SNE: their first two principal coordinates
-        centred = distinct - distinct.mean(axis=0)
-        embedded = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
-        embedded = np.pad(embedded, ((0, 0), (0, 2 - embedded.shape[1])))
+    if len(distinct) < min_distinct:
+        note = f"too few distinct {what} to embed ({len(distinct)} distinct of {len(keep)}; a map needs {min_distinct})"
+        _message_figure(path, title, note)
+        return TsnePlot(path, note)
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, (len(distinct) - 1) / 3))
+    embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(distinct)
     pairs, multiplicity = np.unique(np.stack([where.reshape(-1), labels[keep]], 1), axis=0, return_counts=True)
     position, point_labels = embedded[pairs[:, 0]], pairs[:, 1]
     fig, ax = plt.subplots(figsize=(6.0, 5.5))
@@ -99,4 +130,14 @@ def plot_tsne(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return path
+    return TsnePlot(path, None)
+
+
+def _message_figure(path: Path, title: str, message: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.0, 2.5))
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    ax.text(0.5, 0.5, message.replace(" (", "\n(", 1), ha="center", va="center", fontsize=10, wrap=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

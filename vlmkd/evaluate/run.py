@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import numpy as np
 from vlmkd.data import load_image_list
 from vlmkd.errors import InputError
 from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
-from vlmkd.evaluate.plots import plot_per_class_accuracy, plot_tsne
+from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, TsnePlot, plot_per_class_accuracy, plot_tsne
 from vlmkd.train.checkpoint import load_classifier
 
 RESULTS_FILE = "metrics.json"
@@ -32,6 +36,7 @@ def evaluate_checkpoint(
     num_workers: int = 2,
     device: str = "cpu",
     save_features: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved classifier on `dataset`; writes `metrics.json` (and PNGs) to `out_dir`, returns the results.
 
@@ -39,6 +44,7 @@ def evaluate_checkpoint(
     of the training set `train`, default: the one the model was trained on) adds the caption t-SNE.
     `save_features` writes the test images' features and the VLM-KD loss module to `out_dir/features`
     (see `vlmkd.evaluate.features`).
+    `progress` draws a bar over prediction and prints a line with its time for every plot (on stderr).
     """
     model, meta = load_classifier(checkpoint, device)
     test = load_image_list(dataset)
@@ -56,6 +62,7 @@ def evaluate_checkpoint(
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
+        progress=progress,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +78,7 @@ def evaluate_checkpoint(
             "top1": [None if np.isnan(a) else float(a) for a in accuracy],
         },
         "plots": {},
+        "notes": {},  # plot name -> why it holds a message instead of a map
     }
     if save_features:
         from vlmkd.evaluate.features import save_eval_features
@@ -78,31 +86,51 @@ def evaluate_checkpoint(
         results["features"] = str(save_eval_features(out, checkpoint, test, preds))
     if plots:
         thresholds = {"many_threshold": many_threshold, "few_threshold": few_threshold}
-        results["plots"]["per_class"] = str(
-            plot_per_class_accuracy(accuracy, counts, classnames, out / "per_class_accuracy.png", **thresholds)
-        )
-        results["plots"]["tsne_images"] = str(
-            plot_tsne(
+        with _stage("per-class accuracy plot", progress):
+            per_class = plot_per_class_accuracy(
+                accuracy, counts, classnames, out / "per_class_accuracy.png", **thresholds
+            )
+        results["plots"]["per_class"] = str(per_class)
+        tsne: dict[str, TsnePlot] = {}
+        with _stage(f"t-SNE of {min(tsne_max, len(preds.features))} image features", progress):
+            tsne["tsne_images"] = plot_tsne(
                 preds.features,
                 preds.labels,
                 classnames,
                 out / "tsne_image_features.png",
                 title="t-SNE of image features (test set)",
                 max_points=tsne_max,
+                what="image features",
             )
-        )
         store_path = features if features is not None else config.get("features")
         if store_path:
-            results["plots"]["tsne_captions"] = str(
-                _caption_tsne(Path(store_path), train or config.get("train"), classnames, out, tsne_max)
-            )
+            with _stage("t-SNE of caption features", progress):
+                train_set = train or config.get("train")
+                tsne["tsne_captions"] = _caption_tsne(Path(store_path), train_set, classnames, out, tsne_max)
+        for name, plot in tsne.items():
+            results["plots"][name] = str(plot.path)
+            if plot.note:
+                results["notes"][name] = plot.note
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     return results
 
 
+@contextlib.contextmanager
+def _stage(label: str, progress: bool) -> Iterator[None]:
+    """With `progress`, `label ...` on stderr before the work and its time after it, on the same line."""
+    start = time.perf_counter()
+    if progress:
+        print(f"{label} ...", end="", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        if progress:
+            print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
 def _caption_tsne(
     store_path: Path, train: str | Path | None, classnames: list[str], out: Path, max_points: int
-) -> Path:
+) -> TsnePlot:
     from vlmkd.encode.store import FeatureStore
 
     if not train:
@@ -115,4 +143,13 @@ def _caption_tsne(
     labels = np.repeat(dataset.labels(), num_prompts)
     distinct = len(np.unique(points, axis=0))
     title = f"t-SNE of caption features ({num_prompts} prompt(s) per image, {distinct} distinct of {len(points)})"
-    return plot_tsne(points, labels, classnames, out / "tsne_caption_features.png", title=title, max_points=max_points)
+    return plot_tsne(
+        points,
+        labels,
+        classnames,
+        out / "tsne_caption_features.png",
+        title=title,
+        max_points=max_points,
+        what="captions",
+        min_distinct=MIN_DISTINCT_CAPTIONS,
+    )

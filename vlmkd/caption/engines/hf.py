@@ -8,6 +8,7 @@ from typing import Any
 
 from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, Request, strip_prompt
 from vlmkd.errors import InputError
+from vlmkd.quiet import transformers_bars_off
 
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 
@@ -39,10 +40,11 @@ class HFEngine(CaptionEngine):
         self.device = torch.device(device)
         dtype = settings.dtype if settings.dtype == "auto" else getattr(torch, settings.dtype)
         try:
-            self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                model, dtype=dtype, trust_remote_code=trust_remote_code
-            )
+            with transformers_bars_off():
+                self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
+                self.model = AutoModelForImageTextToText.from_pretrained(
+                    model, dtype=dtype, trust_remote_code=trust_remote_code
+                )
         except (OSError, ValueError, KeyError) as error:
             raise InputError(f"{model}: cannot load an image-text-to-text model and processor ({error})") from None
         self.model.to(self.device).eval()
