@@ -15,6 +15,7 @@ from vlmkd.arguments import closest, did_you_mean
 
 DATA_COMMANDS = ("make-demo", "longtail", "info", "load")
 EVERY_HELP = [[name] for name in cli.COMMANDS if name != "data"] + [["data", sub] for sub in DATA_COMMANDS]
+EVERY_HELP += [["caption", "import"], ["caption", "export"]]
 OPTION_LINE = re.compile(r"^  (-{1,2}[^\s,]+)")
 
 
@@ -105,3 +106,20 @@ def test_no_suggestion_when_nothing_is_close() -> None:
     assert closest("bal", ["ce", "balanced_softmax", "logit_adjust"]) == "balanced_softmax"  # unique prefix
     message = "argument --prompts: invalid choice: 9 (choose from 1, 2, 3, 4, 5)"
     assert did_you_mean(message, []) is None
+
+
+def test_train_help_shows_each_settings_default_from_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import fields
+
+    from vlmkd.arguments import format_default
+    from vlmkd.train.config import TrainConfig
+
+    entries = help_entries(help_text(["train"], capsys))
+    defaults = TrainConfig()
+    for spec in fields(TrainConfig):
+        entry = entries["--" + spec.name.replace("_", "-")]
+        value = getattr(defaults, spec.name)
+        if value is None:
+            assert "(default: " in entry or entry.endswith("(required)"), entry
+        else:
+            assert f"(default: {format_default(value)})" in entry, entry

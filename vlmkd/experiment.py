@@ -3,7 +3,6 @@ prompt-count ablation, with a mean/std table and a plot."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlmkd.arguments import ArgumentParser
 from vlmkd.data import ImageList
 from vlmkd.data.demo import DemoDataset
 from vlmkd.errors import InputError
@@ -308,7 +308,7 @@ def _claim(out: Path, size: ExperimentSize) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = ExperimentSize()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="vlmkd experiment",
         description="Baseline vs VLM-KD over seeds on the embedded MNIST-LT, with a class-text control and a "
         "prompt-count ablation. Each (arm, seed) is cached, so an interrupted experiment resumes.",

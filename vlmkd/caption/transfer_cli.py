@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from vlmkd.arguments import ArgumentParser
 from vlmkd.caption.prompts import shipped_prompt_sets
 from vlmkd.caption.transfer import import_captions
 
 
 def import_main(argv: list[str] | None = None) -> int:
     """`vlmkd caption import SOURCE --dataset DATASET --out STORE [--prompts ...]`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="vlmkd caption import",
         description="Read captions you already have (dataset alt-text, human captions, captions an API model "
         "wrote) from JSONL / CSV / Parquet into a caption store that vlmkd-encode reads. Columns: image_index "
@@ -24,8 +24,9 @@ def import_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prompts",
         default=None,
-        help="prompt-set file or shipped set name whose ids the file uses; its templates are recorded "
-        f"({', '.join(shipped_prompt_sets())}; default: the ids found in the file, templates unknown)",
+        metavar="FILE_OR_NAME",
+        help="prompt-set file, or a shipped set by name, whose ids the file uses; its templates are recorded "
+        f"(shipped: {', '.join(shipped_prompt_sets())}) (default: the ids found in the file, templates unknown)",
     )
     parser.add_argument("--prompt-id", default=None, help="prompt id of every row of a file without prompt_id")
     parser.add_argument("--root", type=Path, default=None, help="image root for a list file (default: its folder)")
@@ -60,7 +61,7 @@ def import_main(argv: list[str] | None = None) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     """`vlmkd caption export STORE --out FILE.jsonl`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="vlmkd caption export",
         description="Write every caption of a complete caption store to JSONL, one object per line "
         "(image_index, image_path, prompt_id, caption) in (image, prompt) order; `vlmkd caption import` reads it "

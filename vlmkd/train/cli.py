@@ -7,6 +7,7 @@ import types
 import typing
 from dataclasses import fields
 
+from vlmkd.arguments import ArgumentParser, format_default
 from vlmkd.train.config import TrainConfig, choices, list_presets, read_config_file, resolve_config
 
 HELP = {
@@ -25,11 +26,11 @@ HELP = {
     "vlmkd_weight": "lambda, weight of the VLM-KD contrastive term (0 = off)",
     "positives": "contrastive positives: the image's own caption, or every caption of its class",
     "caption_mix": "per step, one random prompt per image (sample) or the mean over prompts",
-    "prompts": "prompt ids to use, comma-separated (default: all in the feature store)",
+    "prompts": "prompt ids to use, comma-separated",
     "temperature": "initial contrastive temperature",
     "learn_temperature": "learn the temperature (as a logit scale clamped at 100) or keep it fixed",
-    "adaptor_hidden": "hidden width of a 2-layer MLP text adaptor (default: a linear adaptor)",
-    "contrastive_backend": "backend of the fused VLM-KD loss (default: the fastest usable)",
+    "adaptor_hidden": "hidden width of a 2-layer MLP text adaptor",
+    "contrastive_backend": "backend of the fused VLM-KD loss",
     "teacher": "frozen vision teacher: a classifier saved by vlmkd-train",
     "kd_weight": "weight of logit KD from --teacher",
     "kd_temperature": "softmax temperature of logit KD",
@@ -40,11 +41,30 @@ HELP = {
     "threads": "CPU threads for torch; 1 avoids OpenMP oversubscription on a busy machine",
     "log_every": "write a metrics.jsonl record every N steps",
     "progress": "show a progress bar",
+    "image_size": "training image size, px",
+    "loader": "data loader: torch DataLoader or NVIDIA DALI",
+    "num_workers": "loader worker processes (torch) or threads (DALI)",
+    "epochs": "training epochs",
+    "optimizer": "optimizer of the backbone, classifier and adaptor",
+    "lr": "peak learning rate (after warmup)",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "seed": "seed of initialisation, sampling and augmentation",
+    "device": "auto: cuda when available, else cpu",
+}
+# What a setting whose default is None (or empty) means, for its help text.
+DEFAULT_MEANING = {
+    "features": "none, no VLM-KD term",
+    "prompts": "all in the feature store",
+    "adaptor_hidden": "a linear adaptor",
+    "contrastive_backend": "the fastest usable",
+    "teacher": "none, no logit KD",
+    "threads": "torch's choice",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="vlmkd-train",
         description="Train a long-tail image classifier from scratch with VLM-KD caption supervision. "
         "Settings come from the defaults, then --config, then the flags given. Under `torchrun` it runs "
@@ -61,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in fields(TrainConfig):
         flag = "--" + spec.name.replace("_", "-")
         default = getattr(defaults, spec.name)
-        kwargs: dict[str, typing.Any] = {
-            "help": f"{HELP.get(spec.name, spec.name.replace('_', ' '))} (default: {default})"
-        }
+        meaning = DEFAULT_MEANING.get(spec.name) if default is None else format_default(default)
+        text = HELP.get(spec.name, spec.name.replace("_", " "))
+        kwargs: dict[str, typing.Any] = {"help": f"{text} (default: {meaning})" if meaning else f"{text} (required)"}
         kind = _scalar_type(hints[spec.name])
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

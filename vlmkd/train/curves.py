@@ -8,7 +8,6 @@ this module never changes matplotlib's global backend.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -23,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from vlmkd.arguments import ArgumentParser
 from vlmkd.atomic_files import write_bytes_atomic
 from vlmkd.errors import InputError
 from vlmkd.train.record_fields import IMAGES_PER_S, LEARNING_RATE, LOSS_TERMS, TEMPERATURE, vlmkd_fraction
@@ -278,7 +278,7 @@ def plot_run(run: Path, out: Path | None = None) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """`vlmkd plot RUN [--out DIR]`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="vlmkd plot",
         description="Draw a training run's curves from its metrics.jsonl into PNGs: loss terms, the VLM-KD "
         "loss as a fraction of chance (log batch), temperature, learning rate, throughput. Works while the "

@@ -8,7 +8,7 @@ from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, Reques
 from vlmkd.registry import Registry
 
 ENGINES: Registry[type[CaptionEngine]] = Registry("engine")
-ENGINES.register("hf", "vlmkd.caption.engines.hf:HFEngine", "transformers image-text-to-text models (default)")
+ENGINES.register("hf", "vlmkd.caption.engines.hf:HFEngine", "transformers image-text-to-text models")
 ENGINES.register("trt", "vlmkd.caption.engines.trt:TRTEngine", "TensorRT-LLM's LLM API on a GPU")
 
 
