@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cases import make_features, tiny_config
 from PIL import Image
 
 from vlmkd.cli import run_command
@@ -23,10 +24,7 @@ BATCH = 6
 @pytest.fixture(scope="module")
 def vlmkd_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 2-epoch VLM-KD run (learnable temperature) on 12 tiny images, one record per step."""
-    from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
     from vlmkd.data import load_image_list
-    from vlmkd.encode.runner import encode_captions
-    from vlmkd.train.config import resolve_config
     from vlmkd.train.trainer import train
 
     root = tmp_path_factory.mktemp("curves")
@@ -39,24 +37,8 @@ def vlmkd_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             lines.append(f"images/{label}/{k}.png {label}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     dataset = load_image_list(root / "train.txt")
-    store = CaptionStore.create(
-        root / "captions",
-        make_manifest(
-            dataset_fingerprint=dataset.fingerprint(),
-            num_images=len(dataset),
-            prompt_set=prompt_set_record("test", {"D": "describe"}),
-            engine="test",
-            model_id="test",
-        ),
-    )
-    store.write_shard(0, [(i, s.path, "D", f"a picture of class {s.label}") for i, s in enumerate(dataset.samples)])
-    encode_captions(root / "captions", root / "features", progress=False)
-    settings = {
-        "train": str(root / "train.txt"), "output": str(root / "run"), "features": str(root / "features"),
-        "vlmkd_weight": 1.0, "width": 0.25, "image_size": 8, "num_workers": 0, "progress": False, "log_every": 1,
-        "threads": 1, "batch_size": BATCH, "epochs": 2,
-    }  # fmt: skip
-    train(resolve_config({}, settings))
+    features = make_features(dataset, root)
+    train(tiny_config(dataset, root / "run", features=str(features), vlmkd_weight=1.0, batch_size=BATCH, epochs=2))
     return root / "run"
 
 

@@ -18,7 +18,9 @@ LOSS_TERMS: dict[str, str] = {
     "vlmkd_loss": "VLM-KD",
     "kd_loss": "KD (vision teacher)",
 }
-FRACTION = "vlmkd_fraction"  # VLM-KD loss / log(batch): 1 at chance, 0 when every caption is matched
+# VLM-KD loss / its chance level (log batch): 1 at chance, 0 when every caption is matched. The trainer logs
+# it as `vlmkd_frac`; records without it get loss / log(batch size).
+FRACTION_FIELDS = ("vlmkd_frac", "vlmkd_fraction")
 TEMPERATURE = "temperature"
 LEARNING_RATE = "lr"
 IMAGES_PER_S = "images_per_s"
@@ -30,8 +32,9 @@ def vlmkd_fraction(record: Mapping[str, Any], batch_size: int | None) -> float |
     A record that carries the fraction already keeps its own; None when the term is off (its loss is an
     exact zero), absent, or the batch size is unknown.
     """
-    if record.get(FRACTION) is not None:
-        return float(record[FRACTION])
+    for name in FRACTION_FIELDS:
+        if isinstance(record.get(name), (int, float)):
+            return float(record[name])
     loss = record.get("vlmkd_loss")
     if loss is None or loss == 0.0 or batch_size is None or batch_size < 2:
         return None
