@@ -171,3 +171,22 @@ def test_resume_after_sigkill_gives_the_uninterrupted_store(tiny_dataset, tmp_pa
     reference = caption_dataset(tiny_dataset, out=tmp_path / "whole", num_shards=shards, **settings)
     assert resumed.store.read_table().equals(reference.read_table())
     assert resumed.store.manifest == reference.manifest
+
+
+def test_a_captioning_run_opens_its_store_once(tiny_dataset, tmp_path, fast, monkeypatch):
+    from vlmkd.caption.store import CaptionStore
+
+    opened = []
+    original = CaptionStore.open.__func__
+
+    def counting(cls, path):
+        store = original(cls, path)  # counts stores opened, not the look for one that is not there yet
+        opened.append(path)
+        return store
+
+    monkeypatch.setattr(CaptionStore, "open", classmethod(counting))
+    run_captioning(tiny_dataset, out=tmp_path / "s", num_shards=2, shard_index=0, **fast)
+    assert len(opened) == 1, opened
+    opened.clear()
+    report = run_captioning(tiny_dataset, out=tmp_path / "s", **fast)  # resumes: shard 1 only
+    assert report.shards_written == [1] and len(opened) == 1, opened

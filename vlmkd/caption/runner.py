@@ -141,8 +141,9 @@ def run_captioning(
     engine_name = engine if isinstance(engine, str) else engine.name
     check_engine(engine_name)
     out = Path(out)
+    existing = _open_existing(out)  # the one time this run reads the store's manifest
     if num_shards is None:
-        num_shards = _existing_num_shards(out) or _default_num_shards(len(dataset), assignment.world_size)
+        num_shards = existing.num_shards if existing else _default_num_shards(len(dataset), assignment.world_size)
     manifest = make_manifest(
         dataset_fingerprint=dataset.fingerprint(),
         num_images=len(dataset),
@@ -159,14 +160,17 @@ def run_captioning(
     # Check the store and load the model before writing anything: a mismatch or a bad model path then
     # leaves no trace, and a rerun with nothing left to do never loads the model.
     done = set()
-    if CaptionStore.check_compatible(out, manifest, overwrite=overwrite):
-        done = set(range(num_shards)) - set(CaptionStore.open(out).missing_shards())
+    if CaptionStore.check_compatible(out, manifest, overwrite=overwrite, existing=existing):
+        existing = existing if existing is not None else CaptionStore.open(out)  # another rank just made it
+        done = set(range(num_shards)) - set(existing.missing_shards())
+    else:
+        existing = None
     loaded = engine
     device = _local_device(device)
     if isinstance(engine, str) and any(k not in done for k in mine):
         loaded = load_engine(engine, model, settings, device=device, trust_remote_code=trust_remote_code)
     try:
-        store = _open_store(out, manifest, overwrite, assignment)
+        store = _open_store(out, manifest, overwrite, assignment, existing)
         missing = set(store.missing_shards())
         report = CaptionReport(store, shards_already_done=[k for k in mine if k not in missing])
         todo = [k for k in mine if k in missing]
@@ -274,10 +278,13 @@ def _decode(path: Path) -> Image.Image | InputError:
         return error
 
 
-def _open_store(out: Path, manifest: dict, overwrite: bool, assignment: Assignment) -> CaptionStore:
-    """Create or resume the store; under `overwrite` with several ranks only rank 0 replaces it."""
+def _open_store(
+    out: Path, manifest: dict, overwrite: bool, assignment: Assignment, existing: CaptionStore | None
+) -> CaptionStore:
+    """Create or resume the store (`existing`: the compatible store already open); under `overwrite` with
+    several ranks only rank 0 replaces it."""
     if not overwrite or assignment.rank == 0:
-        return CaptionStore.create(out, manifest, overwrite=overwrite)
+        return CaptionStore.create(out, manifest, overwrite=overwrite, existing=existing)
     deadline = time.monotonic() + MANIFEST_WAIT_S
     while True:
         try:
@@ -288,9 +295,10 @@ def _open_store(out: Path, manifest: dict, overwrite: bool, assignment: Assignme
         time.sleep(0.5)
 
 
-def _existing_num_shards(out: Path) -> int | None:
+def _open_existing(out: Path) -> CaptionStore | None:
+    """The store at `out`, or None when there is none or it cannot be read (`create` then says why)."""
     try:
-        return CaptionStore.open(out).num_shards
+        return CaptionStore.open(out)
     except InputError:
         return None
 

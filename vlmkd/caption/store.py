@@ -118,10 +118,12 @@ class CaptionStore:
         return cls(path, manifest)
 
     @classmethod
-    def check_compatible(cls, path: Path, manifest: Mapping[str, Any], *, overwrite: bool = False) -> bool:
+    def check_compatible(
+        cls, path: Path, manifest: Mapping[str, Any], *, overwrite: bool = False, existing: CaptionStore | None = None
+    ) -> bool:
         """Whether `path` holds a store with `manifest`'s settings (so a run resumes it); False when there is
         none or `overwrite` will replace it. Raises what `create` would, without touching anything: a
-        caller can check before loading a model for minutes.
+        caller can check before loading a model for minutes. `existing`: the store at `path`, already open.
         """
         path = Path(path)
         manifest = json.loads(json.dumps(manifest))  # the form it takes on disk: lists, str keys
@@ -132,7 +134,7 @@ class CaptionStore:
                 raise InputError(f"{path}: directory exists and is not a caption store; choose another --out")
             return False
         try:
-            existing = cls.open(path)
+            existing = existing if existing is not None else cls.open(path)
         except InputError:
             if overwrite:
                 return False
@@ -146,18 +148,20 @@ class CaptionStore:
         return not differences
 
     @classmethod
-    def create(cls, path: Path, manifest: Mapping[str, Any], *, overwrite: bool = False) -> CaptionStore:
+    def create(
+        cls, path: Path, manifest: Mapping[str, Any], *, overwrite: bool = False, existing: CaptionStore | None = None
+    ) -> CaptionStore:
         """Create a store at `path` with `manifest` (from `make_manifest`), or reopen it to resume.
 
         An existing store with the same settings is returned as is: its finished shards are kept. One made
         with other settings (or with an unreadable manifest) raises `StoreMismatchError` (`InputError`)
         unless `overwrite`, which deletes its manifest and shards (nothing else) first. Safe to call from
-        several processes at once.
+        several processes at once. `existing`: the store at `path`, already open (it is not reopened).
         """
         path = Path(path)
         manifest = json.loads(json.dumps(manifest))
-        if cls.check_compatible(path, manifest, overwrite=overwrite):
-            store = cls.open(path)
+        if cls.check_compatible(path, manifest, overwrite=overwrite, existing=existing):
+            store = existing if existing is not None else cls.open(path)
             store._sweep_temporaries_of_finished_shards()
             return store
         if (path / MANIFEST_NAME).exists():  # overwrite: replace the old store

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 from vlmkd.data import ImageList
 from vlmkd.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from vlmkd.encode.store import FeatureStore
 
 
 class TextSource(Protocol):
@@ -20,23 +23,12 @@ class TextSource(Protocol):
     def __call__(self, indices: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
 
-def open_text_source(config: TrainConfig, dataset: ImageList) -> TextSource:
-    """The feature store of `config.features`, checked against the training set, mixed as configured."""
+def open_text_source(config: TrainConfig, dataset: ImageList, store: FeatureStore) -> TextSource:
+    """Text features of the open feature `store`, checked against the training set, mixed as configured."""
     from vlmkd.encode.loader import CaptionFeatures
-    from vlmkd.encode.store import FeatureStore
 
-    store = FeatureStore.open(config.features)
     store.check_dataset(dataset)
     return CaptionFeatures(store, mix=config.caption_mix, prompts=config.prompts)
-
-
-def feature_fingerprint(config: TrainConfig) -> str | None:
-    """Identity of the feature store a run trains on (None without VLM-KD), recorded in its checkpoints."""
-    if config.vlmkd_weight <= 0 or not config.features:
-        return None
-    from vlmkd.encode.store import FeatureStore
-
-    return FeatureStore.open(config.features).fingerprint()
 
 
 def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.Module:

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vlmkd.data import ImageList, load_image_list
+from vlmkd.encode.store import FeatureStore
 from vlmkd.errors import InputError, StoreMismatchError, VlmkdError
 from vlmkd.losses import TaskLoss, VlmkdObjective
 from vlmkd.models import Classifier, ModelSpec, build_model
@@ -28,7 +29,7 @@ from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.metrics_log import MetricsLog
 from vlmkd.train.schedule import build_optimizer, lr_at
-from vlmkd.train.text import build_contrastive, feature_fingerprint, open_text_source
+from vlmkd.train.text import TextSource, build_contrastive, open_text_source
 
 LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
 # Settings that may differ between a run and its resumption without changing the result.
@@ -72,6 +73,45 @@ class TrainStep(nn.Module):
         return self.objective(logits, features, labels, text=text, teacher_logits=teacher_logits)
 
 
+@dataclass
+class Run:
+    """Everything a run builds before its first step: data, model, objective, optimizer and loader."""
+
+    config: TrainConfig
+    ctx: Dist
+    output: Path
+    dataset: ImageList
+    spec: ModelSpec
+    model: Classifier
+    objective: VlmkdObjective
+    step_module: nn.Module  # TrainStep, wrapped in DistributedDataParallel under torchrun
+    teacher: nn.Module | None
+    text: TextSource | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: Any
+    steps_per_epoch: int
+    identity: dict[str, str | None]  # fingerprints of the dataset and feature store, checked on resume
+    model_meta: dict[str, Any]
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.config.warmup_epochs * self.steps_per_epoch)
+
+
+@dataclass
+class Progress:
+    """How far a run has come: epochs finished, optimizer steps taken, steps skipped for a non-finite loss."""
+
+    epoch: int = 0
+    step: int = 0
+    skipped: int = 0
+
+
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     """Run `config` to the end; `resume` is a checkpoint directory or "auto" (latest in the output dir)."""
     config.validate()
@@ -85,9 +125,34 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
 
 
 def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
+    run = build_run(config, ctx)
+    checkpoint = _find_resume(resume, run.output)
+    progress = restore(run, checkpoint) if checkpoint is not None else Progress()
+    if ctx.is_main:
+        sweep_temporary(run.output)
+        write_config(config, run.output / "config.yaml")
+    log = None
+    if ctx.is_main:
+        log = MetricsLog(run.output / "metrics.jsonl", resume_step=progress.step if checkpoint else None)
+    summary: dict[str, float] = {}
+    for epoch in range(progress.epoch, config.epochs):
+        summary = train_one_epoch(run, epoch, progress, log)
+        if ctx.is_main:
+            assert log is not None
+            log.write({"kind": "epoch", "epoch": epoch + 1, "step": progress.step, **summary, **_temperature(run)})
+            save_epoch_checkpoint(run, progress)
+            print(_epoch_line(epoch + 1, config.epochs, summary), flush=True)
+        barrier()
+    if ctx.is_main:
+        save_classifier(run.output, run.model, run.spec, {**run.model_meta, "config": config.to_dict()})
+    barrier()
+    return TrainResult(output=run.output, steps=progress.step, skipped_steps=progress.skipped, last_epoch=summary)
+
+
+def build_run(config: TrainConfig, ctx: Dist) -> Run:
+    """Seed, then build the model, objective (opening the feature store once), teacher, optimizer and loader."""
     from vlmkd.data.loaders import build_loader
 
-    output = Path(config.output)
     if config.batch_size % ctx.world_size:
         raise InputError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes")
     torch.manual_seed(config.seed)
@@ -95,7 +160,8 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
     counts = torch.as_tensor(dataset.class_counts())
     spec = ModelSpec(config.arch, dataset.num_classes, config.width, config.norm)
     model = build_model(spec).to(ctx.device)
-    text = open_text_source(config, dataset) if config.vlmkd_weight > 0 else None
+    store = FeatureStore.open(config.features) if config.vlmkd_weight > 0 else None
+    text = open_text_source(config, dataset, store) if store is not None else None
     contrastive = build_contrastive(config, text.dim, model.feature_dim) if text is not None else None
     objective = VlmkdObjective(
         TaskLoss(config.task_loss, counts, tau=config.la_tau),
@@ -130,110 +196,116 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
         std=config.std,
         flip=config.flip,
     )
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(loader) == 0:
         raise InputError(f"{config.train}: {len(dataset)} images make no full batch of {config.batch_size}")
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    return Run(
+        config=config,
+        ctx=ctx,
+        output=Path(config.output),
+        dataset=dataset,
+        spec=spec,
+        model=model,
+        objective=objective,
+        step_module=step_module,
+        teacher=teacher,
+        text=text,
+        optimizer=optimizer,
+        scaler=scaler,
+        loader=loader,
+        steps_per_epoch=len(loader),
+        identity={
+            "train_fingerprint": dataset.fingerprint(),
+            "features_fingerprint": store.fingerprint() if store is not None else None,
+        },
+        model_meta={
+            "classnames": list(dataset.classnames),
+            "train_counts": counts.tolist(),
+            "train_fingerprint": dataset.fingerprint(),
+        },
+    )
 
-    start_epoch, step, skipped = 0, 0, 0
-    checkpoint = _find_resume(resume, output)
-    identity = {"train_fingerprint": dataset.fingerprint(), "features_fingerprint": feature_fingerprint(config)}
-    if checkpoint is not None:
-        start_epoch, step, skipped = _restore(checkpoint, config, identity, model, objective, optimizer, scaler)
-    if ctx.is_main:
-        sweep_temporary(output)
-        write_config(config, output / "config.yaml")
-    log = MetricsLog(output / "metrics.jsonl", resume_step=step if checkpoint else None) if ctx.is_main else None
-    model_meta = {
-        "classnames": list(dataset.classnames),
-        "train_counts": counts.tolist(),
-        "train_fingerprint": dataset.fingerprint(),
-    }
+
+def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | None) -> dict[str, float]:
+    """One pass over the loader (updating `progress`); returns the epoch's mean loss terms, skips and speed."""
+    config, ctx, optimizer, scaler = run.config, run.ctx, run.optimizer, run.scaler
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-    summary: dict[str, float] = {}
-
-    for epoch in range(start_epoch, config.epochs):
-        step_module.train()
-        loader.set_epoch(epoch)
-        sampler = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-        sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
-        counted, epoch_skipped, started = 0, 0, time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not (config.progress and ctx.is_main),
-            leave=False,
-        )
-        for images, labels, indices in loader:
-            images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
-            batch_text = text(indices, sampler).to(ctx.device) if text is not None else None
-            teacher_logits = None
-            with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(images)
-                parts = step_module(images, labels, text=batch_text, teacher_logits=teacher_logits)
-            values = mean_across(torch.stack([parts[k].detach().float() for k in LOSS_KEYS]).cpu())
-            finite = bool(torch.isfinite(values).all())
-            if not finite and config.on_nonfinite == "stop":
-                named = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_KEYS, values.tolist(), strict=True))
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step} (epoch {epoch + 1}): {named}; "
-                    "rerun with --on-nonfinite skip to skip such steps, or lower --lr / use --amp bf16"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts["loss"]).backward()  # also on skipped steps: DDP expects every backward
-            if finite:
-                scaler.step(optimizer)
-                scaler.update()
-                sums += values.double()
-                counted += 1
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                epoch_skipped += 1
-            step += 1
-            bar.update(1)
-            if finite:
-                bar.set_postfix(loss=f"{values[0].item():.3f}")
-            if log is not None and (step % config.log_every == 0 or not finite):
-                record = {"kind": "step", "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"]}
-                record |= dict(zip(LOSS_KEYS, values.tolist(), strict=True))
-                record |= _temperature(objective) | {"skipped": not finite}
-                log.write(record)
-        bar.close()
-        seconds = time.perf_counter() - started
-        summary = {k: s / max(counted, 1) for k, s in zip(LOSS_KEYS, sums.tolist(), strict=True)}
-        summary |= {"skipped_steps": epoch_skipped, "seconds": seconds}
-        summary |= {"images_per_s": steps_per_epoch * config.batch_size / seconds}
-        if ctx.is_main:
-            assert log is not None
-            log.write({"kind": "epoch", "epoch": epoch + 1, "step": step, **summary, **_temperature(objective)})
-            train_state = {
-                "optimizer": optimizer.state_dict(),
-                "objective": objective.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
-            }
-            info = {"step": step, "skipped_steps": skipped, "config": config.to_dict(), **identity}
-            save_checkpoint(
-                output,
-                epoch + 1,
-                model=model,
-                spec=spec,
-                model_meta=model_meta,
-                train_state=train_state,
-                info=info,
+    run.step_module.train()
+    run.loader.set_epoch(epoch)
+    sampler = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 1009 + ctx.rank)
+    sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+    counted, epoch_skipped, started = 0, 0, time.perf_counter()
+    bar = tqdm(
+        total=run.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not (config.progress and ctx.is_main),
+        leave=False,
+    )
+    for images, labels, indices in run.loader:
+        images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(progress.step, run.total_steps, run.warmup_steps, config.lr)
+        batch_text = run.text(indices, sampler).to(ctx.device) if run.text is not None else None
+        teacher_logits = None
+        with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if run.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = run.teacher(images)
+            parts = run.step_module(images, labels, text=batch_text, teacher_logits=teacher_logits)
+        values = mean_across(torch.stack([parts[k].detach().float() for k in LOSS_KEYS]).cpu())
+        finite = bool(torch.isfinite(values).all())
+        if not finite and config.on_nonfinite == "stop":
+            named = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_KEYS, values.tolist(), strict=True))
+            raise NonFiniteLossError(
+                f"non-finite loss at step {progress.step} (epoch {epoch + 1}): {named}; "
+                "rerun with --on-nonfinite skip to skip such steps, or lower --lr / use --amp bf16"
             )
-            print(_epoch_line(epoch + 1, config.epochs, summary), flush=True)
-        barrier()
-    if ctx.is_main:
-        save_classifier(output, model, spec, {**model_meta, "config": config.to_dict()})
-    barrier()
-    return TrainResult(output=output, steps=step, skipped_steps=skipped, last_epoch=summary)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(parts["loss"]).backward()  # also on skipped steps: DDP expects every backward
+        if finite:
+            scaler.step(optimizer)
+            scaler.update()
+            sums += values.double()
+            counted += 1
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            progress.skipped += 1
+            epoch_skipped += 1
+        progress.step += 1
+        bar.update(1)
+        if finite:
+            bar.set_postfix(loss=f"{values[0].item():.3f}")
+        if log is not None and (progress.step % config.log_every == 0 or not finite):
+            record = {"kind": "step", "epoch": epoch + 1, "step": progress.step, "lr": optimizer.param_groups[0]["lr"]}
+            record |= dict(zip(LOSS_KEYS, values.tolist(), strict=True))
+            record |= _temperature(run) | {"skipped": not finite}
+            log.write(record)
+    bar.close()
+    progress.epoch = epoch + 1
+    seconds = time.perf_counter() - started
+    summary = {k: s / max(counted, 1) for k, s in zip(LOSS_KEYS, sums.tolist(), strict=True)}
+    summary |= {"skipped_steps": epoch_skipped, "seconds": seconds}
+    summary |= {"images_per_s": run.steps_per_epoch * config.batch_size / seconds}
+    return summary
+
+
+def save_epoch_checkpoint(run: Run, progress: Progress) -> Path:
+    """Write `epoch_NNNN/` for the epochs finished so far: classifier, optimizer, objective, scaler, RNG."""
+    train_state = {
+        "optimizer": run.optimizer.state_dict(),
+        "objective": run.objective.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    info = {"step": progress.step, "skipped_steps": progress.skipped, "config": run.config.to_dict(), **run.identity}
+    return save_checkpoint(
+        run.output,
+        progress.epoch,
+        model=run.model,
+        spec=run.spec,
+        model_meta=run.model_meta,
+        train_state=train_state,
+        info=info,
+    )
 
 
 def _load_teacher(config: TrainConfig, dataset: ImageList, device: torch.device) -> nn.Module | None:
@@ -258,37 +330,30 @@ def _find_resume(resume: str | None, output: Path) -> Path | None:
     return path
 
 
-def _restore(
-    checkpoint: Path,
-    config: TrainConfig,
-    identity: dict[str, str | None],
-    model: nn.Module,
-    objective: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-) -> tuple[int, int, int]:
+def restore(run: Run, checkpoint: Path) -> Progress:
+    """Load a checkpoint of this run into its model, objective, optimizer, scaler and RNG; refuse other settings."""
     model_state, train_state, info = load_checkpoint(checkpoint)
-    saved, current = info["config"], config.to_dict()
+    saved, current = info["config"], run.config.to_dict()
     changed = sorted(k for k in current if k not in RESUME_FREE and saved.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k} ({saved.get(k)!r} -> {current[k]!r})" for k in changed)
         raise InputError(f"{checkpoint}: cannot resume with different settings: {detail}")
-    for key, value in identity.items():
+    for key, value in run.identity.items():
         if info.get(key) != value:
             raise StoreMismatchError(
                 f"{checkpoint}: the {IDENTITY_NAMES[key]} changed since this run started ({info.get(key)} -> {value}); "
                 "resuming would mix two trainings: start a new --output"
             )
-    model.load_state_dict(model_state)
-    objective.load_state_dict(train_state["objective"])
-    optimizer.load_state_dict(train_state["optimizer"])
-    scaler.load_state_dict(train_state["scaler"])
+    run.model.load_state_dict(model_state)
+    run.objective.load_state_dict(train_state["objective"])
+    run.optimizer.load_state_dict(train_state["optimizer"])
+    run.scaler.load_state_dict(train_state["scaler"])
     torch.set_rng_state(train_state["rng"]["torch"])
-    return int(info["epoch"]), int(info["step"]), int(info["skipped_steps"])
+    return Progress(int(info["epoch"]), int(info["step"]), int(info["skipped_steps"]))
 
 
-def _temperature(objective: VlmkdObjective) -> dict[str, float]:
-    scale = getattr(objective.contrastive, "logit_scale", None)
+def _temperature(run: Run) -> dict[str, float]:
+    scale = getattr(run.objective.contrastive, "logit_scale", None)
     if scale is None:
         return {}
     return {"temperature": math.exp(-float(scale.detach().clamp(max=math.log(100.0))))}
