@@ -7,12 +7,12 @@ unknown name all read the same table, so a name added with one `register` line a
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from vlmkd.arguments import closest
 from vlmkd.errors import InputError
 
 T = TypeVar("T")
@@ -25,16 +25,9 @@ def choice_error(setting: str, value: object, choices: Iterable[str]) -> InputEr
 
 
 def did_you_mean(value: object, names: Iterable[str]) -> str:
-    """` (did you mean 'name'?)` for the one name closest to `value` (a prefix, or difflib's best match), or ""."""
-    if not isinstance(value, str) or not value:
-        return ""
-    names = list(names)
-    folded = value.lower()
-    prefixed = [name for name in names if name.lower().startswith(folded) or folded.startswith(name.lower())]
-    if len(prefixed) == 1:
-        return f" (did you mean {prefixed[0]!r}?)"
-    matches = difflib.get_close_matches(folded, names, n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
+    """` (did you mean 'name'?)` for the name `value` most likely misspells (`vlmkd.arguments.closest`), or ""."""
+    match = closest(value, names) if isinstance(value, str) and value else None
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 @dataclass(frozen=True)
