@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from _cases import make_features, tiny_config
 from safetensors.torch import load_file
-from test_train import make_features, tiny_config
 
 from vlmkd.cli import main
 from vlmkd.data.loaders import build_loader
