@@ -17,3 +17,7 @@ class StoreMismatchError(VlmkdError):
 
 class MissingDependencyError(VlmkdError, ImportError):
     """An optional dependency (DALI, TensorRT-LLM, torchvision...) is needed but not installed."""
+
+
+class ServiceError(VlmkdError):
+    """Remote servers (the `openai` captioning engine's) cannot be used: none is left, or they refuse everything."""

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from vlmkd.arguments import ArgumentParser
 from vlmkd.caption.engines import ENGINES
+from vlmkd.caption.engines.dispatch import RetryPolicy
 from vlmkd.caption.engines.hf import DTYPES
+from vlmkd.caption.engines.openai_client import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY
 from vlmkd.caption.gallery import GalleryOptions, gallery_summary, write_gallery
 from vlmkd.caption.prompts import shipped_prompt_sets
-from vlmkd.caption.runner import DEFAULT_SHARD_SIZE, CaptionReport, run_captioning
+from vlmkd.caption.runner import DEFAULT_SHARD_SIZE, REFUSED_PREFIX, CaptionReport, run_captioning
 from vlmkd.caption.store import CaptionStore
 from vlmkd.data import load_image_list
 
@@ -30,7 +32,12 @@ def build_parser() -> ArgumentParser:
         "`vlmkd caption import FILE --dataset DATASET --out STORE`; a store to JSONL: `vlmkd caption export`.",
     )
     parser.add_argument("dataset", type=Path, help="list file (`relative/path label` lines) or ImageFolder dir")
-    parser.add_argument("--model", required=True, help="model directory (or a cached Hugging Face id)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model directory (or a cached Hugging Face id); with --engine openai the served model's name "
+        "(default: the one model the servers report)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="caption store directory (created or resumed)")
     parser.add_argument(
         "--engine",
@@ -58,6 +65,27 @@ def build_parser() -> ArgumentParser:
     gen.add_argument("--device", default="cpu", help="cpu, cuda (this rank's GPU under torchrun), cuda:N (hf only)")
     gen.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights' dtype (auto: as saved)")
     gen.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    servers = parser.add_argument_group("servers (--engine openai)")
+    servers.add_argument(
+        "--api-base", action="append", default=[], metavar="URL",
+        help="an OpenAI-compatible server, e.g. http://node1:8000/v1 (repeat for each server, or one load balancer)",
+    )  # fmt: skip
+    servers.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight over all servers (default {DEFAULT_CONCURRENCY})",
+    )  # fmt: skip
+    servers.add_argument(
+        "--api-key-env", default=DEFAULT_API_KEY_ENV, metavar="NAME",
+        help=f"environment variable holding the API key, sent as a bearer token if set (default {DEFAULT_API_KEY_ENV})",
+    )  # fmt: skip
+    servers.add_argument(
+        "--request-timeout", type=float, default=RetryPolicy.request_timeout_s, metavar="S",
+        help="seconds one attempt may take before it is retried",
+    )  # fmt: skip
+    servers.add_argument(
+        "--dead-after", type=float, default=RetryPolicy.dead_after_s, metavar="S",
+        help="seconds a server may stay unreachable before the run gives up on it",
+    )  # fmt: skip
     store = parser.add_argument_group("store")
     store.add_argument(
         "--num-shards", type=int, default=None,
@@ -75,8 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         from vlmkd.caption import transfer_cli
 
         return getattr(transfer_cli, SUBCOMMANDS[argv[0]])(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.engine == "openai" and not args.api_base:
+        parser.error("--engine openai needs --api-base URL (one per server, or a load balancer)")
+    if args.engine != "openai" and args.model is None:
+        parser.error(f"--engine {args.engine} needs --model")
+    if args.engine != "openai" and args.api_base:
+        parser.error("--api-base is for --engine openai")
     dataset = load_image_list(args.dataset, root=args.root, classnames=args.classnames)
+    options = {}
+    if args.engine == "openai":
+        policy = RetryPolicy(request_timeout_s=args.request_timeout, dead_after_s=args.dead_after)
+        options = {"api_bases": args.api_base, "concurrency": args.concurrency, "api_key_env": args.api_key_env,
+                   "policy": policy}  # fmt: skip
     report = run_captioning(
         dataset,
         args.model,
@@ -97,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         top_p=args.top_p,
         num_beams=args.num_beams,
         seed=args.seed,
+        engine_options=options,
     )
     print(summary(report))
     return 0
@@ -118,7 +159,10 @@ def summary(report: CaptionReport) -> str:
         f"store {state}: {store.path}",
     ]
     if report.failed:
-        lines.append(f"{len(report.failed)} unreadable images skipped (recorded in the store):")
+        refused = sum(reason.startswith(REFUSED_PREFIX) for _, _, reason in report.failed)
+        kinds = [f"{len(report.failed) - refused} unreadable"] if refused < len(report.failed) else []
+        kinds += [f"{refused} refused by the servers"] if refused else []
+        lines.append(f"{' and '.join(kinds)} images skipped (recorded in the store):")
         lines += [f"  {path}: {reason}" for _, path, reason in report.failed[:FAILURES_SHOWN]]
         if len(report.failed) > FAILURES_SHOWN:
             lines.append(f"  ... and {len(report.failed) - FAILURES_SHOWN} more (see `vlmkd caption-info --failed`)")

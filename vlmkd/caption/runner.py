@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +16,12 @@ from typing import Any
 from PIL import Image
 
 from vlmkd.caption.engines import (
+    ENGINES,
+    Caption,
     CaptionEngine,
     GenerationSettings,
     Request,
+    RequestFailure,
     check_engine,
     load_engine,
     model_fingerprint,
@@ -29,6 +32,7 @@ from vlmkd.data import ImageList, load_rgb
 from vlmkd.errors import InputError, StoreMismatchError
 
 DEFAULT_SHARD_SIZE = 256  # images per shard when --num-shards is not given: what a crash can cost at most
+REFUSED_PREFIX = "refused by the server"  # how an image a server refused is recorded, unlike an unreadable one
 MANIFEST_WAIT_S = 600.0  # how long other ranks wait for rank 0 to replace a store under --overwrite
 
 
@@ -95,6 +99,7 @@ def caption_dataset(
     num_beams: int = 1,
     seed: int = 0,
     assignment: Assignment | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> CaptionStore:
     """Caption every (image, prompt) pair of `dataset` into the store at `out`; see `run_captioning`."""
     return run_captioning(**locals()).store
@@ -122,13 +127,15 @@ def run_captioning(
     num_beams: int = 1,
     seed: int = 0,
     assignment: Assignment | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> CaptionReport:
     """Caption the shards this process owns that are not finished yet, and report what was done.
 
     Shards: `shard_index` alone, else `assignment` (default: torchrun's RANK/WORLD_SIZE), else all. Finished
     shards are never rewritten; a store made with other settings is refused unless `overwrite`. Unreadable
-    images are skipped and recorded in the store. `engine` may be an already loaded `CaptionEngine` (its own
-    generation settings then apply, and the caller keeps ownership of it).
+    images, and images a server refused, are skipped and recorded in the store. `engine` may be an already
+    loaded `CaptionEngine` (its own generation settings then apply, and the caller keeps ownership of it);
+    `engine_options` go to `load_engine` (the openai engine's servers, concurrency, API-key variable...).
     """
     start = time.perf_counter()
     if batch_size < 1:
@@ -140,43 +147,51 @@ def run_captioning(
     assignment = assignment if assignment is not None else Assignment.from_env()
     engine_name = engine if isinstance(engine, str) else engine.name
     check_engine(engine_name)
-    out = Path(out)
-    existing = _open_existing(out)  # the one time this run reads the store's manifest
-    if num_shards is None:
-        num_shards = existing.num_shards if existing else _default_num_shards(len(dataset), assignment.world_size)
-    manifest = make_manifest(
-        dataset_fingerprint=dataset.fingerprint(),
-        num_images=len(dataset),
-        prompt_set=prompt_set.record(),
-        engine=engine_name,
-        model_id=str(model),
-        model_fingerprint=model_fingerprint(model),
-        generation=settings.record(),
-        num_shards=num_shards,
-    )
-    if shard_index is not None and not 0 <= shard_index < num_shards:
-        raise InputError(f"shard index {shard_index} is out of range [0, {num_shards})")
-    mine = [shard_index] if shard_index is not None else assignment.shards(num_shards)
-    # Check the store and load the model before writing anything: a mismatch or a bad model path then
-    # leaves no trace, and a rerun with nothing left to do never loads the model.
-    done = set()
-    if CaptionStore.check_compatible(out, manifest, overwrite=overwrite, existing=existing):
-        existing = existing if existing is not None else CaptionStore.open(out)  # another rank just made it
-        done = set(range(num_shards)) - set(existing.missing_shards())
-    else:
-        existing = None
-    loaded = engine
     device = _local_device(device)
-    if isinstance(engine, str) and any(k not in done for k in mine):
-        loaded = load_engine(engine, model, settings, device=device, trust_remote_code=trust_remote_code)
+
+    def load() -> CaptionEngine:
+        return load_engine(
+            engine_name, model, settings, device=device, trust_remote_code=trust_remote_code, **(engine_options or {})
+        )
+
+    # An engine that knows its own identity (servers report their model) is loaded first; it is cheap.
+    loaded = load() if isinstance(engine, str) and ENGINES.get(engine).describes_itself else engine
     try:
+        out = Path(out)
+        existing = _open_existing(out)  # the one time this run reads the store's manifest
+        if num_shards is None:
+            num_shards = existing.num_shards if existing else _default_num_shards(len(dataset), assignment.world_size)
+        described = not isinstance(loaded, str) and loaded.describes_itself
+        manifest = make_manifest(
+            dataset_fingerprint=dataset.fingerprint(),
+            num_images=len(dataset),
+            prompt_set=prompt_set.record(),
+            engine=engine_name,
+            model_id=loaded.model_id if described else str(model),
+            model_fingerprint=loaded.model_fingerprint() if described else model_fingerprint(model),
+            generation=loaded.generation_record() if described else settings.record(),
+            num_shards=num_shards,
+        )
+        if shard_index is not None and not 0 <= shard_index < num_shards:
+            raise InputError(f"shard index {shard_index} is out of range [0, {num_shards})")
+        mine = [shard_index] if shard_index is not None else assignment.shards(num_shards)
+        # Check the store and load the model before writing anything: a mismatch or a bad model path then
+        # leaves no trace, and a rerun with nothing left to do never loads the model.
+        done = set()
+        if CaptionStore.check_compatible(out, manifest, overwrite=overwrite, existing=existing):
+            existing = existing if existing is not None else CaptionStore.open(out)  # another rank just made it
+            done = set(range(num_shards)) - set(existing.missing_shards())
+        else:
+            existing = None
+        if isinstance(loaded, str) and any(k not in done for k in mine):
+            loaded = load()
         store = _open_store(out, manifest, overwrite, assignment, existing)
         missing = set(store.missing_shards())
         report = CaptionReport(store, shards_already_done=[k for k in mine if k not in missing])
         todo = [k for k in mine if k in missing]
         if todo:
             if isinstance(loaded, str):  # a shard went missing since the check above
-                loaded = load_engine(loaded, model, settings, device=device, trust_remote_code=trust_remote_code)
+                loaded = load()
             _caption_shards(store, dataset, prompt_set, loaded, todo, batch_size, progress, report)
     finally:
         if isinstance(engine, str) and not isinstance(loaded, str):
@@ -195,62 +210,115 @@ def _caption_shards(
     progress: bool,
     report: CaptionReport,
 ) -> None:
+    """Caption `shards` in order, writing each once its last batch is back. Engines that wait on servers
+    get `engine.submit_ahead` more requests submitted while the runner waits for the oldest batch."""
     import pyarrow.parquet  # noqa: F401 - imported once up front, not inside the first shard's write time
     from tqdm import tqdm
 
     total = sum(len(store.shard_range(k)) for k in shards)
     bar = tqdm(total=total, unit="img", desc="captioning", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    depth = 1 + math.ceil(engine.submit_ahead / batch_size)
+    in_flight: deque[tuple[_ShardWork, list[tuple[int, str]], Future[list[Caption]]]] = deque()
+    last_prompt = prompt_set.prompts[-1].id
+
+    def write(work: _ShardWork) -> None:
+        rows, failed = work.result(dataset)
+        tick = time.perf_counter()
+        store.write_shard(work.shard, rows, failed)
+        report.store_seconds += time.perf_counter() - tick
+        report.shards_written.append(work.shard)
+        report.images += len(store.shard_range(work.shard))
+        report.captions += len(rows)
+        report.failed += failed
+        bar.set_postfix(shards=f"{len(report.shards_written)}/{len(shards)}", skipped=len(report.failed))
+
+    def collect_oldest() -> None:
+        work, keys, future = in_flight.popleft()
+        captions = future.result()
+        if len(captions) != len(keys):
+            raise RuntimeError(f"engine {engine.name} returned {len(captions)} captions for {len(keys)} requests")
+        for reason in work.add(keys, captions, dataset):
+            bar.write(f"skipping {reason}", file=sys.stderr)
+        bar.update(sum(prompt_id == last_prompt for _, prompt_id in keys))  # images now complete
+        work.batches_in_flight -= 1
+        if work.all_submitted and not work.batches_in_flight:
+            write(work)
+
     with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlmkd-decode") as pool:
         for shard in shards:
-            rows, failed = _caption_shard(store.shard_range(shard), dataset, prompt_set, engine, batch_size, pool, bar)
-            tick = time.perf_counter()
-            store.write_shard(shard, rows, failed)
-            report.store_seconds += time.perf_counter() - tick
-            report.shards_written.append(shard)
-            report.images += len(store.shard_range(shard))
-            report.captions += len(rows)
-            report.failed += failed
-            bar.set_postfix(shards=f"{len(report.shards_written)}/{len(shards)}", unreadable=len(report.failed))
+            work = _ShardWork(shard)
+            for keys, requests in _shard_batches(store.shard_range(shard), dataset, prompt_set, batch_size, pool,
+                                                 work, bar):  # fmt: skip
+                in_flight.append((work, keys, engine.submit(requests)))
+                work.batches_in_flight += 1
+                while len(in_flight) >= depth:
+                    collect_oldest()
+            work.all_submitted = True
+            if not work.batches_in_flight:
+                write(work)
+        while in_flight:
+            collect_oldest()
 
 
-def _caption_shard(
+@dataclass
+class _ShardWork:
+    """One shard being captioned: its rows so far, its skipped images, and its batches still in flight."""
+
+    shard: int
+    captions: list[tuple[int, str, str]] = field(default_factory=list)  # (image index, prompt id, caption)
+    unreadable: list[tuple[int, str]] = field(default_factory=list)  # (image index, reason)
+    refused: dict[int, str] = field(default_factory=dict)  # image index -> reason (its first refused prompt)
+    batches_in_flight: int = 0
+    all_submitted: bool = False
+
+    def add(self, keys: Sequence[tuple[int, str]], captions: Sequence[Caption], dataset: ImageList) -> list[str]:
+        """Take a batch's answers; the reasons of images refused for the first time."""
+        new = []
+        for (index, prompt_id), caption in zip(keys, captions, strict=True):
+            if isinstance(caption, RequestFailure):
+                if index not in self.refused:
+                    self.refused[index] = f"{REFUSED_PREFIX} (prompt {prompt_id}): {caption.reason}"
+                    new.append(f"{dataset.path(index)}: {self.refused[index]}")
+            else:
+                self.captions.append((index, prompt_id, caption))
+        return new
+
+    def result(self, dataset: ImageList) -> tuple[list[Row], list[Failure]]:
+        """Rows in (image, prompt) order without refused images, and every skipped image by index."""
+        rows = [(i, dataset.samples[i].path, p, c) for i, p, c in self.captions if i not in self.refused]
+        skipped = self.unreadable + list(self.refused.items())
+        return rows, [(i, dataset.samples[i].path, reason) for i, reason in sorted(skipped)]
+
+
+def _shard_batches(
     indices: range,
     dataset: ImageList,
     prompt_set: PromptSet,
-    engine: CaptionEngine,
     batch_size: int,
     pool: ThreadPoolExecutor,
+    work: _ShardWork,
     bar: Any,
-) -> tuple[list[Row], list[Failure]]:
-    """Rows (in image, prompt order) and unreadable images of one shard. Batches run over image
-    boundaries, always from the shard's start, so a rerun builds exactly the same batches."""
-    rows: list[Row] = []
-    failed: list[Failure] = []
-    pending: list[tuple[int, str, Request]] = []  # (image index, prompt id, request)
-    last_prompt = prompt_set.prompts[-1].id
-
-    def flush() -> None:
-        captions = engine.caption([request for _, _, request in pending])
-        if len(captions) != len(pending):
-            raise RuntimeError(f"engine {engine.name} returned {len(captions)} captions for {len(pending)} requests")
-        rows.extend((i, dataset.samples[i].path, p, c) for (i, p, _), c in zip(pending, captions, strict=True))
-        bar.update(sum(prompt_id == last_prompt for _, prompt_id, _ in pending))  # images now complete
-        pending.clear()
-
+) -> Iterator[tuple[list[tuple[int, str]], list[Request]]]:
+    """Batches of ((image index, prompt id), request) of one shard, unreadable images noted in `work`.
+    Batches run over image boundaries, always from the shard's start, so a rerun builds the same batches."""
+    keys: list[tuple[int, str]] = []
+    requests: list[Request] = []
     for index, image in _prefetch(pool, dataset, indices, lookahead=2 * batch_size):
         if isinstance(image, InputError):
-            failed.append((index, dataset.samples[index].path, str(image)))
+            work.unreadable.append((index, str(image)))
             bar.write(f"skipping unreadable image: {image}", file=sys.stderr)
             bar.update(1)
             continue
         label = dataset.classnames[dataset.samples[index].label]
+        path = dataset.path(index)
         for prompt in prompt_set.prompts:
-            pending.append((index, prompt.id, Request(image, prompt.render(label))))
-            if len(pending) == batch_size:
-                flush()
-    if pending:
-        flush()
-    return rows, failed
+            keys.append((index, prompt.id))
+            requests.append(Request(image, prompt.render(label), path))
+            if len(requests) == batch_size:
+                yield keys, requests
+                keys, requests = [], []
+    if requests:
+        yield keys, requests
 
 
 def _prefetch(

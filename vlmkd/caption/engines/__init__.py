@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, Request, model_fingerprint
+from vlmkd.caption.engines.base import (
+    Caption,
+    CaptionEngine,
+    GenerationSettings,
+    Request,
+    RequestFailure,
+    model_fingerprint,
+)
 from vlmkd.registry import Registry
 
 ENGINES: Registry[type[CaptionEngine]] = Registry("engine")
 ENGINES.register("hf", "vlmkd.caption.engines.hf:HFEngine", "transformers image-text-to-text models")
 ENGINES.register("trt", "vlmkd.caption.engines.trt:TRTEngine", "TensorRT-LLM's LLM API on a GPU")
+ENGINES.register(
+    "openai",
+    "vlmkd.caption.engines.openai_client:OpenAIEngine",
+    "OpenAI-compatible chat servers given by --api-base (trtllm-serve, vllm serve, SGLang, transformers serve)",
+)
 
 
 def check_engine(name: str) -> None:
@@ -24,18 +37,22 @@ def load_engine(
     *,
     device: str = "cpu",
     trust_remote_code: bool = False,
+    **options: Any,
 ) -> CaptionEngine:
-    """Load the engine registered as `name` with `model` (`device` is where engines that choose put it)."""
+    """Load the engine registered as `name` with `model` (`device` is where engines that choose put it);
+    `options` go to engines that take more (openai: `api_bases`, `concurrency`, `api_key_env`, `policy`, `log`)."""
     engine = ENGINES.get(name)
     engine.check_available()
-    return engine(model, settings, device=device, trust_remote_code=trust_remote_code)
+    return engine(model, settings, device=device, trust_remote_code=trust_remote_code, **options)
 
 
 __all__ = [
     "ENGINES",
+    "Caption",
     "CaptionEngine",
     "GenerationSettings",
     "Request",
+    "RequestFailure",
     "check_engine",
     "load_engine",
     "model_fingerprint",

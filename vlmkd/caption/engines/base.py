@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,27 @@ _FULL_HASH_BYTES = 16 << 20  # configs, tokenizers, chat templates: hashed in fu
 
 @dataclass(frozen=True)
 class Request:
-    """One caption to write: an RGB image and the rendered prompt text (before any chat template)."""
+    """One caption to write: an RGB image and the rendered prompt text (before any chat template).
+
+    `path` is the image's file when it came from one: engines that send images elsewhere (`openai`) send
+    the file's own bytes instead of re-encoding `image`.
+    """
 
     image: Image.Image
     prompt: str
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    """A request an engine could not caption (a server refused it for good): the reason, one line.
+
+    The runner skips the request's image and records it like an unreadable one."""
+
+    reason: str
+
+
+Caption = str | RequestFailure
 
 
 @dataclass(frozen=True)
@@ -67,17 +85,36 @@ class CaptionEngine(ABC):
     name: str
     model_id: str
     settings: GenerationSettings
+    # Whether the store identity (model, generation record) is known only once the engine is loaded, as for
+    # servers that report their model; such engines must load quickly, since they load before the store check.
+    describes_itself: bool = False
+    # Requests the runner keeps submitted beyond the batch it waits for: 0 for engines that compute in
+    # `caption` itself, about twice the concurrency for engines that wait on servers.
+    submit_ahead: int = 0
 
     @classmethod  # noqa: B027 - optional hook, most engines need nothing beyond vlmkd
     def check_available(cls) -> None:
         """Raise `MissingDependencyError` (with the install hint) when this engine cannot run here."""
 
     @abstractmethod
-    def caption(self, requests: Sequence[Request]) -> list[str]:
-        """One caption per request, stripped of the prompt and surrounding whitespace."""
+    def caption(self, requests: Sequence[Request]) -> list[Caption]:
+        """One caption per request, stripped of the prompt and surrounding whitespace; a `RequestFailure`
+        for a request the engine could not caption (in-process engines never return one)."""
+
+    def submit(self, requests: Sequence[Request]) -> Future[list[Caption]]:
+        """`caption(requests)` as a future. Engines that work elsewhere (servers) return at once, so the
+        runner can keep `submit_ahead` more requests going; the default computes before returning."""
+        captions = self.caption(requests)
+        future: Future[list[Caption]] = Future()
+        future.set_result(captions)
+        return future
 
     def model_fingerprint(self) -> str:
         return model_fingerprint(self.model_id)
+
+    def generation_record(self) -> dict[str, Any]:
+        """The generation settings as a caption store's manifest records them."""
+        return self.settings.record()
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to release
         """Release the model (GPU memory, worker processes)."""

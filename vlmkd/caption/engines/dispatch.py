@@ -1,0 +1,371 @@
+"""Spread requests over several HTTP servers: least outstanding requests first, at most N in flight, retries.
+
+What is retried, and how (jittered exponential backoff, per request):
+- transient: connections reset or dropped, timeouts, 408, 429, 502, 503, 504 (`Retry-After` honoured):
+  up to `RetryPolicy.max_attempts` tries; a request still failing after that stops the run (it never
+  becomes a failed image: a rerun will caption it);
+- a server that cannot be reached (refused, connect timeout): the request goes to another server at once;
+- 500 (and other 5xx): up to `server_error_attempts` tries, then it is that request's failure;
+- 400, 413, 422 (and other 4xx): tried once more (on another server when there is one); a repeat is that
+  request's failure;
+- 401, 403, 404: the server is unusable (bad key, no such route or model): it is given up, the others go on.
+A server that cannot be reached is skipped with growing pauses and given up once unreachable for
+`dead_after_s`; the run stops with `ServiceError` (one line) when no server is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlmkd.caption.engines.http11 import Connection, Endpoint, ProtocolError, Response
+from vlmkd.errors import ServiceError
+
+TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
+UNUSABLE_STATUSES = {401: "unauthorized", 403: "forbidden", 404: "not found"}
+REASON_CHARS = 300
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try. Defaults suit GPU servers under load; tests shrink the times."""
+
+    max_attempts: int = 10  # tries of one request through transient failures
+    server_error_attempts: int = 3  # tries of one request answered 500
+    rejection_attempts: int = 2  # tries of one request answered 400/422
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    request_timeout_s: float = 300.0  # one attempt, from sending to the last byte of the answer
+    connect_timeout_s: float = 10.0
+    dead_after_s: float = 60.0  # a server unreachable this long is given up for the run
+    refusals_in_a_row: int = 50  # final failures with no success between them: the run is misconfigured
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Pause before try `attempt + 1`: exponential, capped, jittered into its upper half."""
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        return delay * (0.5 + 0.5 * rng.random())
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A successful answer: its decoded JSON body."""
+
+    body: dict[str, Any]
+    server: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A request the servers refused for good (4xx or repeated 500): the reason, one line."""
+
+    reason: str
+
+
+@dataclass
+class Server:
+    """One server's state: its connections, requests in flight, and how long it has been failing."""
+
+    endpoint: Endpoint
+    outstanding: int = 0
+    sent: int = 0
+    succeeded: int = 0
+    idle: list[Connection] = field(default_factory=list)
+    dead: str | None = None  # why it was given up
+    failures_in_a_row: int = 0
+    failing_since: float | None = None
+    suspended_until: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+
+class _Transient(Exception):
+    """An attempt failed in a way worth retrying; `retry_after` from the server, if it said."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, server_down: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.server_down = server_down
+
+
+class Dispatcher:
+    """Sends JSON POSTs to the least busy live server, `concurrency` at most in flight, with retries.
+
+    Runs on one asyncio event loop (all methods must be awaited there). `log` receives one-line notices
+    (a server lost or back, an image refused); `redact` scrubs secrets from every text it produces.
+    """
+
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        *,
+        concurrency: int,
+        headers: dict[str, str],
+        policy: RetryPolicy,
+        log: Callable[[str], None],
+        redact: Callable[[str], str],
+        seed: int = 0,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("no servers")
+        self.servers = [Server(endpoint) for endpoint in endpoints]
+        self.concurrency = concurrency
+        self.headers = {"content-type": "application/json", "accept": "application/json", **headers}
+        self.policy = policy
+        self.log = log
+        self.redact = redact
+        self.rng = random.Random(seed)
+        self.retries: dict[str, int] = {}  # cause -> retries, for reports and tests
+        self.fatal: ServiceError | None = None
+        self._refusals_in_a_row = 0
+        self._rotation = itertools.count()
+        self._slots: asyncio.Semaphore | None = None
+
+    # --------------------------------------------------------------------------------------- requests
+    async def get_json(self, server: Server, path: str) -> dict[str, Any]:
+        """One GET outside the retry machinery (model discovery); `ServiceError` when it fails."""
+        try:
+            response = await self._attempt(server, "GET", path, b"")
+        except _Transient as error:
+            raise ServiceError(self.redact(f"{server.url}{path}: {error.reason}")) from None
+        if response.status != 200:
+            raise ServiceError(self.redact(f"{server.url}{path}: HTTP {response.status}: {_excerpt(response)}"))
+        try:
+            return json.loads(response.body)
+        except ValueError:
+            raise ServiceError(f"{server.url}{path}: the answer is not JSON: {_excerpt(response)}") from None
+
+    async def post(self, path: str, body: bytes) -> Completed | Refused:
+        """POST `body` to `path` on the best server until it succeeds or is refused for good."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        async with self._slots:
+            outcome = await self._post(path, body)
+        if isinstance(outcome, Completed):
+            self._refusals_in_a_row = 0
+        else:
+            self._refusals_in_a_row += 1
+            if self._refusals_in_a_row >= self.policy.refusals_in_a_row:
+                self._fail(
+                    f"the servers refused {self._refusals_in_a_row} requests in a row (last: {outcome.reason}); "
+                    "check --model, the decoding settings and the servers' logs"
+                )
+        return outcome
+
+    async def _post(self, path: str, body: bytes) -> Completed | Refused:
+        transient = server_errors = rejections = 0
+        avoid: Server | None = None
+        while True:
+            if self.fatal is not None:
+                raise self.fatal
+            server = await self._choose(avoid)
+            try:
+                response = await self._attempt(server, "POST", path, body)
+            except _Transient as error:
+                self._count(error.reason.split(":")[0])
+                if error.server_down:  # bounded by `dead_after_s`, not by this request's budget
+                    self._server_failed(server, error.reason)
+                    continue  # another server takes it at once, or this one once its pause is over
+                transient += 1
+                if transient >= self.policy.max_attempts:
+                    self._fail(f"a request failed {transient} times in a row (last: {server.url}: {error.reason})")
+                await self._pause(transient - 1, error.retry_after)
+                avoid = server
+                continue
+            self._server_ok(server)
+            status = response.status
+            if status == 200:
+                try:
+                    return Completed(json.loads(response.body), server.url)
+                except ValueError:
+                    status, response = 500, Response(500, response.headers, b"200 with a body that is not JSON")
+            if status in TRANSIENT_STATUSES:
+                transient += 1
+                self._count(str(status))
+                if transient >= self.policy.max_attempts:
+                    self._fail(f"a request failed {transient} times in a row (last: {server.url}: HTTP {status})")
+                await self._pause(transient - 1, _retry_after(response))
+                avoid = server
+            elif status in UNUSABLE_STATUSES:
+                self._give_up(server, f"HTTP {status} {UNUSABLE_STATUSES[status]}: {_excerpt(response)}")
+            elif status >= 500:
+                server_errors += 1
+                self._count(str(status))
+                if server_errors >= self.policy.server_error_attempts:
+                    return Refused(self.redact(f"HTTP {status} {server_errors} times: {_excerpt(response)}"))
+                await self._pause(server_errors - 1, None)
+                avoid = server
+            else:
+                rejections += 1
+                self._count(str(status))
+                if rejections >= self.policy.rejection_attempts:
+                    return Refused(self.redact(f"HTTP {status}: {_excerpt(response)}"))
+                avoid = server
+
+    async def _attempt(self, server: Server, method: str, path: str, body: bytes) -> Response:
+        """One try on `server`, on an idle connection if there is one (a stale one is replaced at once)."""
+        server.outstanding += 1
+        server.sent += 1
+        try:
+            while server.idle:
+                connection = server.idle.pop()
+                try:
+                    return await self._exchange(server, connection, method, path, body)
+                except _Stale:
+                    continue
+            try:
+                connection = await asyncio.wait_for(Connection.open(server.endpoint), self.policy.connect_timeout_s)
+            except asyncio.TimeoutError:
+                raise _Transient("connect timeout", server_down=True) from None
+            except OSError as error:
+                raise _Transient(f"cannot connect: {_os_reason(error)}", server_down=True) from None
+            try:
+                return await self._exchange(server, connection, method, path, body)
+            except _Stale as error:
+                raise _Transient(f"connection lost: {error.reason}") from None
+        finally:
+            server.outstanding -= 1
+
+    async def _exchange(self, server: Server, connection: Connection, method: str, path: str, body: bytes) -> Response:
+        reused = connection.requests_sent > 0
+        try:
+            response = await asyncio.wait_for(
+                connection.request(method, path, self.headers, body), self.policy.request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            connection.close()
+            raise _Transient(f"timeout: no complete answer in {self.policy.request_timeout_s:g} s") from None
+        except (OSError, ProtocolError) as error:
+            connection.close()
+            headless = isinstance(error, ProtocolError) and "headers" in str(error)
+            if reused and (headless or isinstance(error, (ConnectionResetError, BrokenPipeError))):
+                raise _Stale(_os_reason(error)) from None  # the server closed an idle keep-alive connection
+            raise _Transient(f"connection lost: {_os_reason(error)}") from None
+        except BaseException:  # cancelled (the run is stopping): the connection is in an unknown state
+            connection.close()
+            raise
+        if connection.reusable:
+            server.idle.append(connection)
+        else:
+            connection.close()
+        return response
+
+    # ---------------------------------------------------------------------------------------- servers
+    async def _choose(self, avoid: Server | None) -> Server:
+        """The live server with the fewest requests in flight (after a failure, preferably not `avoid`)."""
+        while True:
+            now = time.monotonic()
+            alive = [s for s in self.servers if s.dead is None]
+            if not alive:
+                self._fail("no server left: " + "; ".join(f"{s.url}: {s.dead}" for s in self.servers))
+            ready = [s for s in alive if s.suspended_until <= now]
+            if avoid is not None and len(ready) > 1:
+                ready = [s for s in ready if s is not avoid] or ready
+            if ready:
+                turn = next(self._rotation)
+                return min(ready, key=lambda s: (s.outstanding, (self.servers.index(s) - turn) % len(self.servers)))
+            soonest = min(alive, key=lambda s: s.suspended_until)
+            await asyncio.sleep(max(0.0, soonest.suspended_until - now))
+            if soonest.dead is None and soonest.failing_since is not None:
+                if time.monotonic() - soonest.failing_since >= self.policy.dead_after_s:
+                    self._give_up(soonest, f"unreachable for {self.policy.dead_after_s:g} s")
+                    continue
+                return soonest  # probe it
+
+    def _server_failed(self, server: Server, reason: str) -> None:
+        now = time.monotonic()
+        if server.failing_since is None:
+            server.failing_since = now
+            self.log(self.redact(f"server {server.url} unreachable ({reason}); the others carry on"))
+        if now - server.failing_since >= self.policy.dead_after_s:
+            self._give_up(server, f"unreachable for {self.policy.dead_after_s:g} s ({reason})")
+            return
+        server.suspended_until = now + self.policy.backoff(server.failures_in_a_row, self.rng)
+        server.failures_in_a_row += 1
+        for connection in server.idle:
+            connection.close()
+        server.idle.clear()
+
+    def _server_ok(self, server: Server) -> None:
+        server.succeeded += 1
+        if server.failing_since is not None:
+            self.log(f"server {server.url} is back")
+        server.failing_since = None
+        server.failures_in_a_row = 0
+        server.suspended_until = 0.0
+
+    def _give_up(self, server: Server, reason: str) -> None:
+        if server.dead is None:
+            server.dead = self.redact(reason)
+            self.log(f"giving up on server {server.url}: {server.dead}")
+        for connection in server.idle:
+            connection.close()
+        server.idle.clear()
+
+    def _fail(self, message: str) -> None:
+        """Stop every request of the run with one `ServiceError`."""
+        if self.fatal is None:
+            self.fatal = ServiceError(self.redact(message))
+        raise self.fatal
+
+    async def _pause(self, attempt: int, retry_after: float | None) -> None:
+        delay = self.policy.backoff(attempt, self.rng)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.policy.backoff_max_s))
+        await asyncio.sleep(delay)
+
+    def _count(self, cause: str) -> None:
+        self.retries[cause] = self.retries.get(cause, 0) + 1
+
+    def close(self) -> None:
+        for server in self.servers:
+            for connection in server.idle:
+                connection.close()
+            server.idle.clear()
+
+
+class _Stale(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _retry_after(response: Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare from inference servers; the backoff applies
+
+
+def _excerpt(response: Response) -> str:
+    """A server's error body as one short line: its JSON `message`/`detail` when there is one."""
+    text = response.body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or data.get("message") or data.get("detail")
+        if message:
+            text = message if isinstance(message, str) else json.dumps(message)
+    text = " ".join(text.split()) or "(empty body)"
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+def _os_reason(error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, ConnectionResetError):
+        return "connection reset"
+    return " ".join(str(error).split()) or type(error).__name__

@@ -1,0 +1,263 @@
+"""The `openai` engine: caption through OpenAI-compatible chat-completions servers (trtllm-serve, vLLM,
+SGLang, `transformers serve`), many at once.
+
+One chat request per (image, prompt): a user turn with the image as a data URL (the file's own bytes when it
+is a JPEG or an 8-bit PNG, a lossless PNG of the decoded image otherwise) followed by the prompt text, and
+every decoding setting sent explicitly (`temperature` 0 for greedy, `top_p`, `max_tokens`, `seed`, `n`), so
+no server default changes the captions. Requests run on an asyncio loop of the engine's own thread and are
+spread by `vlmkd.caption.engines.dispatch.Dispatcher`. The API key comes from an environment variable and
+is scrubbed from every message the engine produces; it is never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vlmkd.caption.engines.base import Caption, CaptionEngine, GenerationSettings, Request, RequestFailure
+from vlmkd.caption.engines.dispatch import Completed, Dispatcher, RetryPolicy
+from vlmkd.caption.engines.http11 import Endpoint
+from vlmkd.errors import InputError, ServiceError
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_CONCURRENCY = 64
+CHAT_PATH = "/chat/completions"
+MODELS_PATH = "/models"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T = TypeVar("T")
+
+
+def sendable_image(request: Request) -> tuple[str, bytes]:
+    """(MIME type, bytes) to send for a request's image: the file itself when servers decode it exactly as
+    vlmkd does (JPEG, 8-bit PNG), otherwise the decoded RGB image as PNG."""
+    if request.path is not None:
+        try:
+            data = Path(request.path).read_bytes()
+        except OSError:
+            data = b""
+        if data.startswith(_JPEG_MAGIC):
+            return "image/jpeg", data
+        if data.startswith(_PNG_MAGIC) and len(data) > 25 and data[24] == 8:  # IHDR bit depth
+            return "image/png", data
+    buffer = io.BytesIO()
+    request.image.save(buffer, format="PNG", compress_level=1)
+    return "image/png", buffer.getvalue()
+
+
+def request_body_parts(model: str, settings: GenerationSettings) -> tuple[bytes, bytes, bytes]:
+    """The JSON body of a chat request in three constant pieces around the data URL and the prompt:
+    `head + data_url + middle + json(prompt) + tail`. Base64 needs no escaping, so a request costs two joins
+    instead of re-serialising an image-sized string."""
+    marker_url, marker_text = "\x00URL\x00", "\x00TEXT\x00"
+    body = {
+        "model": model,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": marker_url}},
+                    {"type": "text", "text": marker_text},
+                ],
+            }
+        ],
+        **decoding_fields(settings),
+    }
+    text = json.dumps(body, separators=(",", ":"))
+    head, rest = text.split(json.dumps(marker_url))
+    middle, tail = rest.split(json.dumps(marker_text))
+    return (head + '"').encode(), ('"' + middle).encode(), tail.encode()
+
+
+def decoding_fields(settings: GenerationSettings) -> dict[str, Any]:
+    """Every decoding setting, explicit: servers differ in their defaults (trtllm-serve samples at
+    temperature 1.0 when none is sent, vLLM defers to the checkpoint's generation config)."""
+    if settings.num_beams != 1:
+        raise InputError("--engine openai cannot do beam search (the chat-completions API has no such setting)")
+    sampling = settings.do_sample
+    return {
+        "max_tokens": settings.max_new_tokens,
+        "temperature": settings.temperature if sampling else 0.0,
+        "top_p": settings.top_p if sampling else 1.0,
+        "seed": settings.seed,
+        "n": 1,
+        "stream": False,
+    }
+
+
+def served_models(listing: Any) -> list[str]:
+    """Model ids in a `GET /v1/models` answer (`{"data": [{"id": ...}, ...]}`)."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        raise ValueError("no 'data' list")
+    return [item["id"] for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+class OpenAIEngine(CaptionEngine):
+    """Captions through one or more OpenAI-compatible servers at `api_bases` (each like `http://host:8000/v1`).
+
+    `model`: the model name to request; `None` takes the one model the servers report. The engine checks
+    that every reachable server serves it (`GET /models`) and records that name as the store's model
+    identity: weights behind a URL cannot be fingerprinted. `device` and `trust_remote_code` are the
+    servers' business and not used.
+    """
+
+    name = "openai"
+    describes_itself = True
+
+    def __init__(
+        self,
+        model: str | None,
+        settings: GenerationSettings,
+        *,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        api_bases: Sequence[str] = (),
+        concurrency: int = DEFAULT_CONCURRENCY,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        policy: RetryPolicy | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if not api_bases:
+            raise InputError("--engine openai needs at least one --api-base URL (e.g. http://host:8000/v1)")
+        if concurrency < 1:
+            raise InputError(f"concurrency must be >= 1, got {concurrency}")
+        endpoints = [Endpoint.parse(url) for url in api_bases]
+        if len({e.url for e in endpoints}) != len(endpoints):
+            raise InputError(f"--api-base lists a server twice: {', '.join(e.url for e in endpoints)}")
+        decoding_fields(settings)  # refuses what the API cannot express
+        self.settings = settings
+        self.concurrency = concurrency
+        self.submit_ahead = 2 * concurrency
+        self._key = os.environ.get(api_key_env) or None
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        headers = {"authorization": f"Bearer {self._key}"} if self._key else {}
+        self.dispatcher = Dispatcher(
+            endpoints, concurrency=concurrency, headers=headers, policy=policy or RetryPolicy(),
+            log=self._log, redact=self.redact,
+        )  # fmt: skip
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vlmkd-openai", daemon=True)
+        self._thread.start()
+        try:
+            self.model_id = self._run(self._discover(model))
+        except BaseException:
+            self.close()
+            raise
+        self._body_parts = request_body_parts(self.model_id, settings)
+
+    # ------------------------------------------------------------------------------------ identity
+    def model_fingerprint(self) -> str:
+        """The model name the servers report: all a client can know of weights behind a URL."""
+        return f"served:{self.model_id}"
+
+    def generation_record(self) -> dict[str, Any]:
+        record = self.settings.record()
+        record.pop("dtype")  # the servers' business; not sent
+        return record
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key replaced (errors may quote headers or requests)."""
+        return text.replace(self._key, "***") if self._key else text
+
+    def _log(self, message: str) -> None:
+        self.log(f"openai engine: {self.redact(message)}")
+
+    async def _discover(self, wanted: str | None) -> str:
+        """Ask every server what it serves; drop the unreachable ones; the model every other one serves."""
+        served: dict[str, list[str]] = {}
+        for server in self.dispatcher.servers:
+            try:
+                listing = await self.dispatcher.get_json(server, MODELS_PATH)
+                served[server.url] = served_models(listing)
+            except ServiceError as error:
+                server.dead = str(error)
+            except ValueError as error:
+                server.dead = f"{server.url}{MODELS_PATH}: not a model list ({error})"
+            if server.dead is not None:
+                self._log(f"skipping server {server.url}: {server.dead}")
+        if not served:
+            lost = "; ".join(f"{s.url}: {s.dead}" for s in self.dispatcher.servers)
+            raise ServiceError(self.redact(f"no server answered GET {MODELS_PATH}: {lost}"))
+        if wanted is None:
+            names = sorted({name for names in served.values() for name in names})
+            if len(names) != 1:
+                raise InputError(f"the servers serve {len(names)} models ({', '.join(names) or 'none'}); "
+                                 "choose one with --model")  # fmt: skip
+            wanted = names[0]
+        lacking = {url: names for url, names in served.items() if wanted not in names}
+        if lacking:
+            detail = "; ".join(f"{url} serves {', '.join(names) or 'nothing'}" for url, names in lacking.items())
+            raise InputError(f"model {wanted!r} is not served by every server ({detail})")
+        return wanted
+
+    # ------------------------------------------------------------------------------------ captioning
+    def caption(self, requests: Sequence[Request]) -> list[Caption]:
+        return self.submit(requests).result()
+
+    def submit(self, requests: Sequence[Request]) -> Future[list[Caption]]:
+        bodies = self._bodies(requests)
+        return asyncio.run_coroutine_threadsafe(self._caption_all(bodies), self._loop)
+
+    def _bodies(self, requests: Sequence[Request]) -> list[bytes]:
+        """Request bodies, each image encoded once per batch however many prompts it comes with."""
+        head, middle, tail = self._body_parts
+        urls: dict[int, bytes] = {}
+        bodies = []
+        for request in requests:
+            key = id(request.image)
+            url = urls.get(key)
+            if url is None:
+                mime, data = sendable_image(request)
+                url = urls[key] = b"data:" + mime.encode() + b";base64," + base64.b64encode(data)
+            bodies.append(b"".join((head, url, middle, json.dumps(request.prompt).encode(), tail)))
+        return bodies
+
+    async def _caption_all(self, bodies: list[bytes]) -> list[Caption]:
+        return list(await asyncio.gather(*(self._caption_one(body) for body in bodies)))
+
+    async def _caption_one(self, body: bytes) -> Caption:
+        outcome = await self.dispatcher.post(CHAT_PATH, body)
+        if not isinstance(outcome, Completed):
+            return RequestFailure(outcome.reason)
+        try:
+            content = outcome.body["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            return RequestFailure(f"{outcome.server} answered without message content")
+        return content.strip()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """Retries so far by cause (`"429"`, `"connection lost"`...)."""
+        return dict(self.dispatcher.retries)
+
+    def close(self) -> None:
+        """Cancel what is still in flight, close every connection and end the loop's thread."""
+        if not self._thread.is_alive():
+            return
+
+        async def shut() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.dispatcher.close()
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
