@@ -390,3 +390,31 @@ def test_answers_without_message_content_are_failures_not_crashes(tiny_dataset, 
     report = caption(tiny_dataset, tmp_path / "s", servers(1, empty), policy=policy)
     assert len(report.store.failed_images()) == len(tiny_dataset)
     assert "answered without message content" in report.store.failed_images()[0][2]
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_summary_counts_refused_images_and_a_lost_fleet_is_one_line(tiny_dataset, tmp_path, servers, capsys):
+    from vlmkd.cli import main
+
+    bad = tiny_dataset.path(3).read_bytes()
+
+    def refuses_one(payload, server):
+        return Error(400, "bad image") if request_image_bytes(payload) == bad else echo(payload, server)
+
+    (server,) = servers(1, refuses_one)
+    argv = ["caption", str(tiny_dataset.source), "--engine", "openai", "--api-base", server.url, "--no-progress",
+            "--concurrency", "4", "--max-new-tokens", "5"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
+    captured = capsys.readouterr()
+    assert "1 images skipped (0 unreadable, 1 refused by the servers; recorded in the store):" in captured.out
+    assert f"{tiny_dataset.samples[3].path}: refused by the server (prompt G): HTTP 400: bad image" in captured.out
+    assert "skipping " in captured.err and "HTTP 400: bad image" in captured.err
+    server.stop()
+    assert main([*argv, "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vlmkd caption: error: no server answered GET /models") and "Traceback" not in err[-1]
+    with pytest.raises(SystemExit) as caught:  # argparse's usage error
+        main(["caption", str(tiny_dataset.source), "--engine", "openai", "--out", str(tmp_path / "u")])
+    assert caught.value.code == 2 and "--engine openai needs --api-base" in capsys.readouterr().err

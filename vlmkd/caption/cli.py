@@ -160,9 +160,11 @@ def summary(report: CaptionReport) -> str:
     ]
     if report.failed:
         refused = sum(reason.startswith(REFUSED_PREFIX) for _, _, reason in report.failed)
-        kinds = [f"{len(report.failed) - refused} unreadable"] if refused < len(report.failed) else []
-        kinds += [f"{refused} refused by the servers"] if refused else []
-        lines.append(f"{' and '.join(kinds)} images skipped (recorded in the store):")
+        if refused:
+            lines.append(f"{len(report.failed)} images skipped ({len(report.failed) - refused} unreadable, "
+                         f"{refused} refused by the servers; recorded in the store):")  # fmt: skip
+        else:
+            lines.append(f"{len(report.failed)} unreadable images skipped (recorded in the store):")
         lines += [f"  {path}: {reason}" for _, path, reason in report.failed[:FAILURES_SHOWN]]
         if len(report.failed) > FAILURES_SHOWN:
             lines.append(f"  ... and {len(report.failed) - FAILURES_SHOWN} more (see `vlmkd caption-info --failed`)")

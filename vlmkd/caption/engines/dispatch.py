@@ -131,17 +131,17 @@ class Dispatcher:
 
     # --------------------------------------------------------------------------------------- requests
     async def get_json(self, server: Server, path: str) -> dict[str, Any]:
-        """One GET outside the retry machinery (model discovery); `ServiceError` when it fails."""
+        """One GET outside the retry machinery (model discovery); `ServiceError` saying why when it fails."""
         try:
             response = await self._attempt(server, "GET", path, b"")
         except _Transient as error:
-            raise ServiceError(self.redact(f"{server.url}{path}: {error.reason}")) from None
+            raise ServiceError(self.redact(error.reason)) from None
         if response.status != 200:
-            raise ServiceError(self.redact(f"{server.url}{path}: HTTP {response.status}: {_excerpt(response)}"))
+            raise ServiceError(self.redact(f"HTTP {response.status}: {_excerpt(response)}"))
         try:
             return json.loads(response.body)
         except ValueError:
-            raise ServiceError(f"{server.url}{path}: the answer is not JSON: {_excerpt(response)}") from None
+            raise ServiceError(self.redact(f"the answer is not JSON: {_excerpt(response)}")) from None
 
     async def post(self, path: str, body: bytes) -> Completed | Refused:
         """POST `body` to `path` on the best server until it succeeds or is refused for good."""

@@ -182,12 +182,12 @@ class OpenAIEngine(CaptionEngine):
             except ServiceError as error:
                 server.dead = str(error)
             except ValueError as error:
-                server.dead = f"{server.url}{MODELS_PATH}: not a model list ({error})"
+                server.dead = f"not a model list ({error})"
             if server.dead is not None:
-                self._log(f"skipping server {server.url}: {server.dead}")
+                self._log(f"skipping server {server.url}: GET {MODELS_PATH}: {server.dead}")
         if not served:
             lost = "; ".join(f"{s.url}: {s.dead}" for s in self.dispatcher.servers)
-            raise ServiceError(self.redact(f"no server answered GET {MODELS_PATH}: {lost}"))
+            raise ServiceError(self.redact(f"no server answered GET {MODELS_PATH} ({lost})"))
         if wanted is None:
             names = sorted({name for names in served.values() for name in names})
             if len(names) != 1:
