@@ -161,11 +161,30 @@ def test_requests_go_to_the_server_with_the_fewest_in_flight(tiny_dataset, tmp_p
     assert slow.chat_requests < total / 6, (slow.chat_requests, [s.chat_requests for s in fast])
 
 
-def test_equal_servers_share_the_work_evenly(tiny_dataset, tmp_path, servers):
-    fleet = servers(4, lambda payload, server: Delay(0.002, echo(payload, server)))
-    caption(tiny_dataset, tmp_path / "s", fleet, concurrency=8)
-    counts = [s.chat_requests for s in fleet]
-    assert sum(counts) == 60 and min(counts) >= 10, counts
+def test_the_least_busy_live_server_is_chosen_and_ties_take_turns():
+    import asyncio
+
+    from vlmkd.caption.engines.dispatch import Dispatcher
+    from vlmkd.caption.engines.http11 import Endpoint
+
+    dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{9000 + k}/v1") for k in range(4)], concurrency=8,
+                            headers={}, policy=FAST, log=lambda m: None, redact=str)  # fmt: skip
+    a, b, c, d = dispatcher.servers
+
+    def choose(avoid=None):
+        return asyncio.run(dispatcher._choose(avoid)).url
+
+    a.outstanding, b.outstanding, c.outstanding, d.outstanding = 3, 1, 2, 1
+    assert {choose() for _ in range(8)} == {b.url, d.url}  # the two least busy, in turn
+    d.dead = "gone"
+    assert {choose() for _ in range(4)} == {b.url}
+    b.suspended_until = float("inf")  # paused after a failed connection
+    assert choose() == c.url
+    assert choose(avoid=c) == a.url  # a retry prefers another server than the one that just failed
+    for server in dispatcher.servers:
+        server.dead = "gone"
+    with pytest.raises(ServiceError, match="no server left"):
+        choose()
 
 
 def test_rerun_resumes_and_another_served_model_is_refused(tiny_dataset, tmp_path, servers):
