@@ -145,6 +145,7 @@ RECIPE_PRESETS = {
     "cifar100_lt": ("resnet32", 32, 200, 128, 0.1, 2e-4),
     "imagenet_lt": ("resnext50", 224, 90, 512, 0.2, 5e-4),
     "inat2018": ("resnet50", 224, 90, 512, 0.2, 1e-4),
+    "places_lt": ("timm:resnet152", 224, 90, 512, 0.2, 5e-4),  # our from-scratch choice (the literature fine-tunes)
 }
 
 

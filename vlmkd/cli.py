@@ -98,8 +98,12 @@ def info_main(argv: list[str] | None = None) -> int:
     for status in backends().values():
         state = "usable" if status.usable else ("built, not usable here" if status.built else "not available")
         print(f"  {status.name:<10} {state:<24} {status.detail}")
+    from vlmkd.models.timm_backbones import PREFIX, timm_summary
+
     for title, registry in _registries().items():
-        print(f"{title}: {', '.join(registry.names())}")
+        print(f"{title}: {registry.choices_text()}")
+        if any(family.prefix == PREFIX for family in registry.families()):
+            print(f"  {timm_summary()}")
     return 0
 
 

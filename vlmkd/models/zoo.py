@@ -1,4 +1,5 @@
-"""Backbones by name, randomly initialised: the project's ResNet-32 and torchvision's ResNet-50 / ResNeXt-50."""
+"""Backbones by name, randomly initialised: the project's ResNet-32, torchvision's ResNet-50 / ResNeXt-50, and any
+timm model as `timm:NAME`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from torch import nn
 from vlmkd.errors import InputError, MissingDependencyError
 from vlmkd.models.classifier import Classifier
 from vlmkd.models.resnet32 import ResNet32Features
+from vlmkd.models.timm_backbones import EXAMPLES as TIMM_EXAMPLES
+from vlmkd.models.timm_backbones import PREFIX as TIMM_PREFIX
+from vlmkd.models.timm_backbones import build_timm_trunk, is_timm_arch, timm_version
 from vlmkd.registry import Registry
 
 
@@ -21,9 +25,17 @@ class ModelSpec:
     num_classes: int
     width: float = 1.0
     norm: str = "batch"
+    timm_version: str | None = None  # the timm a `timm:NAME` model was built with (filled in when not given)
+
+    def __post_init__(self) -> None:
+        if is_timm_arch(self.arch) and self.timm_version is None:
+            object.__setattr__(self, "timm_version", timm_version())
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["timm_version"] is None:
+            del data["timm_version"]
+        return data
 
 
 def _resnet32(spec: ModelSpec) -> tuple[nn.Module, int]:
@@ -31,10 +43,19 @@ def _resnet32(spec: ModelSpec) -> tuple[nn.Module, int]:
     return trunk, trunk.out_features
 
 
+def _only_resnet32_options(spec: ModelSpec) -> None:
+    if spec.width != 1 or spec.norm != "batch":
+        raise InputError(f"arch {spec.arch}: width and norm options apply to resnet32 only")
+
+
+def _timm(spec: ModelSpec) -> tuple[nn.Module, int]:
+    _only_resnet32_options(spec)
+    return build_timm_trunk(spec.arch, spec.timm_version)
+
+
 def _torchvision(name: str) -> Callable[[ModelSpec], tuple[nn.Module, int]]:
     def build(spec: ModelSpec) -> tuple[nn.Module, int]:
-        if spec.width != 1 or spec.norm != "batch":
-            raise InputError(f"arch {spec.arch}: width and norm options apply to resnet32 only")
+        _only_resnet32_options(spec)
         try:
             import torchvision.models
         except ImportError:
@@ -53,6 +74,13 @@ BACKBONES: Registry[Callable[[ModelSpec], tuple[nn.Module, int]]] = Registry("ar
 BACKBONES.register("resnet32", _resnet32, "the CIFAR ResNet-32 (16/32/64 x width channels), any image size")
 BACKBONES.register("resnet50", _torchvision("resnet50"), "torchvision ResNet-50, random init")
 BACKBONES.register("resnext50", _torchvision("resnext50_32x4d"), "torchvision ResNeXt-50 32x4d, random init")
+BACKBONES.register_family(
+    TIMM_PREFIX,
+    _timm,
+    "any timm model: timm.create_model(NAME, pretrained=False, num_classes=0), random init",
+    check="vlmkd.models.timm_backbones:check_timm_name",
+    examples=tuple(TIMM_PREFIX + name for name in TIMM_EXAMPLES),
+)
 
 
 def build_model(spec: ModelSpec) -> Classifier:
@@ -63,3 +91,9 @@ def build_model(spec: ModelSpec) -> Classifier:
     """
     trunk, feature_dim = BACKBONES.get(spec.arch)(spec)
     return Classifier(trunk, feature_dim, spec.num_classes)
+
+
+def describe_archs() -> str:
+    """The choices of `--arch` in one line: the built-in names, then each name family with examples."""
+    families = [f"{f.pattern} ({f.description}; e.g. {', '.join(f.examples[:3])})" for f in BACKBONES.families()]
+    return " or ".join([", ".join(BACKBONES.names()), *families])

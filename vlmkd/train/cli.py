@@ -83,6 +83,10 @@ def build_parser() -> ArgumentParser:
         default = getattr(defaults, spec.name)
         meaning = DEFAULT_MEANING.get(spec.name) if default is None else format_default(default)
         text = HELP.get(spec.name, spec.name.replace("_", " "))
+        if spec.name == "arch":
+            from vlmkd.models.zoo import describe_archs
+
+            text += f": {describe_archs()}"
         kwargs: dict[str, typing.Any] = {"help": f"{text} (default: {meaning})" if meaning else f"{text} (required)"}
         kind = _scalar_type(hints[spec.name])
         if kind is bool:

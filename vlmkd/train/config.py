@@ -33,9 +33,12 @@ def registries() -> dict[str, Registry]:
 
 
 def choices(name: str) -> tuple[str, ...] | None:
-    """The allowed values of setting `name` (None: any value of its type)."""
+    """The allowed values of setting `name` (None: any value of its type, or a registry with name families such as
+    `timm:NAME`, which `TrainConfig.check` validates)."""
     registry = registries().get(name)
-    return registry.names() if registry is not None else CHOICES.get(name)
+    if registry is not None:
+        return None if registry.families() else registry.names()
+    return CHOICES.get(name)
 
 
 @dataclass
@@ -93,10 +96,12 @@ class TrainConfig(StageConfig):
     progress: bool = True
 
     def check(self) -> None:
-        for name in (*CHOICES, *registries()):
-            value, allowed = getattr(self, name), choices(name)
-            if value is not None and allowed is not None and value not in allowed:
-                raise choice_error(name, value, allowed)
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise choice_error(name, getattr(self, name), allowed)
+        for name, registry in registries().items():
+            if getattr(self, name) is not None:
+                registry.check(getattr(self, name), name)
         if self.width <= 0:
             raise InputError(f"width must be positive; got {self.width}")
         for name in ("epochs", "batch_size", "image_size", "log_every"):
