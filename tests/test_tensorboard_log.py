@@ -112,3 +112,45 @@ def test_without_tensorboard_the_error_says_what_to_install(tmp_path: Path, monk
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     with pytest.raises(MissingDependencyError, match=r"pip install 'vlmkd\[tensorboard\]'"):
         TensorBoardLog(tmp_path, BATCH)
+
+
+@pytest.mark.slow
+def test_training_with_tensorboard_logs_every_record_and_a_resume_continues_the_curves(tiny_dataset, tmp_path) -> None:
+    import shutil
+
+    from _cases import make_features, tiny_config
+
+    from vlmkd.cli import run_command
+    from vlmkd.train.trainer import train
+
+    features = make_features(tiny_dataset, tmp_path)
+    run = tmp_path / "run"
+    flags = ["--train", str(tiny_dataset.source), "--output", str(run), "--features", str(features)]
+    flags += ["--vlmkd-weight", "1", "--batch-size", "6", "--epochs", "2", "--width", "0.25", "--image-size", "8"]
+    flags += ["--num-workers", "0", "--log-every", "1", "--threads", "1", "--no-progress", "--tensorboard"]
+    assert run_command("train", flags) == 0
+    first = scalars(run / "tensorboard")
+    # kill-like restart: the last checkpoint is gone, so the run resumes after epoch 1 and logs steps 3-4 again
+    shutil.rmtree(run / "epoch_0002")
+    config = tiny_config(
+        tiny_dataset, run, features=str(features), vlmkd_weight=1.0, batch_size=6, epochs=2, tensorboard=True
+    )
+    train(config, resume="auto")
+    found = scalars(run / "tensorboard")
+    records = read_metrics(run / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and [r["step"] for r in epochs] == [2, 4]
+    assert set(found) == STEP_TAGS | EPOCH_TAGS | {"train/images_per_s", "epoch/train/skipped_steps"}  # no KD
+    for tag, key in (("loss/total", "loss"), ("loss/vlmkd", "vlmkd_loss"), ("vlmkd/temperature", "temperature")):
+        assert found[tag] == [(r["step"], pytest.approx(r[key])) for r in steps], tag
+    assert found["epoch/loss/task"] == [(r["step"], pytest.approx(r["task_loss"])) for r in epochs]
+    assert found["train/lr"][:2] == first["train/lr"][:2]  # the first epoch's events were kept, not rewritten
+
+
+def test_each_record_is_on_disk_before_the_log_is_closed(tmp_path: Path) -> None:
+    """A run stopped by an error (or killed) keeps the events of every record it logged."""
+    sink = TensorBoardLog(tmp_path, BATCH)
+    sink.write(step_record(1))
+    assert scalars(tmp_path)["loss/total"] == [(1, pytest.approx(step_record(1)["loss"]))]
+    sink.close()

@@ -22,7 +22,7 @@ def _command(dataset, output: Path, features: Path) -> list[str]:
         "--vlmkd-weight", "1.0", "--positives", "class", "--caption-mix", "mean", "--task-loss", "logit_adjust",
         "--arch", "resnet32", "--width", "0.25", "--norm", "group", "--image-size", "8", "--batch-size", "12",
         "--epochs", "3", "--warmup-epochs", "0", "--lr", "0.01", "--num-workers", "0", "--no-progress",
-        "--threads", "1",
+        "--threads", "1", "--tensorboard",
     ]  # fmt: skip
 
 
@@ -40,3 +40,10 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_da
     assert moved > 1e-3  # training changed the weights, so agreement below is not trivial
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    # TensorBoard events come from rank 0 alone: one event file, each step once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((ddp / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(ddp / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("epoch/loss/total")] == [1, 2, 3]

@@ -40,6 +40,7 @@ HELP = {
     "on_nonfinite": "on a NaN/inf loss: stop with a message naming the step, or skip the step and count it",
     "threads": "CPU threads for torch; 1 avoids OpenMP oversubscription on a busy machine",
     "log_every": "write a metrics.jsonl record every N steps",
+    "tensorboard": "also log every metrics record to TensorBoard (OUTPUT/tensorboard; needs the tensorboard extra)",
     "progress": "show a progress bar",
     "image_size": "training image size, px",
     "loader": "data loader: torch DataLoader or NVIDIA DALI",

@@ -93,6 +93,7 @@ class TrainConfig(StageConfig):
     device: str = "auto"
     threads: int | None = None  # CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)
     log_every: int = 10
+    tensorboard: bool = False  # also write the metrics as TensorBoard events into OUTPUT/tensorboard
     progress: bool = True
 
     def check(self) -> None:

@@ -94,8 +94,7 @@ class TensorBoardLog:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.writer.add_scalar(prefix + TAGS[key], float(value), global_step=step)
-        if kind == "epoch":
-            self.writer.flush()
+        self.writer.flush()  # a killed or stopped run keeps every record it logged, as in metrics.jsonl
 
     def _throughput(self, step: int) -> float | None:
         """Images/s since the previous step record (None for the first one after a start)."""

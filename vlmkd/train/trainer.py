@@ -29,11 +29,12 @@ from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.metrics_log import MetricsLog
 from vlmkd.train.schedule import build_optimizer, lr_at
+from vlmkd.train.tensorboard_log import TensorBoardLog
 from vlmkd.train.text import TextSource, build_contrastive, open_text_source
 
 LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
 # Settings that may differ between a run and its resumption without changing the result.
-RESUME_FREE = frozenset({"output", "progress", "log_every", "num_workers"})
+RESUME_FREE = frozenset({"output", "progress", "log_every", "num_workers", "tensorboard"})
 IDENTITY_NAMES = {
     "train_fingerprint": "training dataset (--train)",
     "features_fingerprint": "feature store (--features)",
@@ -133,7 +134,9 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
         write_config(config, run.output / "config.yaml")
     log = None
     if ctx.is_main:
-        log = MetricsLog(run.output / "metrics.jsonl", resume_step=progress.step if checkpoint else None)
+        resume_step = progress.step if checkpoint else None
+        sinks = [TensorBoardLog.for_run(run.output, config, resume_step)] if config.tensorboard else []
+        log = MetricsLog(run.output / "metrics.jsonl", resume_step=resume_step, sinks=sinks)
     summary: dict[str, float] = {}
     for epoch in range(progress.epoch, config.epochs):
         summary = train_one_epoch(run, epoch, progress, log)
@@ -143,6 +146,8 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
             save_epoch_checkpoint(run, progress)
             print(_epoch_line(epoch + 1, config.epochs, summary), flush=True)
         barrier()
+    if log is not None:
+        log.close()
     if ctx.is_main:
         save_classifier(run.output, run.model, run.spec, {**run.model_meta, "config": config.to_dict()})
     barrier()
