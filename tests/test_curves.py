@@ -123,3 +123,13 @@ def test_importing_the_plot_module_leaves_matplotlibs_backend_alone() -> None:
     env = {**os.environ, "MPLBACKEND": "svg"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "svg"
+
+
+def test_a_fraction_logged_by_the_trainer_is_drawn_as_logged(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("batch_size: 32\n")
+    records = [{"kind": "step", "step": s, "loss": 4.0, "vlmkd_loss": 3.0, "vlmkd_frac": 0.5 / s} for s in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    figure = draw_figures(read_run(tmp_path))["vlmkd_fraction"]
+    x, y = plotted(figure)["vlmkd_fraction:step"]
+    assert x.tolist() == [1, 2] and y.tolist() == [0.5, 0.25]  # not 3 / log(32)
+    assert figure.axes[0].get_ylabel() == "VLM-KD loss / chance"

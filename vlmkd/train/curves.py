@@ -12,7 +12,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,14 @@ from matplotlib.lines import Line2D
 from vlmkd.arguments import ArgumentParser
 from vlmkd.atomic_files import write_bytes_atomic
 from vlmkd.errors import InputError
-from vlmkd.train.record_fields import IMAGES_PER_S, LEARNING_RATE, LOSS_TERMS, TEMPERATURE, vlmkd_fraction
+from vlmkd.train.record_fields import (
+    FRACTION_FIELDS,
+    IMAGES_PER_S,
+    LEARNING_RATE,
+    LOSS_TERMS,
+    TEMPERATURE,
+    vlmkd_fraction,
+)
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -51,7 +58,7 @@ class RunCurves:
     per_epoch: dict[str, Series]
     epoch_ends: list[tuple[int, int]]  # (epoch, its last step)
     batch_size: int | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    fraction_logged: bool = False  # the trainer logged the fraction (of its own chance level); else loss/log(B)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -88,12 +95,10 @@ def read_run(run: Path) -> RunCurves:
         raise InputError(f"{run / METRICS_FILE}: no records yet (the first is written after --log-every steps)")
     settings = _read_settings(run / CONFIG_FILE)
     batch_size = settings.get("batch_size") if isinstance(settings.get("batch_size"), int) else None
-    return curves_from_records(records, batch_size, settings)
+    return curves_from_records(records, batch_size)
 
 
-def curves_from_records(
-    records: Sequence[Mapping[str, Any]], batch_size: int | None, settings: Mapping[str, Any] | None = None
-) -> RunCurves:
+def curves_from_records(records: Sequence[Mapping[str, Any]], batch_size: int | None) -> RunCurves:
     """Series of every loss term, the VLM-KD fraction of chance, temperature, lr and images/s.
 
     A term that is an exact zero throughout (switched off) gets no series; non-finite values (skipped
@@ -102,7 +107,8 @@ def curves_from_records(
     per_step = _collect([r for r in records if r.get("kind") == "step"], batch_size)
     per_epoch = _collect([r for r in records if r.get("kind") == "epoch"], batch_size)
     epoch_ends = [(int(r["epoch"]), int(r["step"])) for r in records if r.get("kind") == "epoch" and "epoch" in r]
-    return RunCurves(per_step, per_epoch, epoch_ends, batch_size, dict(settings or {}))
+    logged = any(isinstance(r.get(name), (int, float)) for r in records for name in FRACTION_FIELDS)
+    return RunCurves(per_step, per_epoch, epoch_ends, batch_size, logged)
 
 
 def _collect(records: Sequence[Mapping[str, Any]], batch_size: int | None) -> dict[str, Series]:
@@ -212,13 +218,17 @@ def _losses_figure(curves: RunCurves) -> Figure:
 
 
 def _fraction_figure(curves: RunCurves) -> Figure:
-    batch = f"log({curves.batch_size}) = {math.log(curves.batch_size):.2f}" if curves.batch_size else "log(batch)"
-    figure, axes = _new_axes(f"VLM-KD loss as a fraction of chance ({batch})")
-    _plot_pair(axes, curves, "vlmkd_fraction", "VLM-KD loss / log(batch)", "C2")
+    if curves.fraction_logged:
+        title, ylabel = "VLM-KD loss as a fraction of its chance level", "VLM-KD loss / chance"
+    else:
+        batch = f"log({curves.batch_size}) = {math.log(curves.batch_size):.2f}" if curves.batch_size else "log(batch)"
+        title, ylabel = f"VLM-KD loss as a fraction of chance ({batch})", "VLM-KD loss / log(batch)"
+    figure, axes = _new_axes(title)
+    _plot_pair(axes, curves, "vlmkd_fraction", ylabel, "C2")
     axes.axhline(
         1.0, color="0.25", linestyle=(0, (6, 3)), linewidth=1.0, label="chance (captions not matched)", zorder=1
     )
-    axes.set_ylabel("VLM-KD loss / log(batch)")
+    axes.set_ylabel(ylabel)
     values = np.concatenate([s.values for k, s in (*curves.per_step.items(), *curves.per_epoch.items())
                              if k == "vlmkd_fraction"])  # fmt: skip
     axes.set_ylim(0.0, max(1.1, float(values.max()) * 1.05))
