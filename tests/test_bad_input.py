@@ -650,3 +650,107 @@ def test_unreadable_image_during_evaluation_is_one_line_naming_the_file(trained,
     capsys.readouterr()
     assert vlmkd_main(["eval", str(run), str(test), "--no-plots", "--num-workers", str(workers)]) == 2
     assert f"{tmp_path / 'test' / '2.png'}: empty file (0 bytes)" in one_line_error(capsys, "eval")
+
+
+# ------------------------------------------------------------------------- output folders of another kind
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` (relative POSIX path -> content): what must survive a refusal unchanged."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_encode_overwrite_onto_a_caption_store_refuses_and_keeps_it(pipeline, tmp_path, capsys) -> None:
+    store = copy_store(pipeline["captions"], tmp_path / "captions")
+    before = tree(store)
+    capsys.readouterr()
+    assert vlmkd_main(["encode", str(store), "--out", str(store), "--overwrite", "--quiet"]) == 2
+    line = one_line_error(capsys, "encode")
+    assert f"{store}: directory is not empty and is not a feature store: it holds a caption store" in line
+    assert tree(store) == before
+
+
+def test_caption_overwrite_onto_a_feature_store_refuses_and_keeps_it(pipeline, tmp_path, capsys) -> None:
+    store = copy_store(pipeline["features"], tmp_path / "features")
+    before = tree(store)
+    capsys.readouterr()
+    assert vlmkd_main(caption_argv(pipeline, store, "--overwrite")) == 2
+    line = one_line_error(capsys, "caption")
+    assert f"{store}: directory is not empty and is not a caption store: it holds a feature store" in line
+    assert tree(store) == before
+
+
+@pytest.mark.parametrize("stage", ["caption", "encode"])
+def test_overwrite_never_replaces_a_folder_with_a_foreign_manifest_or_a_training_run(
+    pipeline, trained, tmp_path, capsys, stage
+) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"format": "someone-elses-tool", "files": 3}')
+    (foreign / "data.bin").write_bytes(b"precious")
+    run = copy_store(trained[0], tmp_path / "run")
+    for folder, holds in ((foreign, "a manifest.json of something else"), (run, "a finished training run")):
+        before = tree(folder)
+        argv = (caption_argv(pipeline, folder, "--overwrite") if stage == "caption"
+                else ["encode", str(pipeline["captions"]), "--out", str(folder), "--overwrite", "--quiet"])  # fmt: skip
+        capsys.readouterr()
+        assert vlmkd_main(argv) == 2
+        assert f"it holds {holds}" in one_line_error(capsys, stage)
+        assert tree(folder) == before
+
+
+def test_caption_overwrite_still_replaces_a_caption_store_of_other_settings(pipeline, tmp_path, capsys) -> None:
+    store = copy_store(pipeline["captions"], tmp_path / "captions")
+    (tmp_path / "other.yaml").write_text("prompts:\n- {id: G, template: Describe this picture.}\n")
+    argv = caption_argv({**pipeline, "prompts": tmp_path / "other.yaml"}, store, "--overwrite")
+    assert vlmkd_main(argv) == 0
+    from vlmkd.caption import CaptionStore
+
+    assert CaptionStore.open(store).prompt_ids == ("G",)
+
+
+def test_training_into_a_finished_run_without_resume_is_refused_and_loses_nothing(trained, tmp_path, capsys) -> None:
+    run, listing = trained
+    run = copy_store(run, tmp_path / "run")
+    before = tree(run)
+    argv = ["train", "--train", str(listing), "--output", str(run), "--arch", "resnet32", "--width", "0.25",
+            "--image-size", "8", "--batch-size", "4", "--epochs", "2", "--num-workers", "0", "--threads", "1",
+            "--no-progress", "--device", "cpu", "--lr", "0.05"]  # fmt: skip
+    capsys.readouterr()
+    assert vlmkd_main(argv) == 2
+    line = one_line_error(capsys, "train")
+    assert f"{run}: holds a finished training run (1 checkpoint(s)); pass --resume to continue it" in line
+    assert tree(run) == before
+    killed = copy_store(run, tmp_path / "killed")  # a run killed after its first checkpoint: also refused
+    (killed / "model.safetensors").unlink()
+    (killed / "model.json").unlink()
+    assert vlmkd_main([*argv[:4], str(killed), *argv[5:]]) == 2
+    assert "holds an unfinished training run (1 checkpoint(s))" in one_line_error(capsys, "train")
+
+
+def test_training_restarts_a_run_killed_before_its_first_checkpoint(trained, tmp_path, capsys) -> None:
+    run, listing = trained
+    started = tmp_path / "run"
+    started.mkdir()
+    (started / "config.yaml").write_text("epochs: 9\n")  # what a kill before the first epoch leaves
+    (started / "metrics.jsonl").write_text('{"kind": "step", "step": 1}\n')
+    argv = ["train", "--train", str(listing), "--output", str(started), "--arch", "resnet32", "--width", "0.25",
+            "--image-size", "8", "--batch-size", "4", "--epochs", "1", "--num-workers", "0", "--threads", "1",
+            "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert vlmkd_main(argv) == 0
+    assert (started / "model.safetensors").is_file() and "epochs: 1\n" in (started / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_training_into_a_store_or_a_foreign_folder_is_refused(pipeline, tmp_path, capsys, resume) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    for folder, holds in ((pipeline["captions"], "a caption store"), (foreign, "1 entries vlmkd did not write")):
+        before = tree(folder)
+        capsys.readouterr()
+        argv = train_argv(pipeline["list"], pipeline["features"], folder, *(["--resume"] if resume else []))
+        assert vlmkd_main(argv) == 2
+        line = one_line_error(capsys, "train")
+        assert f"{folder}: directory is not empty and is not a training run: it holds {holds}" in line
+        assert tree(folder) == before

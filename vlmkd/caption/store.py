@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlmkd.atomic_files import atomic_write, remove_stale_temporaries, write_json_atomic
 from vlmkd.errors import InputError, StoreMismatchError
+from vlmkd.folder_kind import CAPTIONS, refuse_unless
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -127,11 +128,15 @@ class CaptionStore:
         """
         path = Path(path)
         manifest = json.loads(json.dumps(manifest))  # the form it takes on disk: lists, str keys
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path}: exists and is not a directory; choose another --out")
+        # Only a caption store is ever resumed or (with --overwrite) replaced: never a feature store or a run.
+        found = refuse_unless(path, {CAPTIONS}, stage="caption store")
         if not (path / MANIFEST_NAME).exists():
-            if path.exists() and not path.is_dir():
-                raise InputError(f"{path}: exists and is not a directory; choose another --out")
-            if path.exists() and any(not _is_temporary(entry.name) for entry in path.iterdir()):
-                raise InputError(f"{path}: directory exists and is not a caption store; choose another --out")
+            if found.kind == CAPTIONS and not overwrite:
+                raise InputError(
+                    f"{path}: holds {found.description}; pass --overwrite to replace them or choose another --out"
+                )
             return False
         try:
             existing = existing if existing is not None else cls.open(path)
@@ -164,7 +169,7 @@ class CaptionStore:
             store = existing if existing is not None else cls.open(path)
             store._sweep_temporaries_of_finished_shards()
             return store
-        if (path / MANIFEST_NAME).exists():  # overwrite: replace the old store
+        if overwrite and path.is_dir():  # replace the old store: its shards and manifest, nothing else
             _delete_store_files(path)
         path.mkdir(parents=True, exist_ok=True)
         _publish_json(path / MANIFEST_NAME, manifest)
@@ -360,11 +365,6 @@ def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
             continue
         differences.append(f"{name}: {a!r} in the store, {b!r} now")
     return differences
-
-
-def _is_temporary(name: str) -> bool:
-    """A file another process is writing right now (a shard or the manifest, before its rename)."""
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _unreadable_shard(path: Path, error: Exception) -> InputError:

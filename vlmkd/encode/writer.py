@@ -17,6 +17,7 @@ import numpy as np
 from vlmkd.atomic_files import fsync_dir, remove_stale_temporaries, write_json_atomic
 from vlmkd.encode.store import FEATURES_FILE, MANIFEST_FILE, PROGRESS_FILE, FeatureStore, Progress, read_json
 from vlmkd.errors import InputError, StoreMismatchError
+from vlmkd.folder_kind import FEATURES, refuse_unless
 
 
 class FeatureWriter:
@@ -84,12 +85,11 @@ class FeatureWriter:
         """Decide what to do with what is at `path` already: reuse, resume, replace or refuse."""
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path}: exists and is not a directory")
+        # Only a feature store is ever resumed or (with --overwrite) replaced: never a caption store or a run.
+        refuse_unless(self.path, {FEATURES}, stage="feature store")
         self.path.mkdir(parents=True, exist_ok=True)
         for name in (MANIFEST_FILE, PROGRESS_FILE):  # left by a crash inside `write_json_atomic`
             remove_stale_temporaries(self.path / name)
-        ours = (MANIFEST_FILE, FEATURES_FILE, PROGRESS_FILE)
-        if not any((self.path / name).exists() for name in ours) and any(self.path.iterdir()):
-            raise InputError(f"{self.path}: directory is not empty and is not a feature store; choose another --out")
         manifest_file = self.path / MANIFEST_FILE
         if manifest_file.exists():
             self._refuse_other_job(_load(read_json, manifest_file, overwrite), overwrite)

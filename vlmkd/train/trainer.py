@@ -28,6 +28,7 @@ from vlmkd.train.checkpoint import (
 from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.metrics_log import MetricsLog
+from vlmkd.train.run_dir import check_run_directory
 from vlmkd.train.schedule import build_optimizer, lr_at
 from vlmkd.train.tensorboard_log import TensorBoardLog
 from vlmkd.train.text import TextSource, build_contrastive, open_text_source
@@ -126,6 +127,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
 
 
 def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
+    check_run_directory(Path(config.output), resume)  # before anything is built or written
     run = build_run(config, ctx)
     checkpoint = _find_resume(resume, run.output)
     progress = restore(run, checkpoint) if checkpoint is not None else Progress()
