@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -168,6 +169,53 @@ def test_grayscale_16_bit_alpha_palette_and_cmyk_images_decode_to_the_right_8_bi
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= tolerance
 
 
+def _float_tiff(values: np.ndarray) -> bytes:
+    return _saved(Image.fromarray(values.astype(np.float32), mode="F"), "TIFF")
+
+
+@pytest.mark.parametrize(("scale", "values"), [(255.0, GRAY / 255.0), (1.0, GRAY.astype(np.float64))])
+def test_float_tiff_decodes_to_its_full_8_bit_range(tmp_path: Path, scale: float, values: np.ndarray) -> None:
+    path = tmp_path / "float.tif"
+    path.write_bytes(_float_tiff(values))  # mode F, values in [0, 1] (or [0, 255]): once decoded to black
+    got = np.asarray(load_rgb(path))
+    expected = np.clip(np.rint(values.astype(np.float32).astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    assert np.array_equal(got, np.repeat(expected[..., None], 3, axis=2))
+    assert got.max() == 255
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [(np.full((4, 4), np.nan), "NaN or infinite"), (np.linspace(-5, 1000, 16).reshape(4, 4), "values in [-5, 1000]")],
+)
+def test_float_image_outside_any_known_range_is_refused(tmp_path: Path, values: np.ndarray, message: str) -> None:
+    path = tmp_path / "float.tif"
+    path.write_bytes(_float_tiff(values))
+    with pytest.raises(InputError, match=rf"^{path}: .*{re.escape(message)}"):
+        load_rgb(path)
+
+
+def _exif_rotated_jpeg(pixels: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+# 16 wide x 8 high: a black left half and a white right half
+LEFT_BLACK = np.dstack([np.where(np.arange(16)[None, :] < 8, 0, 255).repeat(8, 0).astype(np.uint8)] * 3)
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [(3, np.rot90(LEFT_BLACK, 2)), (6, np.rot90(LEFT_BLACK, -1)),
+                                                      (8, np.rot90(LEFT_BLACK, 1))])  # fmt: skip
+def test_exif_rotated_jpeg_decodes_upright(tmp_path: Path, orientation: int, upright: np.ndarray) -> None:
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_exif_rotated_jpeg(LEFT_BLACK, orientation))
+    got = np.asarray(load_rgb(path))
+    assert got.shape == upright.shape
+    assert np.abs(got.astype(int) - upright.astype(int)).max() <= 40  # JPEG ringing at the edge
+
+
 # ------------------------------------------------------------------------------------------- list files
 
 BAD_LISTS = {
@@ -181,6 +229,7 @@ BAD_LISTS = {
     "absolute-path": ("/etc/passwd 0\n", "x\ny\n", ":1: path '/etc/passwd' is absolute"),
     "blank-class-name": ("a.png 0\n", "x\n\ny\n", "classnames.txt:2: empty class name"),
     "only-comments": ("# nothing\n\n", "x\ny\n", ": list file has no entries"),
+    "duplicate-class-name": ("a.png 0\n", "zero\none\nzero \n", "classnames.txt:3: duplicate class name 'zero' (first"),
 }
 
 
@@ -207,7 +256,7 @@ def test_bad_list_file_is_one_line_naming_file_and_line_in_every_cli(tmp_path: P
         pytest.importorskip(f"vlmkd.{command}.cli")
     assert vlmkd_main(argv) == 2
     line = one_line_error(capsys, command)
-    where = tmp_path / ("classnames.txt" if case == "blank-class-name" else "train.txt")
+    where = tmp_path / ("classnames.txt" if "class-name" in case else "train.txt")
     assert f"{where}" in line and line.endswith(tail) or tail in line, line
     assert not (tmp_path / "c").exists() and not (tmp_path / "run").exists()  # nothing written from bad input
 
@@ -216,6 +265,14 @@ def test_list_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, capsys) -> 
     listing = write_list(tmp_path, b"a.png 0\n\xff\xfe\x00binary 1\n", "x\ny\n")
     assert vlmkd_main(["data", "info", str(listing)]) == 2
     assert f"{listing}: not a UTF-8 text list file" in one_line_error(capsys, "data")
+
+
+def test_utf8_byte_order_mark_in_list_and_class_name_files_is_ignored(tmp_path: Path, capsys) -> None:
+    listing = write_list(tmp_path, "\ufeffa.png 0\nb.png 1\n".encode(), "\ufeffx\ny\n")
+    dataset = load_image_list(listing)
+    assert [s.path for s in dataset.samples] == ["a.png", "b.png"] and dataset.classnames == ("x", "y")
+    assert dataset.path(0).is_file()  # once "file not found" for a file that exists
+    assert vlmkd_main(["data", "info", str(listing)]) == 0
 
 
 def test_class_name_file_that_does_not_match_the_image_folder_is_one_line(tmp_path: Path, capsys) -> None:
@@ -754,3 +811,124 @@ def test_training_into_a_store_or_a_foreign_folder_is_refused(pipeline, tmp_path
         line = one_line_error(capsys, "train")
         assert f"{folder}: directory is not empty and is not a training run: it holds {holds}" in line
         assert tree(folder) == before
+
+
+# ------------------------------------------------------------------------------------- what eval is given
+
+
+def _edited_run(trained, tmp_path: Path, edit) -> Path:
+    run = copy_store(trained[0], tmp_path / "run")
+    meta = json.loads((run / "model.json").read_text())
+    edit(meta)
+    (run / "model.json").write_text(json.dumps(meta))
+    return run
+
+
+MODEL_JSON_DAMAGE = {
+    "train-counts-for-other-classes": (lambda m: m.update(train_counts=[4, 2, 2]), "3 training counts for a model of"),
+    "classnames-for-other-classes": (lambda m: m.update(classnames=["a"]), "1 class names and 2 training counts"),
+    "no-spec": (lambda m: m.pop("spec"), "no 'spec' object"),
+    "spec-unknown-field": (lambda m: m["spec"].update(depth=3), "not a vlmkd model description"),
+    "num-classes-a-string": (lambda m: m["spec"].update(num_classes="2"), "integer 'num_classes'"),
+    "width-a-string": (lambda m: m["spec"].update(width="wide"), "positive number 'width'"),
+    "classnames-not-a-list": (lambda m: m.update(classnames="a b"), "'classnames' must be a list"),
+    "duplicate-classnames": (lambda m: m.update(classnames=["a", "a"]), "duplicate names"),
+    "counts-negative": (lambda m: m.update(train_counts=[4, -4]), "non-negative integers"),
+    "config-a-list": (lambda m: m.update(config=[1]), "'config' must be an object"),
+    "image-size-a-string": (lambda m: m["config"].update(image_size="8"), "bad image_size, mean or std"),
+    "std-zero": (lambda m: m["config"].update(std=[0, 1, 1]), "3 positive std values"),
+    "model-json-a-list": (lambda m: (m.clear(), m.update(x=1)), "no 'spec' object"),
+}
+
+
+@pytest.mark.parametrize("damage", MODEL_JSON_DAMAGE)
+def test_malformed_or_inconsistent_model_json_is_one_line_for_eval(trained, tmp_path, capsys, damage) -> None:
+    edit, message = MODEL_JSON_DAMAGE[damage]
+    run = _edited_run(trained, tmp_path, edit)
+    capsys.readouterr()
+    try:
+        code = vlmkd_main(["eval", str(run), str(trained[1]), "--no-plots", "--num-workers", "0"])
+    except Exception as error:
+        pytest.fail(f"traceback: {type(error).__name__}: {error}")
+    assert code == 2
+    line = one_line_error(capsys, "eval")
+    assert str(run) in line and message in line, line
+    assert not (run / "eval").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_eval_refuses_a_model_with_non_finite_weights(trained, tmp_path, capsys, value) -> None:
+    from safetensors.torch import load_file, save_file
+
+    run = copy_store(trained[0], tmp_path / "run")
+    state = load_file(run / "model.safetensors")
+    name = sorted(state)[-1]
+    state[name] = state[name].float().fill_(value) if state[name].is_floating_point() else state[name]
+    save_file(state, run / "model.safetensors")
+    capsys.readouterr()
+    assert vlmkd_main(["eval", str(run), str(trained[1]), "--no-plots", "--num-workers", "0"]) == 2
+    assert "hold NaN or infinite values" in one_line_error(capsys, "eval")
+
+
+def test_eval_refuses_a_test_set_whose_class_names_are_in_another_order(trained, tmp_path, capsys) -> None:
+    run, _ = trained
+    test = make_dataset(tmp_path / "test", {f"{k}.png": GOOD for k in range(4)}, names="b\na\n")
+    capsys.readouterr()
+    assert vlmkd_main(["eval", str(run), str(test), "--no-plots", "--num-workers", "0"]) == 2
+    assert "class 0 is 'b' in the test set but 'a' for the model" in one_line_error(capsys, "eval")
+    (tmp_path / "test" / "classnames.txt").unlink()  # unnamed classes: only their number can be checked
+    assert vlmkd_main(["eval", str(run), str(test), "--no-plots", "--num-workers", "0"]) == 0
+
+
+def test_eval_output_is_replaced_as_one_unit(trained, tmp_path, capsys) -> None:
+    run, listing = trained
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"old": true}')
+    (out / "tsne_image_features.png").write_bytes(b"an older evaluation's plot")
+    assert vlmkd_main(["eval", str(run), str(listing), "--no-plots", "--num-workers", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # no old plot beside the new metrics
+    assert "top1" in json.loads((out / "metrics.json").read_text())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".eval.")]
+
+
+def test_a_failing_eval_leaves_the_previous_results_untouched(trained, tmp_path, capsys, monkeypatch) -> None:
+    from vlmkd.evaluate import run as eval_run
+
+    run, listing = trained
+    out = tmp_path / "eval"
+    argv = ["eval", str(run), str(listing), "--num-workers", "0", "--out", str(out)]
+    assert vlmkd_main(argv) == 0
+    before = tree(out)
+
+    def dies_after_the_first_plot(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(eval_run, "plot_tsne", dies_after_the_first_plot)
+    capsys.readouterr()
+    assert vlmkd_main(argv) == 2
+    assert "No space left on device" in one_line_error(capsys, "eval")
+    assert tree(out) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".eval.")]
+
+
+def test_eval_into_a_store_or_a_foreign_folder_is_refused(pipeline, trained, tmp_path, capsys) -> None:
+    run, listing = trained
+    before = tree(pipeline["captions"])
+    capsys.readouterr()
+    argv = ["eval", str(run), str(listing), "--no-plots", "--num-workers", "0", "--out", str(pipeline["captions"])]
+    assert vlmkd_main(argv) == 2
+    assert "is not a folder of evaluation results: it holds a caption store" in one_line_error(capsys, "eval")
+    assert tree(pipeline["captions"]) == before
+
+
+def test_eval_from_another_working_directory_finds_the_training_inputs(pipeline, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(pipeline["root"])  # train with paths relative to this folder...
+    relative = Path(pipeline["list"]).relative_to(pipeline["root"])
+    argv = train_argv(relative, Path("features"), tmp_path / "run")
+    assert vlmkd_main(argv) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # ...and evaluate from another one: the caption t-SNE needs both inputs
+    capsys.readouterr()
+    assert vlmkd_main(["eval", str(tmp_path / "run"), str(pipeline["list"]), "--num-workers", "0"]) == 0
+    assert (tmp_path / "run" / "eval" / "tsne_caption_features.png").is_file()

@@ -258,3 +258,43 @@ def test_a_corrupt_image_is_a_one_line_error_naming_the_file_even_from_a_worker(
         list(batches)
     message = str(error.value)
     assert "\n" not in message and message.startswith(str(corrupt))
+
+
+def _exif_dataset(root: Path) -> ImageList:
+    """Two JPEGs stored sideways with an EXIF orientation (6: rotate 90 degrees clockwise to view), 24x12."""
+    root.mkdir(parents=True, exist_ok=True)
+    stored = np.zeros((12, 24, 3), dtype=np.uint8)
+    stored[:, 12:] = 255  # right half white as stored: the bottom half once upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for k in range(2):
+        Image.fromarray(stored).save(root / f"{k}.jpg", quality=95, exif=exif.tobytes())
+    (root / "list.txt").write_text("0.jpg 0\n1.jpg 1\n")
+    return load_image_list(root / "list.txt")
+
+
+@pytest.mark.parametrize("name", LOADERS)
+def test_both_loaders_apply_exif_orientation(tmp_path: Path, name: str) -> None:
+    dataset = _exif_dataset(tmp_path / "exif")
+    images = pixels(read_all(build_loader(dataset, loader=name, train=False, batch_size=2, image_size=12,
+                                          num_workers=1))[0])  # fmt: skip
+    # upright the image is 12 wide x 24 high: the central square is the middle, black on top, white below
+    top, bottom = images[:, :, :5].mean(), images[:, :, 7:].mean()
+    assert top < 30 and bottom > 225, (top, bottom)
+
+
+@requires_dali
+def test_dali_loader_refuses_a_16_bit_image_the_torch_loader_rescales(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    root.mkdir()
+    values = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype("<u2")
+    Image.frombytes("I;16", (8, 8), values.tobytes()).save(root / "0.png")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "1.png")
+    (root / "list.txt").write_text("0.png 0\n1.png 1\n")
+    dataset = load_image_list(root / "list.txt")
+    with pytest.raises(InputError, match=rf"{root / '0.png'}: high-bit-depth image \(mode I.*--loader torch"):
+        build_loader(dataset, loader="dali", train=False, batch_size=2, image_size=8, num_workers=1)
+    got = pixels(read_all(build_loader(dataset, loader="torch", train=False, batch_size=2, image_size=8,
+                                       num_workers=0))[0])[0, 0]  # fmt: skip
+    expected = torch.from_numpy(np.rint(values.astype(np.float64) * 255 / 65535)).float()
+    assert (got - expected).abs().max() < 0.01

@@ -1,8 +1,11 @@
-"""Atomic file writes: a temporary file beside the target, fsync, rename, fsync of the directory.
+"""Atomic writes, the one helper every stage publishes its outputs with: a file or a whole directory.
 
-A reader never sees a half-written file, and a crash (even SIGKILL) leaves either the old file, the new
-one, or a stale temporary `.NAME.PID.tmp` beside it. Those temporaries have a fixed name pattern so that
-stores can recognise and sweep them (`remove_stale_temporaries`, the caption store's `_TMP_RE`).
+Files: a temporary file beside the target, fsync, rename, fsync of the directory. Directories
+(`atomic_directory`, e.g. an evaluation's metrics and plots): a temporary directory filled and fsynced, then
+swapped in for the old one. A reader never sees a half-written file or a mix of two runs' files, and a crash
+(even SIGKILL) leaves the old content, the new one, or stale `.NAME.PID.tmp` / `.NAME.PID.old` entries beside
+it. Those have a fixed name pattern so that stores can recognise and sweep them (`remove_stale_temporaries`,
+the caption store's `_TMP_RE`, `sweep_directory_debris`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -93,3 +97,51 @@ def write_json_atomic(path: Path, obj: Any, *, replace: bool = True, ignore_dir_
     """Write `obj` as sorted, indented JSON with a final newline to `path`, atomically and durably."""
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
     write_text_atomic(path, text, replace=replace, ignore_dir_errors=ignore_dir_errors)
+
+
+def sweep_directory_debris(path: Path) -> None:
+    """Tidy what killed `atomic_directory` writes of `path` left: remove their temporaries, and put back an old
+    directory that a kill between the two renames of a swap left aside (`.NAME.PID.old` with no `path`)."""
+    for old in sorted(path.parent.glob(f".{path.name}.*.old")):
+        if not path.exists():
+            os.replace(old, path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, *, durable: bool = True) -> Iterator[Path]:
+    """A fresh, empty staging directory whose content replaces the directory `path` as one unit when the block
+    exits without error; on an error (or a kill) `path` keeps its old content and the staging is removed.
+
+    The swap is two renames (old aside, new in); a kill between them leaves `path` missing and the old
+    content in `.NAME.PID.old`, which the next write (or `sweep_directory_debris`) puts back or removes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_directory_debris(path)
+    staging = temporary_path(path)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if durable:
+            for file in staging.rglob("*"):
+                if file.is_file():
+                    with open(file, "rb") as handle:
+                        os.fsync(handle.fileno())
+            fsync_dir(staging, ignore_errors=True)
+        if path.exists():
+            aside = path.with_name(f".{path.name}.{os.getpid()}.old")
+            os.replace(path, aside)
+            os.replace(staging, path)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+        if durable:
+            fsync_dir(path.parent, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmkd.arguments import ArgumentParser, closest
-from vlmkd.errors import VlmkdError
+from vlmkd.errors import VlmkdError, describe_os_error
 from vlmkd.registry import Registry
 
 OUT_OF_MEMORY_ADVICE = (
@@ -59,6 +59,9 @@ def run_command(name: str, argv: Sequence[str]) -> int:
         return _resolve(name)(list(argv))
     except VlmkdError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, read-only output folder, permissions: the environment, not a bug
+        print(f"{prog}: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:
         print(f"{prog}: error: {OUT_OF_MEMORY_ADVICE}", file=sys.stderr)

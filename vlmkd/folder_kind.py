@@ -18,8 +18,7 @@ _SHARD = re.compile(r"shard-\d{5}-of-\d{5}\.parquet")
 _EPOCH = re.compile(r"epoch_\d{4,}")
 _MANIFEST_FORMATS = {"vlmkd-captions": CAPTIONS, "vlmkd-features": FEATURES}
 _RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "model.safetensors", "model.json"})
-_EVAL_FILES = frozenset({"metrics.json", "per_class_accuracy.png", "tsne_image_features.png",
-                         "tsne_caption_features.png"})  # fmt: skip
+_EVAL_SUFFIXES = frozenset({".json", ".png", ".svg", ".html", ".csv", ".txt", ".npy", ".npz", ".safetensors"})
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,10 @@ def folder_kind(path: Path) -> FolderKind:
     if epochs or _RUN_FILES & set(names):
         state = "a finished" if "model.safetensors" in names else "an unfinished"
         return FolderKind(RUN, f"{state} training run ({len(epochs)} checkpoint(s))")
-    if "metrics.json" in names and set(names) <= _EVAL_FILES:
+    if "metrics.json" in names and all(
+        (name == "features" and (path / name).is_dir()) or ((path / name).is_file() and Path(name).suffix in
+                                                            _EVAL_SUFFIXES) for name in names
+    ):  # fmt: skip
         return FolderKind(EVAL, "evaluation results (metrics.json)")
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return FolderKind(OTHER, f"{len(names)} entries vlmkd did not write ({shown})")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vlmkd.data.dataset import ImageList
+from vlmkd.data.images import check_dali_decodable
 from vlmkd.data.sampling import epoch_order, shard_size
 from vlmkd.data.transforms import TransformSpec
 from vlmkd.errors import MissingDependencyError
@@ -69,7 +70,8 @@ def _pipeline(
             random_shuffle=False,
             name=READER,
         )
-        images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+        device = "cpu" if device_id is None else "mixed"
+        images = fn.decoders.image(encoded, device=device, output_type=types.RGB, adjust_orientation=True)
         size = (spec.image_size, spec.image_size)
         if spec.train:
             images = fn.random_resized_crop(
@@ -113,6 +115,7 @@ class DaliImageBatches:
         drop_last: bool,
     ) -> None:
         import_dali()
+        check_dali_decodable(dataset.path(i) for i in range(len(dataset)))  # same pixels as the torch loader
         self.dataset, self.spec = dataset, spec
         self.batch_size, self.num_threads = batch_size, max(1, num_workers)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last

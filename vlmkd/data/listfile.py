@@ -45,7 +45,7 @@ def safe_relative_path(raw_path: str, where: str) -> str:
 def read_list_file(path: Path, num_classes: int | None = None) -> list[tuple[str, int]]:
     """All (relative path, label) entries of a list file, checked: no duplicates, labels < num_classes."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of a path
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: not a UTF-8 text list file ({error.reason})") from None
     except OSError as error:
@@ -72,14 +72,21 @@ def read_list_file(path: Path, num_classes: int | None = None) -> list[tuple[str
 def read_classnames(path: Path) -> list[str]:
     """Class names, one per line, in label order; blank lines are an error (they would shift labels)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not a UTF-8 text class-name file ({error.reason})") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read class names ({error.strerror})") from None
     while lines and not lines[-1].strip():
         lines.pop()
+    first_line_of: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        name = line.strip()
+        if not name:
             raise InputError(f"{path}:{number}: empty class name")
+        if name in first_line_of:  # two labels with one name: prompts and reports would mix them up
+            raise InputError(f"{path}:{number}: duplicate class name {name!r} (first on line {first_line_of[name]})")
+        first_line_of[name] = number
     names = [line.strip() for line in lines]
     if not names:
         raise InputError(f"{path}: no class names")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -12,10 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from vlmkd.data import load_image_list
+from vlmkd.atomic_files import atomic_directory
+from vlmkd.bounded_read import short_repr
+from vlmkd.data import ImageList, load_image_list
 from vlmkd.errors import InputError
 from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
 from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, TsnePlot, plot_per_class_accuracy, plot_tsne
+from vlmkd.folder_kind import EVAL, refuse_unless
 from vlmkd.train.checkpoint import load_classifier
 
 RESULTS_FILE = "metrics.json"
@@ -46,26 +50,23 @@ def evaluate_checkpoint(
     (see `vlmkd.evaluate.features`).
     `progress` draws a bar over prediction and prints a line with its time for every plot (on stderr).
     """
+    out = Path(out_dir)
+    refuse_unless(out, {EVAL}, stage="folder of evaluation results")  # it is replaced as a whole
     model, meta = load_classifier(checkpoint, device)
     test = load_image_list(dataset)
     classnames = list(meta["classnames"])
-    if test.num_classes != len(classnames):
-        raise InputError(f"{dataset}: {test.num_classes} classes, but the model was trained on {len(classnames)}")
+    check_test_classes(test, classnames, dataset)
     counts = np.asarray(meta["train_counts"])
     config = meta.get("config", {})
     preds = predict(
         model,
         test,
-        image_size=config.get("image_size", 32),
-        mean=config.get("mean", [0.485, 0.456, 0.406]),
-        std=config.get("std", [0.229, 0.224, 0.225]),
+        **transform_settings(config, checkpoint),
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
         progress=progress,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     accuracy = per_class_accuracy(preds.predicted, preds.labels, len(classnames))
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint),
@@ -80,39 +81,81 @@ def evaluate_checkpoint(
         "plots": {},
         "notes": {},  # plot name -> why it holds a message instead of a map
     }
-    if save_features:
-        from vlmkd.evaluate.features import save_eval_features
+    # Every output is staged and replaces `out` as one unit: never new plots beside an old metrics.json.
+    with atomic_directory(out) as staging:
+        if save_features:
+            from vlmkd.evaluate.features import save_eval_features
 
-        results["features"] = str(save_eval_features(out, checkpoint, test, preds))
-    if plots:
-        thresholds = {"many_threshold": many_threshold, "few_threshold": few_threshold}
-        with _stage("per-class accuracy plot", progress):
-            per_class = plot_per_class_accuracy(
-                accuracy, counts, classnames, out / "per_class_accuracy.png", **thresholds
-            )
-        results["plots"]["per_class"] = str(per_class)
-        tsne: dict[str, TsnePlot] = {}
-        with _stage(f"t-SNE of {min(tsne_max, len(preds.features))} image features", progress):
-            tsne["tsne_images"] = plot_tsne(
-                preds.features,
-                preds.labels,
-                classnames,
-                out / "tsne_image_features.png",
-                title="t-SNE of image features (test set)",
-                max_points=tsne_max,
-                what="image features",
-            )
-        store_path = features if features is not None else config.get("features")
-        if store_path:
-            with _stage("t-SNE of caption features", progress):
-                train_set = train or config.get("train")
-                tsne["tsne_captions"] = _caption_tsne(Path(store_path), train_set, classnames, out, tsne_max)
-        for name, plot in tsne.items():
-            results["plots"][name] = str(plot.path)
-            if plot.note:
-                results["notes"][name] = plot.note
-    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+            saved = save_eval_features(staging, checkpoint, test, preds)
+            results["features"] = str(out / saved.relative_to(staging))
+        if plots:
+            thresholds = {"many_threshold": many_threshold, "few_threshold": few_threshold}
+            with _stage("per-class accuracy plot", progress):
+                per_class = plot_per_class_accuracy(
+                    accuracy, counts, classnames, staging / "per_class_accuracy.png", **thresholds
+                )
+            results["plots"]["per_class"] = str(out / per_class.relative_to(staging))
+            tsne: dict[str, TsnePlot] = {}
+            with _stage(f"t-SNE of {min(tsne_max, len(preds.features))} image features", progress):
+                tsne["tsne_images"] = plot_tsne(
+                    preds.features,
+                    preds.labels,
+                    classnames,
+                    staging / "tsne_image_features.png",
+                    title="t-SNE of image features (test set)",
+                    max_points=tsne_max,
+                    what="image features",
+                )
+            store_path = features if features is not None else training_input(meta, "features", checkpoint)
+            if store_path:
+                with _stage("t-SNE of caption features", progress):
+                    train_set = train if train is not None else training_input(meta, "train", checkpoint)
+                    tsne["tsne_captions"] = _caption_tsne(
+                        Path(store_path), train_set, meta, classnames, staging, tsne_max, own=train is None
+                    )
+            for name, plot in tsne.items():
+                results["plots"][name] = str(out / plot.path.relative_to(staging))
+                if plot.note:
+                    results["notes"][name] = plot.note
+        (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     return results
+
+
+def check_test_classes(test: ImageList, classnames: list[str], dataset: str | Path) -> None:
+    """Refuse a test set whose classes are not the model's: by count, and by name where the test set names them."""
+    if test.num_classes != len(classnames):
+        raise InputError(f"{dataset}: {test.num_classes} classes, but the model was trained on {len(classnames)}")
+    if test.classnames == tuple(f"class_{k}" for k in range(test.num_classes)):
+        return  # no class-name file: nothing to compare by content
+    for label, (theirs, ours) in enumerate(zip(test.classnames, classnames, strict=True)):
+        if theirs != ours:
+            raise InputError(
+                f"{dataset}: class {label} is {short_repr(theirs)} in the test set but {short_repr(ours)} for the "
+                "model: the test labels would be scored against other classes (reorder its class names)"
+            )
+
+
+def transform_settings(config: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """Image size and normalisation the model was trained with, checked (they come from a user-editable file)."""
+    size = config.get("image_size", 32)
+    mean, std = config.get("mean", [0.485, 0.456, 0.406]), config.get("std", [0.229, 0.224, 0.225])
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std]) if (
+        isinstance(mean, list) and isinstance(std, list)) else False  # fmt: skip
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1) or not numbers:
+        raise InputError(f"{checkpoint}: model.json config has a bad image_size, mean or std")
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in [*mean, *std]) or min(std) <= 0:
+        raise InputError(f"{checkpoint}: model.json config needs 3 finite mean values and 3 positive std values")
+    return {"image_size": size, "mean": mean, "std": std}
+
+
+def training_input(meta: dict[str, Any], name: str, checkpoint: str | Path) -> str | None:
+    """The training set or feature store of the model: the absolute path recorded at training time, else the
+    config's path (relative ones resolved against the working directory, as older vlmkd did)."""
+    recorded = meta.get("inputs", {}).get(name) if isinstance(meta.get("inputs"), dict) else None
+    value = recorded if recorded is not None else meta.get("config", {}).get(name)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{checkpoint}: model.json records {name} as {short_repr(value)}, not a path")
+    return value or None
 
 
 @contextlib.contextmanager
@@ -129,14 +172,28 @@ def _stage(label: str, progress: bool) -> Iterator[None]:
 
 
 def _caption_tsne(
-    store_path: Path, train: str | Path | None, classnames: list[str], out: Path, max_points: int
+    store_path: Path,
+    train: str | Path | None,
+    meta: dict[str, Any],
+    classnames: list[str],
+    out: Path,
+    max_points: int,
+    *,
+    own: bool,
 ) -> TsnePlot:
+    """Caption t-SNE of the training set's features; `own`: `train` is the model's own training set, which must
+    still hold what the model was trained on (its fingerprint is in model.json)."""
     from vlmkd.encode.store import FeatureStore
 
     if not train:
         raise InputError(f"{store_path}: pass --train, the dataset these caption features were encoded from")
     store = FeatureStore.open(store_path)
     dataset = load_image_list(train)
+    if own and meta.get("train_fingerprint") not in (None, dataset.fingerprint()):
+        raise InputError(
+            f"{train}: the training set changed since the model was trained (fingerprint "
+            f"{meta['train_fingerprint']} then, {dataset.fingerprint()} now); pass --train and --features explicitly"
+        )
     store.check_dataset(dataset)
     num_images, num_prompts, dim = store.features.shape
     points = np.asarray(store.features, dtype=np.float32).reshape(num_images * num_prompts, dim)

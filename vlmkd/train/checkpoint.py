@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 
 from vlmkd.atomic_files import write_bytes_atomic, write_text_atomic
+from vlmkd.bounded_read import read_json_file
 from vlmkd.errors import InputError
 from vlmkd.models import Classifier, ModelSpec, build_model
 
@@ -86,22 +87,73 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not (directory / MODEL_WEIGHTS).is_file() or not (directory / MODEL_META).is_file():
         raise InputError(f"{path}: not a vlmkd classifier (expected {MODEL_WEIGHTS} and {MODEL_META})")
     meta = _read_json(directory / MODEL_META)
+    spec = model_spec(meta, directory / MODEL_META)
+    model = build_model(spec)
+    state = _read_tensors(directory / MODEL_WEIGHTS)
+    check_finite_weights(state, directory / MODEL_WEIGHTS)
     try:
-        model = build_model(ModelSpec(**meta["spec"]))
-    except (KeyError, TypeError) as error:
-        raise InputError(f"{directory / MODEL_META}: not a vlmkd model description ({error})") from None
-    try:
-        model.load_state_dict(_read_tensors(directory / MODEL_WEIGHTS))
+        model.load_state_dict(state)
     except RuntimeError as error:
-        raise InputError(f"{directory / MODEL_WEIGHTS}: weights do not fit {meta['spec']} ({error})") from None
+        reason = " ".join(str(error).split())[:300]
+        raise InputError(f"{directory / MODEL_WEIGHTS}: weights do not fit {spec} ({reason})") from None
     return model.to(device).eval(), meta
+
+
+def model_spec(meta: dict[str, Any], file: Path) -> ModelSpec:
+    """The model's spec from `model.json`, with its class names and training counts checked against it.
+
+    Evaluation splits classes by `train_counts` and names them by `classnames`: one per class, or the
+    Many/Medium/Few figures would be computed over the wrong classes.
+    """
+    raw = meta.get("spec")
+    if not isinstance(raw, dict):
+        raise InputError(f"{file}: not a vlmkd model description (no 'spec' object)")
+    try:
+        spec = ModelSpec(**raw)
+    except TypeError as error:
+        raise InputError(f"{file}: not a vlmkd model description ({error})") from None
+    if not isinstance(spec.arch, str) or not _is_int(spec.num_classes) or spec.num_classes < 1:
+        raise InputError(f"{file}: spec needs a string 'arch' and an integer 'num_classes' >= 1")
+    width_ok = isinstance(spec.width, (int, float)) and not isinstance(spec.width, bool) and spec.width > 0
+    if not width_ok or not isinstance(spec.norm, str):
+        raise InputError(f"{file}: spec needs a positive number 'width' and a string 'norm'")
+    names, counts = meta.get("classnames"), meta.get("train_counts")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise InputError(f"{file}: 'classnames' must be a list of non-empty strings")
+    if len(set(names)) != len(names):
+        raise InputError(f"{file}: 'classnames' has duplicate names")
+    if not isinstance(counts, list) or not all(_is_int(c) and c >= 0 for c in counts):
+        raise InputError(f"{file}: 'train_counts' must be a list of non-negative integers")
+    if not len(names) == len(counts) == spec.num_classes:
+        raise InputError(
+            f"{file}: {len(names)} class names and {len(counts)} training counts for a model of "
+            f"{spec.num_classes} classes; they must agree"
+        )
+    if "config" in meta and not isinstance(meta["config"], dict):
+        raise InputError(f"{file}: 'config' must be an object")
+    return spec
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], file: Path) -> None:
+    """Refuse NaN/inf weights (a diverged run): they would give a chance-level score without a word."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise InputError(
+            f"{file}: {len(bad)} of {len(state)} tensors hold NaN or infinite values (first: {bad[0]}); the "
+            "training diverged: retrain with a lower --lr, or resume from an earlier epoch_NNNN checkpoint"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_json(file: Path) -> dict[str, Any]:
     try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{file}: unreadable or corrupt JSON ({error})") from None
+        data = read_json_file(file, "checkpoint JSON")
+    except InputError as error:
+        detail = str(error).removeprefix(str(file)).lstrip(":0123456789 ")
+        raise InputError(f"{file}: unreadable or corrupt JSON ({detail})") from None
     if not isinstance(data, dict):
         raise InputError(f"{file}: expected a JSON object")
     return data

@@ -228,6 +228,8 @@ def build_run(config: TrainConfig, ctx: Dist) -> Run:
             "classnames": list(dataset.classnames),
             "train_counts": counts.tolist(),
             "train_fingerprint": dataset.fingerprint(),
+            # absolute, so that vlmkd-eval finds them from any working directory
+            "inputs": {"train": str(Path(config.train).resolve()), "features": _resolved(config.features)},
         },
     )
 
@@ -313,6 +315,10 @@ def save_epoch_checkpoint(run: Run, progress: Progress) -> Path:
         train_state=train_state,
         info=info,
     )
+
+
+def _resolved(path: str | Path | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
 
 
 def _load_teacher(config: TrainConfig, dataset: ImageList, device: torch.device) -> nn.Module | None:
