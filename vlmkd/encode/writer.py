@@ -7,7 +7,9 @@ the manifest is written (atomically) once every chunk is in, which is what makes
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,13 +121,29 @@ class FeatureWriter:
             try:
                 array = np.lib.format.open_memmap(file, mode="r+")
                 if array.shape == shape and array.dtype == np.float16:
+                    allocate(file)
                     return array
             except (OSError, ValueError):
                 pass
         if self.progress.done:
             self.progress = Progress(manifest, self.progress.chunk_size, frozenset())
             write_json_atomic(self.path / PROGRESS_FILE, self.progress.to_json())
-        return np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=shape)
+        array = np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=shape)
+        allocate(file)
+        return array
+
+
+def allocate(file: Path) -> None:
+    """Reserve the disk blocks of the (sparse) memory-mapped array up front: on a full disk this is an ENOSPC
+    error now, instead of a SIGBUS (no message, no traceback) when a later chunk touches an unbacked page."""
+    descriptor = os.open(file, os.O_RDWR)
+    try:
+        os.posix_fallocate(descriptor, 0, os.fstat(descriptor).st_size)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it: nothing to reserve
+            raise OSError(error.errno, error.strerror, str(file)) from None
+    finally:
+        os.close(descriptor)
 
 
 def _load(loader: Callable[[Path], Any], file: Path, overwrite: bool) -> Any:
