@@ -8,6 +8,7 @@ read-only tmpfs for root (who may write into any chmod-ed folder) and a chmod 55
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -77,7 +78,7 @@ def one_line(done: subprocess.CompletedProcess, stage: str) -> str:
     """The run's stderr, checked to be one `vlmkd STAGE: error: ...` line (not a signal, not a traceback)."""
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])  # SIGBUS would be -7
     lines = [line.split("\r")[-1] for line in done.stderr.splitlines()]
-    lines = [line for line in lines if line.strip() and not ("%|" in line and "it/s]" in line)]
+    lines = [line for line in lines if line.strip() and not re.search(r"\d+%\|.*\|.*\]$", line)]
     assert len(lines) == 1 and lines[0].startswith(f"vlmkd {stage}: error: "), done.stderr
     return lines[0]
 
