@@ -42,7 +42,7 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
 
     from vlmkd.caption.prompts import PromptSet, load_prompt_set
     from vlmkd.caption.runner import caption_dataset
-    from vlmkd.caption.tiny_models import build_tiny_blip
+    from vlmkd.caption.tiny_models import make_tiny_vlm
     from vlmkd.data.demo import make_demo_dataset
     from vlmkd.encode.runner import encode_captions
     from vlmkd.evaluate.run import evaluate_checkpoint
@@ -60,7 +60,7 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
     print(f"[1/5] data: MNIST-LT, {len(data.train)} training images {counts.tolist()}, {len(data.test)} test")
     vlm = out / "tiny_blip"
     if not (vlm / "config.json").is_file():
-        build_tiny_blip(vlm, seed=seed)
+        make_tiny_vlm("blip", vlm, seed=seed, overwrite=True)  # what `vlmkd models make-tiny blip DIR` builds
     prompt_set = load_prompt_set()
     prompt_set = PromptSet(prompt_set.name, prompt_set.prompts[: size.prompts])
     print(f"[2/5] caption: tiny random BLIP, prompts {', '.join(prompt_set.ids)}", flush=True)

@@ -7,8 +7,12 @@ real `generate`, but their captions are gibberish. Build time is well under a se
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+from vlmkd.errors import InputError
 from vlmkd.quiet import transformers_bars_off
 
 # Small images keep the vision towers cheap; the processors resize any input to this size.
@@ -148,4 +152,47 @@ def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
     with transformers_bars_off():
         model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_VLMS: dict[str, Callable[[Path, int], Path]] = {"blip": build_tiny_blip, "llava": build_tiny_llava}
+RANDOM_WEIGHTS_NOTICE = (
+    "its weights are RANDOM (a real {arch} architecture, randomly initialised, never trained): it writes "
+    "gibberish captions. Use it to try the vlmkd commands offline, never to judge captions or VLM-KD."
+)
+_ARCHITECTURES = {"blip": "BLIP (BlipForConditionalGeneration)", "llava": "LLaVA-1.5 (LlavaForConditionalGeneration)"}
+_MODEL_CARD = """# Tiny random {kind} for trying vlmkd
+
+Built by `vlmkd models make-tiny {kind}` (seed {seed}): {notice}
+
+It loads like any saved checkpoint (`AutoModelForImageTextToText.from_pretrained(this_dir)` and
+`AutoProcessor.from_pretrained(this_dir)`), so `vlmkd caption DATASET --model this_dir --out STORE` runs the
+real captioning path on the CPU in seconds.
+"""
+
+
+def make_tiny_vlm(kind: str, out_dir: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """Build the tiny random VLM `kind` (`blip` or `llava`) into `out_dir`, with a model card saying the
+    weights are random. Built beside `out_dir` and renamed into place, so a killed build leaves no half
+    model; an existing non-empty `out_dir` is refused unless `overwrite` (which replaces it).
+    """
+    if kind not in TINY_VLMS:
+        raise InputError(f"unknown tiny model {kind!r}; choose from {', '.join(TINY_VLMS)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"{out_dir}: directory exists and is not empty; pass --overwrite to replace it")
+    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        TINY_VLMS[kind](staging, seed)
+        notice = RANDOM_WEIGHTS_NOTICE.format(arch=_ARCHITECTURES[kind])
+        card = _MODEL_CARD.format(kind=kind, seed=seed, notice=notice)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
