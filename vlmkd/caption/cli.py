@@ -192,7 +192,7 @@ def info_main(argv: list[str] | None = None) -> int:
     page.add_argument("--features", type=Path, default=None, help="feature store of these captions: adds cosines")
     defaults = GalleryOptions()
     page.add_argument("--per-class", type=int, default=defaults.per_class, help="images shown per class")
-    page.add_argument("--classes-per-page", type=int, default=defaults.classes_per_page)
+    page.add_argument("--classes-per-page", type=int, default=defaults.classes_per_page, help="classes on each page")
     page.add_argument("--thumb-size", type=int, default=defaults.thumb_size, help="thumbnail size in pixels")
     page.add_argument("--seed", type=int, default=defaults.seed, help="seed of the image sample")
     args = parser.parse_args(argv)
