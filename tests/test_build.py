@@ -39,32 +39,43 @@ def test_cuda_module_was_built_and_import_does_not_need_a_gpu() -> None:
         assert not status.usable and _cuda.device_count() == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 37), (257, 384)])
-def test_cpp_round_trips_a_numpy_buffer(shape: tuple[int, int]) -> None:
+def test_cpp_op_round_trips_numpy_buffers(shape: tuple[int, int], dtype: type) -> None:
+    """A real op of the module (the row normalisation of the contrastive loss) writes its outputs in place."""
     from vlmkd import _C
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     before = x.copy()
-    out = _C.l2_normalize_rows(x)
-    expected = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
-    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    out, norms = np.empty_like(x), np.empty(shape[0], dtype)
+    _C.normalize_rows(x, out, norms, 2.0)
+    exact = np.linalg.norm(x.astype(np.float64), axis=1)
+    tolerance = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(norms, exact, rtol=tolerance)
+    np.testing.assert_allclose(out, 2.0 * x / exact[:, None], rtol=tolerance, atol=tolerance)
     np.testing.assert_array_equal(x, before)  # the input buffer is untouched
 
 
-def test_cpp_round_trips_a_torch_buffer_without_copy_on_the_way_in() -> None:
+def test_cpp_op_writes_into_torch_buffers_shared_with_numpy() -> None:
     from vlmkd import _C
 
     x = torch.randn(41, 65)
-    out = torch.from_numpy(_C.l2_normalize_rows(x.numpy()))
+    out, norms = torch.empty_like(x), torch.empty(41)
+    _C.normalize_rows(x.numpy(), out.numpy(), norms.numpy())  # .numpy() shares memory: no copy either way
     torch.testing.assert_close(out, torch.nn.functional.normalize(x, dim=1))
+    torch.testing.assert_close(norms, x.norm(dim=1))
 
 
-def test_cpp_rejects_wrong_rank_with_a_message_naming_the_argument() -> None:
+def test_cpp_op_rejects_bad_buffers_with_a_message_naming_the_argument() -> None:
     from vlmkd import _C
 
-    with pytest.raises(ValueError, match="x must be a 2-D"):
-        _C.l2_normalize_rows(np.zeros(4, np.float32))
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="x must have 2 dimension"):
+        _C.normalize_rows(np.zeros(4, np.float32), x, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="out must be a C-contiguous float32"):
+        _C.normalize_rows(x, np.zeros((4, 3), np.float64), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="norms must be a C-contiguous float32"):
+        _C.normalize_rows(x, np.zeros_like(x), np.zeros(3, np.float32))
 
 
 def test_cli_info_lists_backends(tmp_path) -> None:

@@ -1,10 +1,8 @@
 import numpy as np
-import numpy.typing as npt
 
 with_openmp: bool
 
 def max_threads() -> int: ...
-def l2_normalize_rows(x: npt.ArrayLike, eps: float = 1e-12) -> np.ndarray: ...
 
 # Contrastive loss (csrc/cpu/contrastive.cpp). Arrays are C-contiguous float32 or float64 (all the same),
 # labels int64; outputs are written in place.
