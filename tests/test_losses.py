@@ -91,13 +91,56 @@ def test_logit_kd_sends_no_gradient_to_the_teacher() -> None:
     assert teacher.grad is None and student.grad is not None
 
 
+def _cosines(v: torch.Tensor, u: torch.Tensor) -> list[list[float]]:
+    n = v.shape[0]
+    return [[float(v[i] @ u[j] / (v[i].norm() * u[j].norm())) for j in range(n)] for i in range(n)]
+
+
 def _infonce_loops(v: torch.Tensor, u: torch.Tensor, scale: float) -> float:
     """Symmetric InfoNCE with instance positives, written as loops over cosine similarities."""
     n = v.shape[0]
-    cos = [[float(v[i] @ u[j] / (v[i].norm() * u[j].norm())) for j in range(n)] for i in range(n)]
+    cos = _cosines(v, u)
     rows = sum(_nll([scale * cos[i][j] for j in range(n)], i) for i in range(n)) / n
     cols = sum(_nll([scale * cos[i][j] for i in range(n)], j) for j in range(n)) / n
     return 0.5 * (rows + cols)
+
+
+def _multi_positive_loops(v: torch.Tensor, u: torch.Tensor, labels: list[int], scale: float) -> float:
+    """Symmetric multi-positive InfoNCE: each anchor's -log(sum over same-label pairs / sum over all), as loops."""
+    n = v.shape[0]
+    cos = _cosines(v, u)
+
+    def anchor(similar: list[float], own: int) -> float:
+        positives = sum(math.exp(scale * c) for c, y in zip(similar, labels, strict=True) if y == labels[own])
+        return -math.log(positives / sum(math.exp(scale * c) for c in similar))
+
+    rows = sum(anchor([cos[i][j] for j in range(n)], i) for i in range(n)) / n
+    cols = sum(anchor([cos[i][j] for i in range(n)], j) for j in range(n)) / n
+    return 0.5 * (rows + cols)
+
+
+@pytest.mark.parametrize("logit_scale", [math.log(1 / 0.07), math.log(100.0) + 0.5])
+def test_contrastive_ref_with_instance_positives_matches_the_loops(logit_scale: float) -> None:
+    generator = torch.Generator().manual_seed(3)
+    v, t = torch.randn(7, 5, generator=generator, dtype=torch.float64), torch.randn(7, 3, generator=generator)
+    weight, bias = torch.randn(5, 3, dtype=torch.float64, generator=generator), torch.randn(5, dtype=torch.float64)
+    u = t.double() @ weight.T + bias
+    got = contrastive_ref(v, t, weight, bias, torch.tensor(logit_scale, dtype=torch.float64))
+    assert got.item() == pytest.approx(_infonce_loops(v, u, math.exp(min(logit_scale, math.log(100.0)))), rel=1e-12)
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 0, 2, 1, 0, 3], [4, 4, 4, 4, 4, 4, 4], [0, 1, 2, 3, 4, 5, 6]])
+def test_contrastive_ref_with_class_positives_matches_the_loops(labels: list[int]) -> None:
+    generator = torch.Generator().manual_seed(4)
+    v, t = torch.randn(7, 5, generator=generator, dtype=torch.float64), torch.randn(7, 3, generator=generator)
+    weight, bias = torch.randn(5, 3, dtype=torch.float64, generator=generator), torch.randn(5, dtype=torch.float64)
+    u = t.double() @ weight.T + bias
+    scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64)
+    got = contrastive_ref(v, t, weight, bias, scale, torch.tensor(labels), positives="class")
+    expected = _multi_positive_loops(v, u, labels, 1 / 0.07)
+    assert got.item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    if len(set(labels)) == len(labels):  # every label distinct: the instance loss
+        assert got.item() == pytest.approx(_infonce_loops(v, u, 1 / 0.07), rel=1e-12)
 
 
 class _ReferenceContrastive(torch.nn.Module):
