@@ -15,6 +15,7 @@ from PIL import Image
 from vlmkd.caption import GenerationSettings, Request, build_tiny_blip, build_tiny_llava, load_engine
 from vlmkd.caption.engines import check_engine, model_fingerprint
 from vlmkd.caption.engines.trt import TRTEngine, sampling_kwargs
+from vlmkd.caption.tiny_models import build_tiny_smolvlm
 from vlmkd.errors import InputError, MissingDependencyError
 
 SETTINGS = GenerationSettings(max_new_tokens=6)
@@ -172,3 +173,52 @@ def test_trt_engine_needs_a_checkpoint_directory(monkeypatch, tmp_path):
     fake_tensorrt_llm(monkeypatch)
     with pytest.raises(InputError, match="config.json"):
         TRTEngine(tmp_path, SETTINGS)
+
+
+# ------------------------------------------------------------------------------------- SmolVLM2
+
+
+@pytest.fixture(scope="module")
+def smolvlm(tmp_path_factory):
+    """A saved tiny SmolVLM2. Its processor insists on `num2words` (used only to word video frame counts):
+    where the package is absent, a stand-in is put in its place while the module's tests run."""
+    import transformers.models.smolvlm.processing_smolvlm as processing
+
+    patch = pytest.MonkeyPatch()
+    if processing.num2words is None:
+        patch.setattr(processing, "num2words", str)
+    yield build_tiny_smolvlm(tmp_path_factory.mktemp("smolvlm") / "model")
+    patch.undo()
+
+
+def test_smolvlm2_captions_batches_of_several_requests_as_it_does_one_at_a_time(smolvlm):
+    engine = load_engine("hf", smolvlm, SETTINGS)
+    requests = [Request(image, MIXED_PROMPTS[k % 3]) for k, image in enumerate(images(4))]
+    batched = engine.caption(requests)  # failed: "Found [1, 1, 1, 1] <image> tokens and [4] images per sample"
+    assert batched == [engine.caption([request])[0] for request in requests]
+
+
+def test_processor_inputs_are_the_same_with_one_image_list_per_request(tiny_models):
+    """The per-request image lists SmolVLM2 needs change nothing for BLIP and LLaVA."""
+    import torch
+
+    for arch in ("blip", "llava"):
+        engine = load_engine("hf", tiny_models[arch], SETTINGS)
+        texts = [engine.model_text(prompt) for prompt in MIXED_PROMPTS]
+        flat = engine.processor(images=images(3), text=texts, return_tensors="pt", padding="longest")
+        nested = engine.processor(images=[[i] for i in images(3)], text=texts, return_tensors="pt", padding="longest")
+        assert set(flat) == set(nested) and all(torch.equal(flat[k], nested[k]) for k in flat), arch
+
+
+def test_a_processor_needing_a_missing_package_is_one_line_naming_it(smolvlm, monkeypatch, tiny_dataset, capsys):
+    import transformers.models.smolvlm.processing_smolvlm as processing
+
+    from vlmkd.cli import main
+
+    monkeypatch.setattr(processing, "num2words", None)  # as on a machine without the package
+    with pytest.raises(MissingDependencyError, match="needs the package 'num2words'.*pip install num2words"):
+        load_engine("hf", smolvlm, SETTINGS)
+    out = smolvlm.parent / "store"
+    assert main(["caption", str(tiny_dataset.source), "--model", str(smolvlm), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num2words" in err[0] and err[0].startswith("vlmkd caption: error:")

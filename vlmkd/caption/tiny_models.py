@@ -27,6 +27,15 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
+# SmolVLM2-style turns; its processor expands each <image> into the global-image and image tokens itself.
+SMOLVLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}User:"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance>{{ '\\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+SMOLVLM_SCALE_FACTOR = 2
+
 _TOKENIZER_CORPUS = (
     "USER: ASSISTANT: Describe this image in detail.",
     "What is the main object in this image, and what are its distinctive parts?",
@@ -88,44 +97,11 @@ def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
     BPE tokenizer trained in-process and a LLaVA-1.5 style chat template. Returns `out_dir`.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        CLIPImageProcessor,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     out_dir = Path(out_dir)
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    text_config = {
-        **_tiny_text_dims(),
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+    tokenizer = _bpe_tokenizer({"image_token": "<image>"})
+    text_config = _tiny_llama_config(tokenizer)
     vision_config = {**_tiny_vision_dims(), "model_type": "clip_vision_model", "projection_dim": 32}
     config = LlavaConfig(
         vision_config=vision_config,
@@ -196,3 +172,85 @@ def make_tiny_vlm(kind: str, out_dir: str | Path, *, seed: int = 0, overwrite: b
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def build_tiny_smolvlm(out_dir: Path, seed: int = 0) -> Path:
+    """A random-init SmolVLM2 (`SmolVLMForConditionalGeneration`: SigLIP-style tower, pixel shuffle, Llama text
+    model) with its own processor (no image splitting, 4 image tokens) and a SmolVLM-style chat template.
+
+    Its processor needs the `num2words` package (as the real SmolVLM2's does). Returns `out_dir`.
+    """
+    import torch
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor, SmolVLMProcessor
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+    out_dir = Path(out_dir)
+    tokenizer = _bpe_tokenizer(
+        {
+            "image_token": "<image>",
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+            "end_of_utterance_token": "<end_of_utterance>",
+            "video_token": "<video>",
+        }
+    )
+    config = SmolVLMConfig(
+        vision_config=_tiny_vision_dims(),
+        text_config=_tiny_llama_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=SMOLVLM_SCALE_FACTOR,
+    )
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config).eval()
+    edge = {"longest_edge": IMAGE_SIZE}
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(do_image_splitting=False, size=edge, max_image_size=edge),
+        tokenizer=tokenizer,
+        video_processor=SmolVLMVideoProcessor(size=edge, max_image_size=edge),
+        image_seq_len=(IMAGE_SIZE // PATCH_SIZE) ** 2 // SMOLVLM_SCALE_FACTOR**2,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with transformers_bars_off():
+        model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def _bpe_tokenizer(special: dict[str, str]):
+    """A byte-level BPE tokenizer trained in-process on a few caption-like lines, with `special` tokens
+    (attribute name -> token) besides <unk>, <s>, </s> and <pad>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>", *special.values()],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=special,
+    )
+
+
+def _tiny_llama_config(tokenizer) -> dict:
+    return {
+        **_tiny_text_dims(),
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }

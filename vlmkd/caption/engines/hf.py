@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, Request, strip_prompt
-from vlmkd.errors import InputError
+from vlmkd.errors import InputError, MissingDependencyError
 from vlmkd.quiet import transformers_bars_off
 
 DTYPES = ("float32", "float16", "bfloat16", "auto")
+_PIP_INSTALL = re.compile(r"pip install ([A-Za-z0-9_.\-\[\]]+)")
+
+
+def missing_package_message(model: str | Path, error: ImportError) -> str:
+    """One line naming the package a model's processor or code needs (from transformers' hint, else the
+    module that failed to import)."""
+    hint = _PIP_INSTALL.search(str(error))
+    package = hint.group(1).rstrip(".") if hint else error.name
+    if package:
+        return f"{model}: this model needs the package {package!r}, which is not installed: pip install {package}"
+    return f"{model}: this model needs a package that is not installed ({' '.join(str(error).split())})"
 
 
 class HFEngine(CaptionEngine):
@@ -45,6 +57,8 @@ class HFEngine(CaptionEngine):
                 self.model = AutoModelForImageTextToText.from_pretrained(
                     model, dtype=dtype, trust_remote_code=trust_remote_code
                 )
+        except ImportError as error:  # before OSError: ModuleNotFoundError is no OSError, but be explicit
+            raise MissingDependencyError(missing_package_message(model, error)) from None
         except (OSError, ValueError, KeyError) as error:
             raise InputError(f"{model}: cannot load an image-text-to-text model and processor ({error})") from None
         self.model.to(self.device).eval()
@@ -88,8 +102,10 @@ class HFEngine(CaptionEngine):
         if not requests:
             return []
         texts = [self.model_text(request.prompt) for request in requests]
+        # One image list per request: processors that take several images per prompt (SmolVLM2, Idefics3)
+        # read a flat list as one sample's images; the others give the same inputs either way.
         inputs = self.processor(
-            images=[request.image for request in requests], text=texts, return_tensors="pt", padding="longest"
+            images=[[request.image] for request in requests], text=texts, return_tensors="pt", padding="longest"
         )
         inputs = inputs.to(device=self.device, dtype=self.model.dtype)
         if self.settings.do_sample:
