@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,15 +25,29 @@ def test_demo_runs_every_stage_and_writes_table_and_plots(tmp_path, capsys) -> N
     assert "randomly initialised" in capsys.readouterr().out
 
 
+def _stage_files(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every file the stages before evaluation wrote: an atomic rewrite changes both."""
+    return {
+        str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in out.rglob("*")
+        if p.is_file() and p.relative_to(out).parts[0] != "eval"
+    }
+
+
 @pytest.mark.slow
 def test_demo_cli_rerun_reuses_the_finished_stages_and_prints_the_table(tmp_path, capsys) -> None:
-    args = ["--out", str(tmp_path / "demo"), "--max-train-per-class", "12", "--epochs", "1", "--prompts", "1"]
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--max-train-per-class", "12", "--epochs", "1", "--prompts", "1"]
     args += ["--image-size", "8", "--batch-size", "8", "--threads", "1", "--no-progress"]
     assert main(args) == 0
     first = capsys.readouterr().out
-    assert main(args) == 0  # stores, training checkpoints and the dataset are reused
+    written = _stage_files(out)
+    assert any(name.startswith("captions/") for name in written) and "train/model.safetensors" in written
+    assert main(args) == 0
     second = capsys.readouterr().out
-    for out in (first, second):
-        assert "Many" in out and "Medium" in out and "Few" in out and "All" in out
+    assert _stage_files(out) == written  # data, VLM, captions, features and training: nothing rewritten
+    assert "reusing its model" in second
+    for text in (first, second):
+        assert "Many" in text and "Medium" in text and "Few" in text and "All" in text
     table = [line for line in first.splitlines() if line.startswith("accuracy")]
     assert table == [line for line in second.splitlines() if line.startswith("accuracy")]

@@ -18,6 +18,7 @@ from vlmkd.errors import InputError, StoreMismatchError, VlmkdError
 from vlmkd.losses import TaskLoss, VlmkdObjective
 from vlmkd.models import Classifier, ModelSpec, build_model
 from vlmkd.train.checkpoint import (
+    MODEL_META,
     latest_checkpoint,
     load_checkpoint,
     load_classifier,
@@ -27,7 +28,7 @@ from vlmkd.train.checkpoint import (
 )
 from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
-from vlmkd.train.metrics_log import MetricsLog
+from vlmkd.train.metrics_log import MetricsLog, read_metrics
 from vlmkd.train.run_dir import check_run_directory
 from vlmkd.train.schedule import build_optimizer, lr_at
 from vlmkd.train.tensorboard_log import TensorBoardLog
@@ -54,6 +55,7 @@ class TrainResult:
     steps: int
     skipped_steps: int
     last_epoch: dict[str, float]
+    reused: bool = False  # the run was already finished: nothing was trained or written
 
 
 class TrainStep(nn.Module):
@@ -132,7 +134,10 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
     checkpoint = _find_resume(resume, run.output)
     progress = restore(run, checkpoint) if checkpoint is not None else Progress()
     if ctx.is_main:
-        sweep_temporary(run.output)
+        sweep_temporary(run.output)  # debris of a killed save, also beside a finished run
+    if progress.epoch >= config.epochs and (run.output / MODEL_META).is_file():  # written last: the save finished
+        return _finished_run(run, progress)
+    if ctx.is_main:
         write_config(config, run.output / "config.yaml")
     log = None
     if ctx.is_main:
@@ -154,6 +159,15 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
         save_classifier(run.output, run.model, run.spec, {**run.model_meta, "config": config.to_dict()})
     barrier()
     return TrainResult(output=run.output, steps=progress.step, skipped_steps=progress.skipped, last_epoch=summary)
+
+
+def _finished_run(run: Run, progress: Progress) -> TrainResult:
+    """A resumed run whose last epoch and final model are on disk: reuse it, write nothing, say so."""
+    epochs = [r for r in read_metrics(run.output / "metrics.jsonl") if r.get("kind") == "epoch"]
+    last = {k: v for k, v in epochs[-1].items() if isinstance(v, (int, float))} if epochs else {}
+    if run.ctx.is_main:
+        print(f"{run.output}: already trained for {run.config.epochs} epochs; reusing its model", flush=True)
+    return TrainResult(run.output, progress.step, progress.skipped, last, reused=True)
 
 
 def build_run(config: TrainConfig, ctx: Dist) -> Run:
