@@ -932,3 +932,46 @@ def test_eval_from_another_working_directory_finds_the_training_inputs(pipeline,
     capsys.readouterr()
     assert vlmkd_main(["eval", str(tmp_path / "run"), str(pipeline["list"]), "--num-workers", "0"]) == 0
     assert (tmp_path / "run" / "eval" / "tsne_caption_features.png").is_file()
+
+
+# ------------------------------------------------------------------------------------ out-of-range settings
+
+BAD_SETTINGS = {
+    # flags: message tail (the setting named, and why)
+    ("--lr", "nan"): "lr must be a finite number; got nan",
+    ("--lr", "-1"): "lr must be greater than 0; got -1",
+    ("--momentum", "-1"): "momentum must be at least 0 and less than 1; got -1",
+    ("--momentum", "1"): "momentum must be at least 0 and less than 1; got 1",
+    ("--weight-decay", "inf"): "weight_decay must be a finite number; got inf",
+    ("--warmup-epochs", "nan"): "warmup_epochs must be a finite number; got nan",
+    ("--warmup-epochs", "5"): "warmup_epochs (5) must be at most epochs (1)",
+    ("--threads", "0"): "threads must be at least 1; got 0",
+    ("--temperature", "0"): "temperature must be greater than 0; got 0",
+    ("--kd-temperature=-inf",): "kd_temperature must be a finite number; got -inf",
+    ("--vlmkd-weight", "-1"): "vlmkd_weight must be at least 0; got -1",
+    ("--kd-weight", "-0.5"): "kd_weight must be at least 0; got -0.5",
+    ("--la-tau", "nan"): "la_tau must be a finite number; got nan",
+    ("--width", "0"): "width must be greater than 0; got 0",
+    ("--std", "1", "0", "1"): "std must be greater than 0; got 0",
+    ("--mean", "0", "nan", "0"): "mean must be a finite number; got nan",
+    ("--num-workers", "-1"): "num_workers must be at least 0; got -1",
+    ("--image-size", "2"): "image_size 2 is smaller than resnet32's stride of 4 pixels",
+    ("--batch-size", "1", "--vlmkd-weight", "1", "--features", "f"): "needs a global batch_size of at least 2",
+    ("--seed", "-3"): "seed must be at least 0; got -3",
+}
+
+
+@pytest.mark.parametrize("flags", BAD_SETTINGS, ids=lambda flags: "_".join(flags).strip("-"))
+def test_out_of_range_training_settings_are_refused_before_any_work(tmp_path, capsys, flags) -> None:
+    listing = make_dataset(tmp_path / "data", {f"{k}.png": GOOD for k in range(4)})
+    argv = ["train", "--train", str(listing), "--output", str(tmp_path / "run"), "--epochs", "1", *flags]
+    assert vlmkd_main(argv) == 2
+    assert BAD_SETTINGS[flags] in one_line_error(capsys, "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_range_setting_in_a_config_file_is_refused_naming_the_file(tmp_path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: .nan\nepochs: 1\n")
+    assert vlmkd_main(["train", "--config", str(config), "--train", "x.txt", "--print-config"]) == 2
+    assert one_line_error(capsys, "train") == f"vlmkd train: error: {config}: lr must be a finite number; got nan"

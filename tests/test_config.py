@@ -58,7 +58,7 @@ def test_unknown_name_is_one_line_with_the_choices_and_a_suggestion(value: objec
         ),
         ({"task_loss": "focal"}, r"^task_loss must be one of ce, balanced_softmax, logit_adjust, got 'focal'$"),
         ({"contrastive_backend": "ref"}, r"got 'ref' \(did you mean 'reference'\?\)$"),
-        ({"epochs": 0}, r"^epochs must be at least 1; got 0$"),
+        ({"epochs": 0}, r"^TrainConfig: epochs must be at least 1; got 0$"),
     ],
 )
 def test_train_config_refuses_bad_values_on_construction_naming_the_setting(settings: dict, message: str) -> None:

@@ -391,3 +391,59 @@ def test_trust_remote_code_is_off_unless_asked_for_on_the_caption_command_line()
     parser = build_parser()
     assert parser.parse_args(["data.txt", "--model", "m", "--out", "o"]).trust_remote_code is False
     assert parser.parse_args(["data.txt", "--model", "m", "--out", "o", "--trust-remote-code"]).trust_remote_code
+
+
+# ------------------------------------------------------------------------- bounded YAML/JSON readers
+
+
+def alias_bomb(levels: int = 7) -> str:
+    """A 'billion laughs' YAML document: 9**levels strings from a few hundred bytes, through nested aliases."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for k in range(1, levels):
+        lines.append(f"l{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+BOUNDED_CASES = {
+    # name: (file name, content, message)
+    "alias-bomb": ("bomb.yaml", alias_bomb(), "expands to more than 100000 values"),
+    "recursive-alias": ("loop.yaml", "a: &a [*a]\n", "recursive alias"),
+    "oversized": ("big.yaml", "# " + "x" * (1 << 20) + "\n", "larger than 1048576 bytes"),
+    "not-utf8": ("latin1.yaml", "epochs: 3\nname: caf\xe9\n".encode("latin-1"), "is not UTF-8 text"),
+    "deep-json": ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", BOUNDED_CASES)
+@pytest.mark.parametrize("reader", ["train --config", "caption --prompts"])
+def test_config_and_prompt_files_are_read_with_bounds(tmp_path: Path, capsys, case: str, reader: str) -> None:
+    name, content, message = BOUNDED_CASES[case]
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "list.txt").write_text("a.png 0\n")
+    if reader.startswith("train"):
+        argv = ["train", "--config", str(path), "--train", "x.txt", "--print-config"]
+    else:
+        argv = ["caption", str(tmp_path / "list.txt"), "--model", str(tmp_path / "no-model"), "--out",
+                str(tmp_path / "c"), "--prompts", str(path)]  # fmt: skip
+    assert vlmkd_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"vlmkd {reader.split()[0]}: error: {path}"), err[:500]
+    assert message in err and len(err) < 400, err[:500]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_huge_wrongly_typed_value_is_not_echoed_into_the_error(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: [" + ", ".join(["12345"] * 50_000) + "]\n")
+    assert vlmkd_main(["train", "--config", str(config), "--train", "x.txt", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epochs must be an integer, got [12345, 12345" in err and len(err) < 300, err[:500]
+
+
+def test_a_byte_order_mark_at_the_start_of_a_config_file_is_ignored(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_bytes("\ufeffepochs: 3\n".encode())
+    assert vlmkd_main(["train", "--config", str(config), "--train", "x.txt", "--print-config"]) == 0
+    assert "epochs: 3\n" in capsys.readouterr().out

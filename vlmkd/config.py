@@ -10,6 +10,7 @@ file or command-line flags) checks every value against its field's type (`int`, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vlmkd.bounded_read import read_yaml_file, short_repr
 from vlmkd.errors import InputError
 from vlmkd.registry import did_you_mean
 
@@ -83,8 +85,57 @@ def coerce_settings(cls: type, settings: dict[str, Any], where: str) -> list[tup
         raise InputError(f"{where}: unknown setting {unknown[0]!r}{did_you_mean(unknown[0], sorted(known))}")
     if unknown:
         raise InputError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    lengths = {f.name: f.metadata.get("length") for f in dataclasses.fields(cls)}
-    return [(name, typed_value(name, value, hints[name], where, lengths[name])) for name, value in settings.items()]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    checked = []
+    for name, value in settings.items():
+        typed = typed_value(name, value, hints[name], where, fields[name].metadata.get("length"))
+        check_range(name, typed, fields[name].metadata.get("range"), where)
+        checked.append((name, typed))
+    return checked
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric setting: bounds, each inclusive or not (None: unbounded)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        words = (("at least", self.ge), ("greater than", self.gt), ("at most", self.le), ("less than", self.lt))
+        return " and ".join(f"{word} {bound:g}" for word, bound in words if bound is not None)
+
+    def holds(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+
+def in_range(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
+             lt: float | None = None, **metadata: Any) -> dict[str, Any]:  # fmt: skip
+    """Field metadata declaring a numeric setting's range, checked on construction like its type."""
+    return {"range": Range(ge, gt, le, lt), **metadata}
+
+
+def check_range(name: str, value: Any, allowed: Range | None, where: str) -> None:
+    """The one numeric guard of every config: each float (or list item) is finite, and within `allowed` if given.
+
+    A NaN learning rate or temperature trains silently to NaN weights; a negative one is as wrong, and both are
+    refused here, before any work, naming the setting.
+    """
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InputError(f"{where}: {name} must be a finite number; got {item}")
+        if allowed is not None and not allowed.holds(item):
+            raise InputError(f"{where}: {name} must be {allowed.describe()}; got {item:g}")
 
 
 def typed_value(name: str, value: Any, hint: Any, where: str, length: int | None = None) -> Any:
@@ -113,7 +164,7 @@ def typed_value(name: str, value: Any, hint: Any, where: str, length: int | None
     elif (checked := _scalar(value, kind)) is not _BAD:
         return checked
     expected = _describe(kind, length)
-    raise InputError(f"{where}: {name} must be {expected}{' or null' if optional else ''}, got {value!r}")
+    raise InputError(f"{where}: {name} must be {expected}{' or null' if optional else ''}, got {short_repr(value)}")
 
 
 def _scalar(value: Any, kind: Any) -> Any:
@@ -164,20 +215,9 @@ def _plain(value: Any) -> Any:
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML settings file; unreadable, oversized or malformed files are `InputError`s."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise InputError(f"{path}: {size} bytes is too large for a settings file (at most {MAX_CONFIG_BYTES})")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read the settings file ({error})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise InputError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})") from None
+    """The top-level mapping of a YAML settings file; unreadable, oversized, non-UTF-8, alias-bomb or malformed
+    files are `InputError`s naming the file (through the bounded readers of `vlmkd.bounded_read`)."""
+    data = read_yaml_file(path, "settings file", max_bytes=MAX_CONFIG_BYTES) or {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of settings at the top level")
     return data

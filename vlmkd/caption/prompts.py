@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from dataclasses import dataclass
@@ -10,8 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vlmkd.bounded_read import parse_json, parse_yaml, read_text_file, short_repr
 from vlmkd.caption.store import prompt_set_record
 from vlmkd.errors import InputError
 
@@ -75,28 +73,22 @@ def load_prompt_set(source: str | Path | None = None) -> PromptSet:
     if not path.is_file():
         shipped = ", ".join(shipped_prompt_sets())
         raise InputError(f"{path}: prompt file not found (shipped prompt sets: {shipped})")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read prompt file ({error})") from None
+    text = read_text_file(path, "prompt file")  # bounded in size, UTF-8, byte-order mark removed
     return parse_prompt_set(text, str(path), default_name=path.stem, is_json=path.suffix.lower() == ".json")
 
 
 def parse_prompt_set(text: str, where: str, *, default_name: str = "custom", is_json: bool = False) -> PromptSet:
     """Parse and validate prompt-set text; `where` names the file in error messages."""
-    try:
-        data = json.loads(text) if is_json else yaml.safe_load(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{where}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
-    except yaml.YAMLError as error:
-        raise InputError(f"{where}{_yaml_position(error)}: not valid YAML ({_one_line(error)})") from None
+    data = parse_json(text, where) if is_json else parse_yaml(text, where)  # aliases bounded, one-line errors
     if isinstance(data, list):
         data = {"prompts": data}
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping with a 'prompts' list, got {type(data).__name__}")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise InputError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_TOP_KEYS)})")
+        raise InputError(
+            f"{where}: unknown keys {short_repr(sorted(map(str, unknown)))} (allowed: {sorted(_TOP_KEYS)})"
+        )
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"{where}: 'name' must be a non-empty string")
@@ -107,7 +99,7 @@ def parse_prompt_set(text: str, where: str, *, default_name: str = "custom", is_
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.id in seen:
-            raise InputError(f"{where}: duplicate prompt id {prompt.id!r}")
+            raise InputError(f"{where}: duplicate prompt id {short_repr(prompt.id)}")
         seen.add(prompt.id)
     return PromptSet(name=name.strip(), prompts=tuple(prompts))
 
@@ -117,10 +109,14 @@ def _parse_prompt(item: object, where: str) -> Prompt:
         raise InputError(f"{where}: expected a mapping with 'id' and 'template', got {type(item).__name__}")
     unknown = set(item) - _PROMPT_KEYS
     if unknown:
-        raise InputError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_PROMPT_KEYS)})")
+        raise InputError(
+            f"{where}: unknown keys {short_repr(sorted(map(str, unknown)))} (allowed: {sorted(_PROMPT_KEYS)})"
+        )
     prompt_id, template = item.get("id"), item.get("template")
     if not isinstance(prompt_id, str) or not _ID_RE.fullmatch(prompt_id):
-        raise InputError(f"{where}: 'id' must be 1-64 characters of letters, digits, '_', '.', '-', got {prompt_id!r}")
+        raise InputError(
+            f"{where}: 'id' must be 1-64 characters of letters, digits, '_', '.', '-', got {short_repr(prompt_id)}"
+        )
     if not isinstance(template, str) or not template.strip():
         raise InputError(f"{where} ({prompt_id}): 'template' must be a non-empty string")
     try:
@@ -129,17 +125,8 @@ def _parse_prompt(item: object, where: str) -> Prompt:
         raise InputError(f"{where} ({prompt_id}): bad template ({error}); write literal braces as {{{{ }}}}") from None
     names = {name for name, _, _ in fields if name is not None}
     if not names <= PLACEHOLDERS:
-        raise InputError(f"{where} ({prompt_id}): unknown placeholders {sorted(names - PLACEHOLDERS)}; only {{label}}")
+        unknown_names = short_repr(sorted(names - PLACEHOLDERS))
+        raise InputError(f"{where} ({prompt_id}): unknown placeholders {unknown_names}; only {{label}}")
     if any(name is not None and (spec or conversion) for name, spec, conversion in fields):
         raise InputError(f"{where} ({prompt_id}): write the placeholder as plain {{label}}, without '!' or ':'")
     return Prompt(id=prompt_id, template=template.strip())
-
-
-def _yaml_position(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-
-
-def _one_line(error: yaml.YAMLError) -> str:
-    problem = getattr(error, "problem", None)
-    return problem if problem else " ".join(str(error).split())

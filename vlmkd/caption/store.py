@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmkd.atomic_files import atomic_write, remove_stale_temporaries, write_json_atomic
+from vlmkd.bounded_read import read_json_file
 from vlmkd.errors import InputError, StoreMismatchError
 from vlmkd.folder_kind import CAPTIONS, refuse_unless
 
@@ -106,9 +107,10 @@ class CaptionStore:
         if not manifest_file.is_file():
             raise InputError(f"{path}: not a caption store (no {MANIFEST_NAME})")
         try:
-            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"{manifest_file}: unreadable caption-store manifest ({error})") from None
+            manifest = read_json_file(manifest_file, "caption-store manifest")
+        except InputError as error:
+            detail = str(error).removeprefix(str(manifest_file)).lstrip(":0123456789 ")
+            raise InputError(f"{manifest_file}: unreadable caption-store manifest ({detail})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise InputError(f"{manifest_file}: not a caption-store manifest (format is not {FORMAT!r})")
         if manifest.get("version") != VERSION:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from vlmkd.atomic_files import write_text_atomic
+from vlmkd.bounded_read import read_json_file, short_repr
 from vlmkd.data.dataset import CLASSNAMES_FILE, ImageList, load_image_list
 from vlmkd.data.listfile import write_classnames, write_list_file
 from vlmkd.data.longtail import longtail_counts, longtail_indices
@@ -71,10 +72,11 @@ def _is_complete(out_dir: Path, settings: dict) -> bool:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise InputError(f"{out_dir}: exists and is not a vlmkd demo dataset; choose an empty or new directory")
         return False
-    found = json.loads(manifest.read_text())
+    found = read_json_file(manifest, "demo dataset manifest")
     if found != settings:
         raise InputError(
-            f"{out_dir}: holds a demo dataset made with {found}, not {settings}; delete it or choose another directory"
+            f"{out_dir}: holds a demo dataset made with {short_repr(found)}, not {settings}; delete it or choose "
+            "another directory"
         )
     return True
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vlmkd.bounded_read import read_json_file
 from vlmkd.errors import InputError, StoreMismatchError
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ def validate_manifest(manifest: Any, source: Path) -> None:
 def read_json(file: Path) -> Any:
     """Parsed JSON of `file`; InputError naming it if unreadable."""
     try:
-        return json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{file}: unreadable JSON ({error})") from None
+        return read_json_file(file, "feature-store JSON")
+    except InputError as error:
+        detail = str(error).removeprefix(str(file)).lstrip(":0123456789 ")
+        raise InputError(f"{file}: unreadable JSON ({detail})") from None

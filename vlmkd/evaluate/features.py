@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from vlmkd.atomic_files import write_bytes_atomic, write_json_atomic
+from vlmkd.bounded_read import read_json_file
 from vlmkd.data import ImageList
 from vlmkd.errors import InputError
 from vlmkd.evaluate.metrics import Predictions
@@ -112,9 +112,10 @@ def load_eval_features(directory: str | Path) -> EvalFeatures:
     if not (directory / MANIFEST).is_file() and (directory / DIRECTORY / MANIFEST).is_file():
         directory = directory / DIRECTORY
     try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{directory / MANIFEST}: unreadable saved-features manifest ({error})") from None
+        manifest = read_json_file(directory / MANIFEST, "saved-features manifest")  # bounded in size
+    except InputError as error:
+        detail = str(error).removeprefix(str(directory / MANIFEST)).lstrip(":0123456789 ")
+        raise InputError(f"{directory / MANIFEST}: unreadable saved-features manifest ({detail})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{directory / MANIFEST}: not a vlmkd-eval features manifest")
     try:

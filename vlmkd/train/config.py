@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmkd.config import StageConfig, coerce_settings, read_yaml_mapping, setting_names
+from vlmkd.config import StageConfig, coerce_settings, in_range, read_yaml_mapping, setting_names
 from vlmkd.errors import InputError
 from vlmkd.registry import Registry, choice_error
 
 PRESET_DIR = Path(__file__).parent / "configs"
+# How much each built-in backbone downsamples: smaller images leave it no pixel to look at.
+BACKBONE_STRIDES = {"resnet32": 4, "resnet50": 32, "resnext50": 32}
 CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("batch", "group"),
     "positives": ("instance", "class"),
@@ -54,45 +56,49 @@ class TrainConfig(StageConfig):
     features: Path | None = None  # caption feature store (needed when vlmkd_weight > 0)
     # model
     arch: str = "resnet32"
-    width: float = 1.0  # resnet32 channel multiplier (0.5: 8/16/32 channels)
+    width: float = field(default=1.0, metadata=in_range(gt=0))  # resnet32 channel multiplier (0.5: 8/16/32 channels)
     norm: str = "batch"
     sync_bn: bool = False  # SyncBatchNorm under DDP (GPU only)
     # data
-    image_size: int = 32
+    image_size: int = field(default=32, metadata=in_range(ge=1))  # and at least the backbone's stride
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata={"length": 3})
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata={"length": 3})
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=in_range(gt=0, length=3))
     flip: bool = True
     loader: str = "torch"
-    num_workers: int = 2
+    num_workers: int = field(default=2, metadata=in_range(ge=0))
     # objective
     task_loss: str = "ce"
-    la_tau: float = 1.0
-    vlmkd_weight: float = 0.0
+    la_tau: float = field(default=1.0, metadata=in_range(ge=0))
+    vlmkd_weight: float = field(default=0.0, metadata=in_range(ge=0))
     positives: str = "instance"
     caption_mix: str = "sample"
     prompts: list[str] | None = None  # prompt ids to use; None = all in the store
-    temperature: float = 0.07
+    temperature: float = field(default=0.07, metadata=in_range(gt=0))
     learn_temperature: bool = True
-    adaptor_hidden: int | None = None  # 2-layer MLP adaptor of this width (default: linear)
+    adaptor_hidden: int | None = field(
+        default=None, metadata=in_range(ge=1)
+    )  # 2-layer MLP adaptor of this width (default: linear)
     contrastive_backend: str | None = None  # a name in vlmkd.backends(); default: the fastest usable
     teacher: Path | None = None  # a vlmkd classifier checkpoint: frozen vision teacher
-    kd_weight: float = 0.0
-    kd_temperature: float = 4.0
+    kd_weight: float = field(default=0.0, metadata=in_range(ge=0))
+    kd_temperature: float = field(default=4.0, metadata=in_range(gt=0))
     # optimisation
-    epochs: int = 10
-    batch_size: int = 128  # global: split across processes under DDP
+    epochs: int = field(default=10, metadata=in_range(ge=1))
+    batch_size: int = field(default=128, metadata=in_range(ge=1))  # global: split across processes under DDP
     optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
+    lr: float = field(default=0.1, metadata=in_range(gt=0))
+    momentum: float = field(default=0.9, metadata=in_range(ge=0, lt=1))
+    weight_decay: float = field(default=5e-4, metadata=in_range(ge=0))
+    warmup_epochs: float = field(default=1.0, metadata=in_range(ge=0))  # and at most epochs
     amp: str = "off"
     on_nonfinite: str = "stop"
     # run
-    seed: int = 0
+    seed: int = field(default=0, metadata=in_range(ge=0))
     device: str = "auto"
-    threads: int | None = None  # CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)
-    log_every: int = 10
+    threads: int | None = field(
+        default=None, metadata=in_range(ge=1)
+    )  # CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)
+    log_every: int = field(default=10, metadata=in_range(ge=1))
     tensorboard: bool = False  # also write the metrics as TensorBoard events into OUTPUT/tensorboard
     progress: bool = True
 
@@ -103,13 +109,21 @@ class TrainConfig(StageConfig):
         for name, registry in registries().items():
             if getattr(self, name) is not None:
                 registry.check(getattr(self, name), name)
-        if self.width <= 0:
-            raise InputError(f"width must be positive; got {self.width}")
-        for name in ("epochs", "batch_size", "image_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.temperature <= 0 or self.kd_temperature <= 0:
-            raise InputError("temperatures must be positive")
+        # Ranges of single settings are field metadata (`in_range`), checked with the types; these involve two.
+        if self.warmup_epochs > self.epochs:
+            raise InputError(f"warmup_epochs ({self.warmup_epochs:g}) must be at most epochs ({self.epochs})")
+        if self.vlmkd_weight > 0 and self.batch_size < 2:
+            raise InputError(
+                f"the VLM-KD term needs a global batch_size of at least 2 (the other captions of a batch are its "
+                f"negatives; with {self.batch_size} its loss is 0 at every step); raise --batch-size or set "
+                "--vlmkd-weight 0"
+            )
+        stride = BACKBONE_STRIDES.get(self.arch)
+        if stride is not None and self.image_size < stride:
+            raise InputError(
+                f"image_size {self.image_size} is smaller than {self.arch}'s stride of {stride} pixels; "
+                f"use --image-size {stride} or more"
+            )
 
     def validate(self) -> TrainConfig:
         """Re-check every setting and require the run's inputs; raise `InputError` naming the first problem."""

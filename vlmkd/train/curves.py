@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from vlmkd.arguments import ArgumentParser
 from vlmkd.atomic_files import write_bytes_atomic
+from vlmkd.bounded_read import read_yaml_file
 from vlmkd.errors import InputError
 from vlmkd.train.record_fields import (
     FRACTION_FIELDS,
@@ -129,12 +129,12 @@ def _collect(records: Sequence[Mapping[str, Any]], batch_size: int | None) -> di
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
-    try:
-        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         return {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise InputError(f"{path}: unreadable run config ({' '.join(str(error).split())})") from None
+    try:
+        settings = read_yaml_file(path, "run config")  # bounded: size, aliases, UTF-8
+    except InputError as error:
+        raise InputError(f"{path}: unreadable run config ({str(error).removeprefix(str(path)).lstrip(': ')})") from None
     return settings if isinstance(settings, dict) else {}
 
 
