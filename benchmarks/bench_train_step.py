@@ -1,13 +1,19 @@
-"""Training-step throughput (images/s) of ResNet-32 with VLM-KD off, on with the reference loss, and on
-with the fused loss; target: the VLM-KD term costs <= 5% of a step (fused vs off).
+"""Training-step throughput (images/s), two parts:
 
-One step = forward of the classifier, the objective (Balanced Softmax + lambda * VLM-KD), backward and an
-SGD step, on synthetic 32 px images and 384-d text features (all-MiniLM-L6-v2's width), batch 128: the
-CIFAR-LT recipe. The loader is left out so the table isolates the compute the VLM-KD term adds. Timed
-repetitions are interleaved across rows (shared machines are noisy); best-of-N and median reported.
+- vlmkd: ResNet-32 with VLM-KD off, on with the reference loss, and on with the fused loss; target: the
+  VLM-KD term costs <= 5% of a step (fused vs off).
+- speed: the speed settings of a training step, eager vs channels-last vs torch.compile of the backbone
+  (inductor), for ResNet-32 and one timm model (`--timm-model`, default timm:resnet10t).
 
-    python benchmarks/bench_train_step.py            # writes benchmarks/results/train_step.md
-    python benchmarks/bench_train_step.py --quick    # small smoke run, prints only
+One step = forward of the classifier, the objective (Balanced Softmax, + lambda * VLM-KD in the vlmkd part),
+backward and an SGD step, on synthetic 32 px images and 384-d text features (all-MiniLM-L6-v2's width),
+batch 128: the CIFAR-LT recipe. The loader is left out so the tables isolate the step's compute. Timed
+repetitions are interleaved across rows (shared machines are noisy); best-of-N and median reported. The
+compiled rows compile during warm-up; the time of that first step is reported separately.
+
+    python benchmarks/bench_train_step.py                 # both parts -> benchmarks/results/train_step.md
+    python benchmarks/bench_train_step.py --part speed    # one part (the file keeps the other part's section)
+    python benchmarks/bench_train_step.py --quick         # small smoke run, prints only
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _common import Series, machine, seconds_series
+from _common import Series, load_average, machine, seconds_series
 
 from vlmkd.backends import backends
 from vlmkd.losses import TaskLoss, VlmkdObjective
 from vlmkd.models import ModelSpec, build_model
+from vlmkd.models.speed import apply_speed_settings, batch_layout
 from vlmkd.ops import VlmkdContrastiveLoss
 from vlmkd.train.schedule import build_optimizer
 from vlmkd.train.trainer import TrainStep
@@ -34,10 +41,13 @@ TEXT_DIM, NUM_CLASSES = 384, 100
 
 @dataclass(frozen=True)
 class Case:
-    """One row: the VLM-KD term off (backend None) or on with a loss backend."""
+    """One row: a backbone, the VLM-KD term off (backend None) or on with a loss backend, and speed settings."""
 
     name: str
     backend: str | None
+    arch: str = "resnet32"
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Result:
     seconds: Series = field(default_factory=seconds_series)  # wall time per step, one per timed repetition
     # process CPU time per step: less sensitive to other processes on a shared machine
     cpu_seconds: Series = field(default_factory=seconds_series)
+    first_step: float = 0.0  # wall seconds of the first warm-up step (includes compilation)
 
 
 class Stepper:
@@ -62,7 +73,9 @@ class Stepper:
     def __init__(self, case: Case, setup: Setup) -> None:
         torch.manual_seed(0)
         counts = torch.logspace(3, 1, NUM_CLASSES).round()
-        model = build_model(ModelSpec("resnet32", NUM_CLASSES, setup.width))
+        width = setup.width if case.arch == "resnet32" else 1.0
+        model = build_model(ModelSpec(case.arch, NUM_CLASSES, width))
+        apply_speed_settings(model, channels_last=case.channels_last, compile=case.compile)
         contrastive = None
         if case.backend is not None:
             contrastive = VlmkdContrastiveLoss(TEXT_DIM, model.feature_dim, backend=case.backend)
@@ -71,9 +84,9 @@ class Stepper:
         )
         self.module = TrainStep(model, objective).train()
         self.optimizer = build_optimizer([model, objective], "sgd", lr=0.01, weight_decay=5e-4)
-        self.images = torch.randn(setup.batch, 3, setup.image_size, setup.image_size)
+        self.images = batch_layout(torch.randn(setup.batch, 3, setup.image_size, setup.image_size), case.channels_last)
         self.labels = torch.randint(NUM_CLASSES, (setup.batch,))
-        self.text = torch.nn.functional.normalize(torch.randn(setup.batch, TEXT_DIM), dim=1)
+        self.text = torch.nn.functional.normalize(torch.randn(setup.batch, TEXT_DIM), dim=1) if contrastive else None
 
     def step(self) -> tuple[float, float]:
         """(wall seconds, CPU seconds) of one training step."""
@@ -93,10 +106,11 @@ def usable_backends() -> list[str]:
 def run(cases: list[Case], setup: Setup, repeats: int, steps: int, warmup: int) -> list[Result]:
     torch.set_num_threads(setup.threads)
     steppers = {case: Stepper(case, setup) for case in cases}
-    for stepper in steppers.values():
-        for _ in range(warmup):
-            stepper.step()
     results = {case: Result(case) for case in cases}
+    for case, stepper in steppers.items():
+        results[case].first_step = stepper.step()[0]
+        for _ in range(warmup - 1):
+            stepper.step()
     for _ in range(repeats):  # interleaved: every row sees the same machine load, repetition by repetition
         for case, stepper in steppers.items():
             times = [stepper.step() for _ in range(steps)]
@@ -125,21 +139,33 @@ def table(results: list[Result], setup: Setup) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run; prints only")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=11)
-    args = parser.parse_args()
-    setup = Setup(batch=16 if args.quick else args.batch, image_size=32, width=1.0, threads=args.threads)
+def speed_table(results: list[Result], setup: Setup) -> str:
+    """Per backbone: images/s of each speed setting and its speed-up over eager (median wall and CPU time)."""
+    lines = [
+        "| backbone | setting | images/s (best) | images/s (median) | wall ms/step (median) | CPU ms/step (median) "
+        "| speed-up vs eager: wall | speed-up vs eager: CPU | first step (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        eager = next(r for r in results if r.case.arch == result.case.arch and r.case.name == "eager")
+        wall, cpu = result.seconds.median, result.cpu_seconds.median
+        lines.append(
+            f"| {result.case.arch} | {result.case.name} | {setup.batch / result.seconds.best:.0f} "
+            f"| {setup.batch / wall:.0f} | {1000 * wall:.1f} | {1000 * cpu:.1f} "
+            f"| {eager.seconds.median / wall:.2f}x | {eager.cpu_seconds.median / cpu:.2f}x | {result.first_step:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def vlmkd_part(setup: Setup, repeats: int, steps: int, quick: bool) -> str:
     cases = [Case("VLM-KD off (task loss only)", None), Case("VLM-KD on, reference loss", "reference")]
     cases += [Case(f"VLM-KD on, fused loss ({name})", name) for name in usable_backends()]
-    results = run(cases, setup, repeats=2 if args.quick else args.repeats, steps=1 if args.quick else 3, warmup=2)
+    started = load_average()
+    results = run(cases, setup, repeats=repeats, steps=steps, warmup=2)
     body = table(results, setup)
     print(body)
-    if args.quick:
-        return
+    if quick:
+        return body
     fused = [r for r in results if r.case.backend not in (None, "reference")]
     off = next(r for r in results if r.case.backend is None)
     verdict = ""
@@ -154,16 +180,73 @@ def main() -> None:
             "10% or more between runs (compare best and median images/s): read them as noise bounds."
         )
     header = [
-        "# Training step: cost of the VLM-KD term",
+        "## Cost of the VLM-KD term",
         "",
         f"ResNet-32 (width {setup.width}, {setup.image_size} px), {NUM_CLASSES} classes, batch {setup.batch}, "
         f"text dim {TEXT_DIM}, Balanced Softmax + VLM-KD (lambda 1), SGD; forward + backward + step on fixed "
-        f"synthetic data. {machine()}; {len(results[0].seconds)} interleaved repetitions of 3 steps.",
+        f"synthetic data. {machine()}; load average {started} at the start; {len(results[0].seconds)} "
+        f"interleaved repetitions of {steps} steps.",
         "",
     ]
+    return "\n".join([*header, body, "", verdict, ""])
+
+
+def speed_part(setup: Setup, repeats: int, steps: int, timm_model: str, quick: bool) -> str:
+    cases = []
+    for arch in ("resnet32", timm_model):
+        cases += [Case("eager", None, arch), Case("channels-last", None, arch, channels_last=True)]
+        cases += [Case("torch.compile (inductor)", None, arch, compile=True)]
+    started = load_average()
+    results = run(cases, setup, repeats=repeats, steps=steps, warmup=3)
+    body = speed_table(results, setup)
+    print(body)
+    if quick:
+        return body
+    header = [
+        "## Speed settings: eager vs channels-last vs torch.compile",
+        "",
+        f"`--channels-last` and `--compile` on one training step (Balanced Softmax, VLM-KD off, SGD; forward + "
+        f"backward + step on fixed synthetic data), {setup.image_size} px, {NUM_CLASSES} classes, batch "
+        f"{setup.batch}; ResNet-32 at width {setup.width} and {timm_model} (timm). {machine()}. The machine was "
+        f"shared with other agents' jobs (load average {started} at the start, {load_average()} at the end), so "
+        f"the run uses {setup.threads} thread(s) and times {len(results[0].seconds)} interleaved repetitions of "
+        f"{steps} steps: compare the rows of one backbone, not absolute numbers across runs. Speed-ups are median "
+        'over median; "first step" is the first warm-up step, which for the compiled rows includes compilation.',
+        "",
+    ]
+    return "\n".join([*header, body, ""])
+
+
+def write_sections(sections: dict[str, str]) -> None:
+    """Replace the given `## ` sections of the results file, keeping the others as they were."""
+    kept: dict[str, str] = {}
+    if RESULTS.is_file():
+        for chunk in RESULTS.read_text().split("\n## ")[1:]:
+            kept[chunk.split("\n", 1)[0]] = "## " + chunk.rstrip("\n") + "\n"
+    for text in sections.values():
+        kept[text.split("\n", 1)[0].removeprefix("## ")] = text
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join([*header, body, "", verdict, ""]))
-    print(verdict)
+    RESULTS.write_text("\n".join(["# Training step", "", *kept.values()]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run; prints only")
+    parser.add_argument("--part", choices=("all", "vlmkd", "speed"), default="all")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--timm-model", default="timm:resnet10t", help="the timm backbone of the speed part")
+    args = parser.parse_args()
+    setup = Setup(batch=16 if args.quick else args.batch, image_size=32, width=1.0, threads=args.threads)
+    repeats, steps = (2, 1) if args.quick else (args.repeats, 3)
+    sections = {}
+    if args.part in ("all", "vlmkd"):
+        sections["vlmkd"] = vlmkd_part(setup, repeats, steps, args.quick)
+    if args.part in ("all", "speed"):
+        sections["speed"] = speed_part(setup, repeats, steps, args.timm_model, args.quick)
+    if not args.quick:
+        write_sections(sections)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256, help="test images per forward pass")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC weights and batches (faster convolutions)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or stage times")
     return parser
 
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         save_features=args.save_features,
         progress=not args.no_progress,
+        channels_last=args.channels_last,
+        compile=args.compile,
     )
     print(format_table(results["top1"]))
     print(f"results: {out / RESULTS_FILE}")

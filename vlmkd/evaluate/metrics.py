@@ -11,6 +11,7 @@ import torch
 from vlmkd.data import ImageList
 from vlmkd.data.splits import SPLIT_NAMES, class_splits
 from vlmkd.models import Classifier
+from vlmkd.models.speed import batch_layout
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,11 @@ def predict(
     num_workers: int = 2,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    channels_last: bool = False,
 ) -> Predictions:
-    """Run `model` (in eval mode) over `dataset` once, in dataset order, with the evaluation transform."""
+    """Run `model` (in eval mode) over `dataset` once, in dataset order, with the evaluation transform.
+
+    `channels_last` feeds batches in NHWC order (for a model prepared with `apply_speed_settings`)."""
     from tqdm import tqdm
 
     from vlmkd.data.loaders import build_loader
@@ -54,7 +58,7 @@ def predict(
     predicted, labels, features = [], [], []
     bar = tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=not progress, file=sys.stderr)
     for images, batch_labels, _ in bar:
-        logits, batch_features = model(images.to(device), return_features=True)
+        logits, batch_features = model(batch_layout(images.to(device), channels_last), return_features=True)
         predicted.append(logits.argmax(dim=1).cpu())
         labels.append(batch_labels)
         features.append(batch_features.float().cpu())

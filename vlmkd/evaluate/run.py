@@ -20,6 +20,7 @@ from vlmkd.errors import InputError
 from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
 from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, TsnePlot, plot_per_class_accuracy, plot_tsne
 from vlmkd.folder_kind import EVAL, refuse_unless
+from vlmkd.models.speed import apply_speed_settings
 from vlmkd.train.checkpoint import load_classifier
 
 RESULTS_FILE = "metrics.json"
@@ -41,6 +42,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
     save_features: bool = False,
     progress: bool = False,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved classifier on `dataset`; writes `metrics.json` (and PNGs) to `out_dir`, returns the results.
 
@@ -49,10 +52,12 @@ def evaluate_checkpoint(
     `save_features` writes the test images' features and the VLM-KD loss module to `out_dir/features`
     (see `vlmkd.evaluate.features`).
     `progress` draws a bar over prediction and prints a line with its time for every plot (on stderr).
+    `channels_last` and `compile` are the speed settings of `vlmkd.models.speed`; predictions do not depend on them.
     """
     out = Path(out_dir)
     refuse_unless(out, {EVAL}, stage="folder of evaluation results")  # it is replaced as a whole
     model, meta = load_classifier(checkpoint, device)
+    apply_speed_settings(model, channels_last=channels_last, compile=compile)
     test = load_image_list(dataset)
     classnames = list(meta["classnames"])
     check_test_classes(test, classnames, dataset)
@@ -66,6 +71,7 @@ def evaluate_checkpoint(
         num_workers=num_workers,
         device=device,
         progress=progress,
+        channels_last=channels_last,
     )
     accuracy = per_class_accuracy(preds.predicted, preds.labels, len(classnames))
     results: dict[str, Any] = {

@@ -18,6 +18,8 @@ HELP = {
     "width": "ResNet-32 channel multiplier (16/32/64 x width)",
     "norm": "ResNet-32 normalisation (group: independent of the per-process batch)",
     "sync_bn": "SyncBatchNorm across DDP processes (GPU only)",
+    "channels_last": "keep weights and image batches in channels-last (NHWC) memory order, for faster convolutions",
+    "compile": "torch.compile the backbone (the first steps pay the compilation; checkpoints are unchanged)",
     "flip": "random horizontal flips",
     "mean": "normalisation mean, 3 values",
     "std": "normalisation std, 3 values",

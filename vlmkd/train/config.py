@@ -59,6 +59,8 @@ class TrainConfig(StageConfig):
     width: float = field(default=1.0, metadata=in_range(gt=0))  # resnet32 channel multiplier (0.5: 8/16/32 channels)
     norm: str = "batch"
     sync_bn: bool = False  # SyncBatchNorm under DDP (GPU only)
+    channels_last: bool = False  # NHWC weights and batches (faster convolutions on most hardware)
+    compile: bool = False  # torch.compile the backbone (in place: checkpoints are unchanged)
     # data
     image_size: int = field(default=32, metadata=in_range(ge=1))  # and at least the backbone's stride
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata={"length": 3})

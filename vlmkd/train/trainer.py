@@ -17,6 +17,7 @@ from vlmkd.encode.store import FeatureStore
 from vlmkd.errors import InputError, StoreMismatchError, VlmkdError
 from vlmkd.losses import TaskLoss, VlmkdObjective
 from vlmkd.models import Classifier, ModelSpec, build_model
+from vlmkd.models.speed import apply_speed_settings, batch_layout
 from vlmkd.train.checkpoint import (
     MODEL_META,
     latest_checkpoint,
@@ -181,6 +182,7 @@ def build_run(config: TrainConfig, ctx: Dist) -> Run:
     counts = torch.as_tensor(dataset.class_counts())
     spec = ModelSpec(config.arch, dataset.num_classes, config.width, config.norm)
     model = build_model(spec).to(ctx.device)
+    apply_speed_settings(model, channels_last=config.channels_last, compile=config.compile)
     store = FeatureStore.open(config.features) if config.vlmkd_weight > 0 else None
     text = open_text_source(config, dataset, store) if store is not None else None
     contrastive = build_contrastive(config, text.dim, model.feature_dim) if text is not None else None
@@ -264,7 +266,8 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
         leave=False,
     )
     for images, labels, indices in run.loader:
-        images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device)
+        images = batch_layout(images.to(ctx.device, non_blocking=True), config.channels_last)
+        labels = labels.to(ctx.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress.step, run.total_steps, run.warmup_steps, config.lr)
         batch_text = run.text(indices, sampler).to(ctx.device) if run.text is not None else None
