@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from vlmkd.caption.store import CaptionStore, prompt_set_record
-from vlmkd.caption.store import make_manifest as make_caption_manifest
+from vlmkd.caption.store import CaptionStore
+from vlmkd.caption.transfer import import_captions
 from vlmkd.data import ImageList
 from vlmkd.encode.store import FORMAT, VERSION, FeatureStore
 from vlmkd.encode.writer import FeatureWriter
@@ -22,22 +23,16 @@ CLASS_TEMPLATES = (
 
 
 def class_captions(dataset: ImageList, out: Path) -> CaptionStore:
-    """A one-prompt caption store whose caption of each image describes its class (templates by index)."""
-    rows = [
-        (i, sample.path, "D", CLASS_TEMPLATES[i % len(CLASS_TEMPLATES)].format(label=dataset.classnames[sample.label]))
-        for i, sample in enumerate(dataset.samples)
+    """A one-prompt caption store whose caption of each image describes its class (templates by index),
+    imported the public way (`vlmkd caption import`) from a JSONL file written beside `out`."""
+    source = out.with_name(f"{out.name}.jsonl")
+    lines = [
+        json.dumps({"image_index": i, "caption": CLASS_TEMPLATES[i % len(CLASS_TEMPLATES)].format(label=name)})
+        for i, name in enumerate(dataset.classnames[label] for label in dataset.labels().tolist())
     ]
-    manifest = make_caption_manifest(
-        dataset_fingerprint=dataset.fingerprint(),
-        num_images=len(dataset),
-        prompt_set=prompt_set_record("class-descriptions", {"D": " | ".join(CLASS_TEMPLATES)}),
-        engine="control",
-        model_id="class-descriptions",
-    )
-    store = CaptionStore.create(out, manifest)
-    if store.missing_shards():
-        store.write_shard(0, rows)
-    return store
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("\n".join(lines) + "\n")
+    return import_captions(source, dataset, out, prompt_id="D", progress=False).store
 
 
 # threads=1: OpenMP with 2 threads on a busy 2-core machine is ~20x slower than 1 thread for nets this small.
