@@ -117,7 +117,9 @@ def test_prompt_set_given_records_its_templates_and_orders_the_prompts(tiny_data
 
 def test_one_caption_per_image_with_prompt_id_for_every_row(tiny_dataset, tmp_path):
     rows = [{"image_index": i, "text": f"alt text {i}"} for i in range(len(tiny_dataset))]
-    store = import_captions(write_jsonl(tmp_path / "alt.jsonl", rows), tiny_dataset, tmp_path / "s",
+    source = write_jsonl(tmp_path / "alt.jsonl", rows)
+    source.write_bytes(b"\xef\xbb\xbf" + source.read_bytes())  # a byte-order mark, as some editors write
+    store = import_captions(source, tiny_dataset, tmp_path / "s",
                             prompt_id="alt", progress=False).store  # fmt: skip
     assert store.prompt_ids == ("alt",)
     assert store.read_table().column("caption").to_pylist() == [f"alt text {i}" for i in range(len(tiny_dataset))]

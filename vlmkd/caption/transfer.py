@@ -156,7 +156,7 @@ def _jsonl_records(source: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
         for number, raw in enumerate(handle, start=1):
             where = f"{source}:{number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM may open the file
             except UnicodeDecodeError as error:
                 raise InputError(
                     f"{where}: not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
