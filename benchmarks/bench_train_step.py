@@ -157,6 +157,23 @@ def speed_table(results: list[Result], setup: Setup) -> str:
     return "\n".join(lines)
 
 
+def speed_summary(results: list[Result]) -> str:
+    """Per backbone, one sentence: each setting's speed-up (median CPU time) and when compiling pays back (wall)."""
+    sentences = []
+    for arch in dict.fromkeys(r.case.arch for r in results):
+        rows = {r.case.name: r for r in results if r.case.arch == arch}
+        eager = rows.pop("eager")
+        ups = ", ".join(f"{name} {eager.cpu_seconds.median / r.cpu_seconds.median:.2f}x" for name, r in rows.items())
+        text = f"{arch}: {ups} (median CPU time per step)"
+        compiled = next((r for r in rows.values() if r.case.compile), None)
+        if compiled is not None:
+            saved = eager.seconds.median - compiled.seconds.median
+            payback = f"repaid after ~{compiled.first_step / saved:.0f} steps" if saved > 0 else "not repaid"
+            text += f"; compiling took {compiled.first_step:.0f} s, {payback} at the median wall time"
+        sentences.append(text + ".")
+    return " ".join(sentences)
+
+
 def vlmkd_part(setup: Setup, repeats: int, steps: int, quick: bool) -> str:
     cases = [Case("VLM-KD off (task loss only)", None), Case("VLM-KD on, reference loss", "reference")]
     cases += [Case(f"VLM-KD on, fused loss ({name})", name) for name in usable_backends()]
@@ -214,7 +231,7 @@ def speed_part(setup: Setup, repeats: int, steps: int, timm_model: str, quick: b
         'over median; "first step" is the first warm-up step, which for the compiled rows includes compilation.',
         "",
     ]
-    return "\n".join([*header, body, ""])
+    return "\n".join([*header, body, "", speed_summary(results), ""])
 
 
 def write_sections(sections: dict[str, str]) -> None:

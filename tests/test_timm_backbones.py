@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -19,6 +18,8 @@ from vlmkd.evaluate.features import load_eval_features
 from vlmkd.models import BACKBONES, ModelSpec, build_model
 from vlmkd.registry import Registry
 from vlmkd.train.checkpoint import load_classifier
+
+timm = pytest.importorskip("timm")  # the `vision` extra
 
 
 @pytest.mark.parametrize("name", ["resnet10t", "mobilenetv3_small_050", "convnext_atto"])
