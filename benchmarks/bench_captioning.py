@@ -29,7 +29,7 @@ import torch
 from _common import Series, load_average, machine, rate_series, seconds_series
 from PIL import Image
 
-from vlmkd.caption import GenerationSettings, build_tiny_blip, load_engine, run_captioning
+from vlmkd.caption import CaptionConfig, GenerationSettings, build_tiny_blip, load_engine, run_captioning
 from vlmkd.caption.engines.hf import HFEngine
 from vlmkd.caption.prompts import parse_prompt_set
 from vlmkd.data import ImageList, load_image_list
@@ -101,10 +101,14 @@ def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens:
             def go() -> float:
                 out = work / f"store-{batch}"
                 shutil.rmtree(out, ignore_errors=True)
-                report = run_captioning(
-                    dataset, model, out, engine=engine, prompts=prompts, batch_size=batch,
-                    num_shards=max(1, num_images // SHARD_IMAGES), progress=False,
-                )  # fmt: skip
+                config = CaptionConfig(
+                    model=model,
+                    out=out,
+                    batch_size=batch,
+                    num_shards=max(1, num_images // SHARD_IMAGES),
+                    progress=False,
+                )
+                report = run_captioning(config, dataset=dataset, engine=engine, prompts=prompts)
                 return report.store_seconds / report.seconds
 
             return go

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmkd.caption import CaptionStore, GenerationSettings, Request, run_captioning
+import vlmkd
+from vlmkd.caption import CaptionStore, GenerationSettings, Request
 from vlmkd.caption.engines.dispatch import RetryPolicy
 from vlmkd.caption.engines.openai_client import OpenAIEngine, request_body_parts, sendable_image
 from vlmkd.caption.openai_stub import (
@@ -57,7 +58,9 @@ def caption(dataset, out, servers, *, policy=FAST, concurrency=8, log=None, mode
     options = {"api_bases": [s.url for s in servers], "concurrency": concurrency, "policy": policy,
                "log": log if log is not None else (lambda message: None)}  # fmt: skip
     kwargs.setdefault("max_new_tokens", 8)
-    return run_captioning(dataset, model, out, engine="openai", progress=False, engine_options=options, **kwargs)
+    return vlmkd.caption(
+        dataset=dataset, model=model, out=out, engine="openai", progress=False, engine_options=options, **kwargs
+    )
 
 
 def expected_rows(dataset, skip=()):
@@ -218,13 +221,13 @@ def test_api_key_comes_from_the_environment_and_appears_nowhere(tiny_dataset, tm
     monkeypatch.setenv("VLMKD_TEST_KEY", key)
     logs: list[str] = []
     options = {"api_bases": [server.url], "policy": FAST, "api_key_env": "VLMKD_TEST_KEY", "log": logs.append}
-    store = run_captioning(tiny_dataset, None, tmp_path / "s", engine="openai", max_new_tokens=4, progress=False,
-                           engine_options=options).store  # fmt: skip
+    store = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "s", engine="openai", max_new_tokens=4,
+                          progress=False, engine_options=options).store  # fmt: skip
     assert store_rows(store) == expected_rows(tiny_dataset)  # the key was sent: the stub answers 401 otherwise
     assert all(key.encode() not in path.read_bytes() for path in (tmp_path / "s").iterdir())
     monkeypatch.setenv("VLMKD_TEST_KEY", key[:-1] + "X")  # a wrong key, which the stub's 401 quotes back
     with pytest.raises(ServiceError) as caught:
-        run_captioning(tiny_dataset, None, tmp_path / "t", engine="openai", progress=False, engine_options=options)
+        vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "t", engine="openai", progress=False, engine_options=options)
     assert "HTTP 401" in str(caught.value) and "***" in str(caught.value) and key[:-1] not in str(caught.value)
     assert logs and not any(key[:-1] in line for line in logs)
 

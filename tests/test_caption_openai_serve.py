@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vlmkd.caption import build_tiny_llava, caption_dataset, run_captioning
+import vlmkd
+from vlmkd.caption import build_tiny_llava
 from vlmkd.caption.engines.dispatch import RetryPolicy
 
 pytestmark = pytest.mark.slow
@@ -76,11 +77,11 @@ def test_captions_from_transformers_serve_equal_the_hf_engines_greedy_captions(s
     model, url = served_llava
     policy = RetryPolicy(backoff_base_s=0.05, request_timeout_s=60)
     options = {"api_bases": [url], "concurrency": 4, "policy": policy}
-    report = run_captioning(tiny_dataset, None, tmp_path / "served", engine="openai", max_new_tokens=MAX_NEW_TOKENS,
-                            num_shards=2, progress=False, engine_options=options)  # fmt: skip
+    report = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "served", engine="openai",
+                           max_new_tokens=MAX_NEW_TOKENS, num_shards=2, progress=False, engine_options=options)  # fmt: skip
     served = report.store.read_table().to_pydict()
-    reference = caption_dataset(tiny_dataset, model, tmp_path / "hf", max_new_tokens=MAX_NEW_TOKENS, batch_size=1,
-                                progress=False).read_table().to_pydict()  # fmt: skip
+    reference = vlmkd.caption(dataset=tiny_dataset, model=model, out=tmp_path / "hf", max_new_tokens=MAX_NEW_TOKENS,
+                              batch_size=1, progress=False).store.read_table().to_pydict()  # fmt: skip
     n, prompts = len(tiny_dataset), 5
     assert report.failed == [] and len(served["caption"]) == n * prompts
     assert served["image_index"] == reference["image_index"] == [i for i in range(n) for _ in range(prompts)]

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from vlmkd.caption import Assignment, build_tiny_blip, build_tiny_llava, caption_dataset, run_captioning
+import vlmkd
+from vlmkd.caption import Assignment, build_tiny_blip, build_tiny_llava
 from vlmkd.errors import InputError, StoreMismatchError
 
 PROMPT_IDS = ["G", "T1", "T2", "T3", "T4"]
@@ -38,7 +39,9 @@ def fast(tmp_path_factory, llava):
 @pytest.mark.parametrize("arch", ["blip", "llava"])
 def test_every_image_and_prompt_gets_a_caption_in_order(request, tiny_dataset, tmp_path, arch):
     model = request.getfixturevalue(arch)
-    store = caption_dataset(tiny_dataset, model, tmp_path / "s", num_shards=3, max_new_tokens=4, batch_size=7)
+    store = vlmkd.caption(
+        dataset=tiny_dataset, model=model, out=tmp_path / "s", num_shards=3, max_new_tokens=4, batch_size=7
+    ).store
     table = store.read_table().to_pydict()
     n = len(tiny_dataset)
     assert table["image_index"] == [i for i in range(n) for _ in PROMPT_IDS]
@@ -51,8 +54,8 @@ def test_every_image_and_prompt_gets_a_caption_in_order(request, tiny_dataset, t
 
 
 def test_reruns_from_scratch_give_identical_stores(tiny_dataset, tmp_path, fast):
-    first = caption_dataset(tiny_dataset, out=tmp_path / "a", num_shards=2, **fast)
-    second = caption_dataset(tiny_dataset, out=tmp_path / "b", num_shards=2, **fast)
+    first = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "a", num_shards=2, **fast).store
+    second = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "b", num_shards=2, **fast).store
     assert first.read_table().equals(second.read_table())
     assert first.fingerprint() == second.fingerprint()
 
@@ -60,7 +63,7 @@ def test_reruns_from_scratch_give_identical_stores(tiny_dataset, tmp_path, fast)
 def test_unreadable_images_are_skipped_listed_and_recorded(tiny_dataset, tmp_path, fast):
     tiny_dataset.path(3).write_bytes(b"not a png")
     tiny_dataset.path(7).unlink()
-    report = run_captioning(tiny_dataset, out=tmp_path / "s", num_shards=2, **fast)
+    report = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "s", num_shards=2, **fast)
     failed = report.store.failed_images()
     assert [(i, path) for i, path, _ in failed] == [(i, tiny_dataset.samples[i].path) for i in (3, 7)]
     assert str(tiny_dataset.path(3)) in failed[0][2] and "not found" in failed[1][2]
@@ -72,11 +75,11 @@ def test_unreadable_images_are_skipped_listed_and_recorded(tiny_dataset, tmp_pat
 
 def test_rerun_writes_only_missing_shards(tiny_dataset, tmp_path, fast):
     out = tmp_path / "s"
-    store = caption_dataset(tiny_dataset, out=out, num_shards=3, **fast)
+    store = vlmkd.caption(dataset=tiny_dataset, out=out, num_shards=3, **fast).store
     reference = store.read_table()
     kept = store.shard_path(0).stat().st_mtime_ns
     store.shard_path(1).unlink()
-    report = run_captioning(tiny_dataset, out=out, **fast)  # the shard count comes from the store
+    report = vlmkd.caption(dataset=tiny_dataset, out=out, **fast)  # the shard count comes from the store
     assert report.shards_written == [1] and report.shards_already_done == [0, 2]
     assert store.shard_path(0).stat().st_mtime_ns == kept
     assert store.read_table().equals(reference)
@@ -84,11 +87,11 @@ def test_rerun_writes_only_missing_shards(tiny_dataset, tmp_path, fast):
 
 def test_other_settings_are_refused_unless_overwrite(tiny_dataset, tmp_path, fast):
     out = tmp_path / "s"
-    caption_dataset(tiny_dataset, out=out, num_shards=2, **fast)
+    vlmkd.caption(dataset=tiny_dataset, out=out, num_shards=2, **fast)
     changed = {**fast, "max_new_tokens": 5}
     with pytest.raises(StoreMismatchError, match="generation.max_new_tokens: 4 in the store, 5 now"):
-        caption_dataset(tiny_dataset, out=out, **changed)
-    store = caption_dataset(tiny_dataset, out=out, overwrite=True, **changed)
+        vlmkd.caption(dataset=tiny_dataset, out=out, **changed)
+    store = vlmkd.caption(dataset=tiny_dataset, out=out, overwrite=True, **changed).store
     assert store.manifest["generation"]["max_new_tokens"] == 5 and store.missing_shards() == []
 
 
@@ -97,24 +100,24 @@ def test_nothing_is_written_before_the_model_loads_and_a_finished_store_never_lo
 ):
     out = tmp_path / "s"
     with pytest.raises(InputError, match="cannot load"):
-        caption_dataset(tiny_dataset, out=out, **{**fast, "model": tmp_path})
+        vlmkd.caption(dataset=tiny_dataset, out=out, **{**fast, "model": tmp_path})
     assert not out.exists()
-    caption_dataset(tiny_dataset, out=out, num_shards=2, **fast)
+    vlmkd.caption(dataset=tiny_dataset, out=out, num_shards=2, **fast)
     with pytest.raises(StoreMismatchError):  # refused before trying to load the (missing) model
-        caption_dataset(tiny_dataset, out=out, **{**fast, "model": tmp_path / "nowhere"})
+        vlmkd.caption(dataset=tiny_dataset, out=out, **{**fast, "model": tmp_path / "nowhere"})
 
     from vlmkd.caption import runner
 
     monkeypatch.setattr(runner, "load_engine", lambda *args, **kwargs: pytest.fail("model loaded for nothing"))
-    assert run_captioning(tiny_dataset, out=out, **fast).shards_already_done == [0, 1]
+    assert vlmkd.caption(dataset=tiny_dataset, out=out, **fast).shards_already_done == [0, 1]
 
 
 def test_ranks_split_the_shards_and_cover_every_image_once(tiny_dataset, tmp_path, fast):
-    reference = caption_dataset(tiny_dataset, out=tmp_path / "single", num_shards=5, **fast).read_table()
+    reference = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "single", num_shards=5, **fast).store.read_table()
     out = tmp_path / "ranked"
     written = []
     for rank in range(3):
-        report = run_captioning(tiny_dataset, out=out, num_shards=5, assignment=Assignment(rank, 3), **fast)
+        report = vlmkd.caption(dataset=tiny_dataset, out=out, num_shards=5, assignment=Assignment(rank, 3), **fast)
         written.append(report.shards_written)
     assert written == [[0, 3], [1, 4], [2]]
     table = report.store.read_table()
@@ -123,11 +126,11 @@ def test_ranks_split_the_shards_and_cover_every_image_once(tiny_dataset, tmp_pat
 
 
 def test_shard_index_writes_just_that_shard(tiny_dataset, tmp_path, fast):
-    report = run_captioning(tiny_dataset, out=tmp_path / "s", num_shards=4, shard_index=2, **fast)
+    report = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "s", num_shards=4, shard_index=2, **fast)
     assert report.shards_written == [2] and report.store.missing_shards() == [0, 1, 3]
     assert report.images == len(report.store.shard_range(2))
     with pytest.raises(InputError, match="out of range"):
-        run_captioning(tiny_dataset, out=tmp_path / "s", shard_index=4, **fast)
+        vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "s", shard_index=4, **fast)
 
 
 def test_rank_and_world_size_come_from_torchrun_environment(monkeypatch):
@@ -165,10 +168,10 @@ def test_resume_after_sigkill_gives_the_uninterrupted_store(tiny_dataset, tmp_pa
     finished = len(list(out.glob("shard-*.parquet")))
     assert 0 < finished < shards, "the run was not interrupted mid-way"
 
-    resumed = run_captioning(tiny_dataset, out=out, **settings)
+    resumed = vlmkd.caption(dataset=tiny_dataset, out=out, **settings)
     assert len(resumed.shards_already_done) == finished and resumed.store.missing_shards() == []
     assert not list(out.glob(".*.tmp"))
-    reference = caption_dataset(tiny_dataset, out=tmp_path / "whole", num_shards=shards, **settings)
+    reference = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "whole", num_shards=shards, **settings).store
     assert resumed.store.read_table().equals(reference.read_table())
     assert resumed.store.manifest == reference.manifest
 
@@ -185,8 +188,8 @@ def test_a_captioning_run_opens_its_store_once(tiny_dataset, tmp_path, fast, mon
         return store
 
     monkeypatch.setattr(CaptionStore, "open", classmethod(counting))
-    run_captioning(tiny_dataset, out=tmp_path / "s", num_shards=2, shard_index=0, **fast)
+    vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "s", num_shards=2, shard_index=0, **fast)
     assert len(opened) == 1, opened
     opened.clear()
-    report = run_captioning(tiny_dataset, out=tmp_path / "s", **fast)  # resumes: shard 1 only
+    report = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "s", **fast)  # resumes: shard 1 only
     assert report.shards_written == [1] and len(opened) == 1, opened

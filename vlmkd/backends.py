@@ -1,7 +1,8 @@
 """The compute backends of the fused VLM-KD loss: what each is, whether it was built, whether it can run here.
 
 Every backend is one registration in `BACKENDS` (name -> `ContrastiveBackend`); `vlmkd.backends()`, `vlmkd
-info`, `VLMKD_BACKEND`, `--contrastive-backend` and the dispatcher in `vlmkd.ops.contrastive` read it.
+info`, `VLMKD_BACKEND`, `--contrastive-backend` and the dispatcher in `vlmkd.ops.contrastive` read it. torch
+is imported only when a status is asked for, so `import vlmkd` stays cheap.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
 
 from vlmkd.registry import Registry
 
@@ -49,6 +48,8 @@ def triton_interpret() -> bool:
 
 
 def _reference_status() -> BackendStatus:
+    import torch
+
     return BackendStatus("reference", True, True, f"plain PyTorch {torch.__version__}")
 
 
@@ -63,6 +64,8 @@ def _cpp_status() -> BackendStatus:
 
 
 def _triton_status() -> BackendStatus:
+    import torch
+
     try:
         import triton
     except ImportError:
@@ -80,6 +83,8 @@ def _triton_status() -> BackendStatus:
 
 
 def _cuda_status() -> BackendStatus:
+    import torch
+
     try:
         native = importlib.import_module("vlmkd._cuda")
     except ImportError as error:

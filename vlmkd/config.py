@@ -1,10 +1,10 @@
 """Typed stage configs: dataclasses whose fields are checked against their type hints on construction.
 
 A `StageConfig` subclass lists its settings as annotated dataclass fields. Building one (from Python, a YAML
-file or command-line flags) checks every value against its field's type (`int`, `float` (ints widen),
-`bool`, `str`, `Path` (a `str` is accepted), `X | None`, `list[...]`, nested configs) and then the subclass's
-`check()` of allowed values; both raise `InputError` naming the setting. `to_dict()` is plain YAML/JSON data
-(paths as strings) and `from_dict(to_dict())` gives the same config back.
+file or command-line flags) checks every value against its field's type: `int`, `float` (ints widen), `bool`,
+`str` (a `Path` is accepted), `Path` (a `str` is accepted), `X | None`, `list[...]` and nested configs; then
+the subclass's `check()` checks allowed values. Both raise `InputError` naming the setting. `to_dict()` is
+plain YAML/JSON data (paths as strings) and `from_dict(to_dict())` gives the same config back.
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ _BAD = object()
 MAX_CONFIG_BYTES = 1 << 20  # a settings file larger than this is not a settings file
 
 
-@dataclasses.dataclass
 class StageConfig:
-    """Base of the stage configs (`CaptionConfig`, `EncodeConfig`, `TrainConfig`, `EvalConfig`)."""
+    """Base of the typed configs (`CaptionConfig`, `EncodeConfig`, `TrainConfig`, `EvalConfig`, ...).
+
+    Subclasses are dataclasses (frozen or not); this mixin adds the checks on construction and the
+    conversions to and from plain data and YAML.
+    """
 
     def __post_init__(self) -> None:
         where = type(self).__name__
         for name, value in coerce_settings(type(self), {f.name: getattr(self, f.name) for f in _fields(self)}, where):
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, value)  # also on frozen dataclasses
         self.check()
 
     def check(self) -> None:
@@ -155,6 +158,9 @@ def typed_value(name: str, value: Any, hint: Any, where: str, length: int | None
                 return kind(**dict(coerce_settings(kind, value, f"{where}: {name}")))
             except TypeError as error:  # a dataclass that is not a StageConfig rejects a missing field itself
                 raise InputError(f"{where}: {name}: {error}") from None
+    elif typing.get_origin(kind) is dict:
+        if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+            return dict(value)
     elif typing.get_origin(kind) is list:
         item = typing.get_args(kind)[0]
         if isinstance(value, (list, tuple)):
@@ -180,6 +186,8 @@ def _scalar(value: Any, kind: Any) -> Any:
         if isinstance(value, os.PathLike) or (isinstance(value, str) and value):
             return Path(value)
         return _BAD
+    if kind is str and isinstance(value, os.PathLike):  # a name-or-path setting (a model, an encoder)
+        return os.fspath(value)
     if kind is Any:
         return value
     return value if isinstance(kind, type) and isinstance(value, kind) else _BAD
@@ -195,6 +203,8 @@ def _describe(kind: Any, length: int | None = None) -> str:
         return f"a list of {'' if length is None else f'{length} '}{items}"
     if dataclasses.is_dataclass(kind):
         return f"a mapping of {kind.__name__} settings"
+    if typing.get_origin(kind) is dict:
+        return "a mapping"
     return str(kind)
 
 

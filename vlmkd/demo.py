@@ -40,8 +40,8 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
     """Run every stage into `out`; returns the evaluation results (see `evaluate_checkpoint`)."""
     import torch
 
+    from vlmkd.caption import CaptionConfig, GenerationSettings, run_captioning
     from vlmkd.caption.prompts import PromptSet, load_prompt_set
-    from vlmkd.caption.runner import caption_dataset
     from vlmkd.caption.tiny_models import make_tiny_vlm
     from vlmkd.data.demo import make_demo_dataset
     from vlmkd.encode.runner import encode_captions
@@ -64,16 +64,14 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
     prompt_set = load_prompt_set()
     prompt_set = PromptSet(prompt_set.name, prompt_set.prompts[: size.prompts])
     print(f"[2/5] caption: tiny random BLIP, prompts {', '.join(prompt_set.ids)}", flush=True)
-    captions = caption_dataset(
-        data.train,
-        vlm,
-        out / "captions",
-        prompts=prompt_set,
+    caption_config = CaptionConfig(
+        model=vlm,
+        out=out / "captions",
         batch_size=32,
-        max_new_tokens=size.max_new_tokens,
+        generation=GenerationSettings(max_new_tokens=size.max_new_tokens, seed=seed),
         progress=progress,
-        seed=seed,
     )
+    captions = run_captioning(caption_config, dataset=data.train, prompts=prompt_set).store
     print("[3/5] encode: all-MiniLM-L6-v2 text features", flush=True)
     encode_captions(captions, out / "features", progress=progress)
     print("[4/5] train: ResNet-32 from scratch, Balanced Softmax + VLM-KD", flush=True)

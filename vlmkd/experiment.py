@@ -94,7 +94,7 @@ class ExperimentSize:
 
 def prepare_text(out: Path, size: ExperimentSize) -> tuple[DemoDataset, dict[str, Path]]:
     """The dataset, the tiny VLM's caption features (5 prompts) and the control features, all cached."""
-    from vlmkd.caption.runner import caption_dataset
+    from vlmkd.caption import CaptionConfig, GenerationSettings, run_captioning
     from vlmkd.caption.tiny_models import build_tiny_blip
     from vlmkd.data.demo import make_demo_dataset
     from vlmkd.encode.runner import encode_captions
@@ -104,7 +104,9 @@ def prepare_text(out: Path, size: ExperimentSize) -> tuple[DemoDataset, dict[str
     vlm = out / "tiny_blip"
     if not (vlm / "config.json").is_file():
         build_tiny_blip(vlm)
-    captions = caption_dataset(data.train, vlm, out / "captions", batch_size=32, max_new_tokens=size.max_new_tokens)
+    config = CaptionConfig(model=vlm, out=out / "captions", batch_size=32)
+    config.generation = GenerationSettings(max_new_tokens=size.max_new_tokens)
+    captions = run_captioning(config, dataset=data.train).store
     encoder = load_text_encoder(None)
     features = {
         "captions": encode_captions(captions, out / "features_captions", encoder=encoder).path,

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from vlmkd.arguments import ArgumentParser
-from vlmkd.caption.engines import ENGINES
+from vlmkd.caption.config import CaptionConfig
+from vlmkd.caption.engines import ENGINES, GenerationSettings
 from vlmkd.caption.engines.dispatch import RetryPolicy
 from vlmkd.caption.engines.hf import DTYPES
 from vlmkd.caption.engines.openai_client import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY
@@ -111,34 +112,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--engine {args.engine} needs --model")
     if args.engine != "openai" and args.api_base:
         parser.error("--api-base is for --engine openai")
-    dataset = load_image_list(args.dataset, root=args.root, classnames=args.classnames)
     options = {}
     if args.engine == "openai":
         policy = RetryPolicy(request_timeout_s=args.request_timeout, dead_after_s=args.dead_after)
         options = {"api_bases": args.api_base, "concurrency": args.concurrency, "api_key_env": args.api_key_env,
                    "policy": policy}  # fmt: skip
-    report = run_captioning(
-        dataset,
-        args.model,
-        args.out,
+    config = CaptionConfig(
+        dataset=args.dataset,
+        model=args.model,
+        out=args.out,
+        root=args.root,
+        classnames=args.classnames,
         engine=args.engine,
         prompts=args.prompts,
+        generation=GenerationSettings(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+            seed=args.seed,
+            dtype=args.dtype,
+        ),
         batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
         device=args.device,
-        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        engine_options=options,
         num_shards=args.num_shards,
         shard_index=args.shard_index,
-        progress=not args.no_progress,
         overwrite=args.overwrite,
-        trust_remote_code=args.trust_remote_code,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        num_beams=args.num_beams,
-        seed=args.seed,
-        engine_options=options,
+        progress=not args.no_progress,
     )
+    report = run_captioning(config)
     print(summary(report))
     return 0
 

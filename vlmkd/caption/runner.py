@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +15,11 @@ from typing import Any
 
 from PIL import Image
 
+from vlmkd.caption.config import CaptionConfig
 from vlmkd.caption.engines import (
     ENGINES,
     Caption,
     CaptionEngine,
-    GenerationSettings,
     Request,
     RequestFailure,
     check_engine,
@@ -28,7 +28,7 @@ from vlmkd.caption.engines import (
 )
 from vlmkd.caption.prompts import PromptSet, load_prompt_set
 from vlmkd.caption.store import CaptionStore, Failure, Row, make_manifest
-from vlmkd.data import ImageList, load_rgb
+from vlmkd.data import ImageList, load_image_list, load_rgb
 from vlmkd.errors import InputError, StoreMismatchError
 
 DEFAULT_SHARD_SIZE = 256  # images per shard when --num-shards is not given: what a crash can cost at most
@@ -77,91 +77,60 @@ class CaptionReport:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def caption_dataset(
-    dataset: ImageList,
-    model: str | Path,
-    out: Path,
-    *,
-    engine: str | CaptionEngine = "hf",
-    prompts: str | Path | PromptSet | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 32,
-    device: str = "cpu",
-    dtype: str = "float32",
-    num_shards: int | None = None,
-    shard_index: int | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    num_beams: int = 1,
-    seed: int = 0,
-    assignment: Assignment | None = None,
-    engine_options: Mapping[str, Any] | None = None,
-) -> CaptionStore:
-    """Caption every (image, prompt) pair of `dataset` into the store at `out`; see `run_captioning`."""
-    return run_captioning(**locals()).store
-
-
 def run_captioning(
-    dataset: ImageList,
-    model: str | Path,
-    out: Path,
+    config: CaptionConfig,
     *,
-    engine: str | CaptionEngine = "hf",
-    prompts: str | Path | PromptSet | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 32,
-    device: str = "cpu",
-    dtype: str = "float32",
-    num_shards: int | None = None,
-    shard_index: int | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    num_beams: int = 1,
-    seed: int = 0,
+    dataset: ImageList | None = None,
+    prompts: PromptSet | None = None,
+    engine: CaptionEngine | None = None,
     assignment: Assignment | None = None,
-    engine_options: Mapping[str, Any] | None = None,
 ) -> CaptionReport:
     """Caption the shards this process owns that are not finished yet, and report what was done.
 
-    Shards: `shard_index` alone, else `assignment` (default: torchrun's RANK/WORLD_SIZE), else all. Finished
-    shards are never rewritten; a store made with other settings is refused unless `overwrite`. Unreadable
-    images, and images a server refused, are skipped and recorded in the store. `engine` may be an already
-    loaded `CaptionEngine` (its own generation settings then apply, and the caller keeps ownership of it);
-    `engine_options` go to `load_engine` (the openai engine's servers, concurrency, API-key variable...).
+    Shards: `config.shard_index` alone, else `assignment` (default: torchrun's RANK/WORLD_SIZE), else all.
+    Finished shards are never rewritten; a store made with other settings is refused unless `config.overwrite`.
+    Unreadable images, and images a server refused, are skipped and recorded in the store. Objects already in
+    memory may replace what the config names: `dataset` (else `config.dataset` is loaded), `prompts` (else
+    `config.prompts`), and a loaded `engine` (its own model and generation settings then apply, and the caller
+    keeps ownership of it). `config.engine_options` go to `load_engine` (the openai engine's servers,
+    concurrency, API-key variable...).
     """
     start = time.perf_counter()
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    prompt_set = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts)
-    settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p, num_beams, seed, dtype)
-    if not isinstance(engine, str):
-        settings = engine.settings  # a loaded engine brings its own settings; the store records those
+    if dataset is None:
+        if config.dataset is None:
+            raise InputError("no dataset to caption: set `dataset` (a list file or ImageFolder directory)")
+        dataset = load_image_list(config.dataset, root=config.root, classnames=config.classnames)
+    if config.out is None:
+        raise InputError("no caption store to write: set `out`")
+    model = config.model if engine is None else engine.model_id
+    out, num_shards, shard_index, overwrite = config.out, config.num_shards, config.shard_index, config.overwrite
+    prompt_set = prompts if prompts is not None else load_prompt_set(config.prompts)
+    # a loaded engine brings its own settings; the store records those
+    settings = config.generation if engine is None else engine.settings
     assignment = assignment if assignment is not None else Assignment.from_env()
-    engine_name = engine if isinstance(engine, str) else engine.name
+    engine_name = config.engine if engine is None else engine.name
     check_engine(engine_name)
-    device = _local_device(device)
+    if model is None and not ENGINES.get(engine_name).describes_itself:
+        raise InputError(f"captioning with engine {engine_name!r} needs a model (a directory or a cached hub id)")
+    device = _local_device(config.device)
 
     def load() -> CaptionEngine:
         return load_engine(
-            engine_name, model, settings, device=device, trust_remote_code=trust_remote_code, **(engine_options or {})
+            engine_name,
+            model,
+            settings,
+            device=device,
+            trust_remote_code=config.trust_remote_code,
+            **config.engine_options,
         )
 
     # An engine that knows its own identity (servers report their model) is loaded first; it is cheap.
-    loaded = load() if isinstance(engine, str) and ENGINES.get(engine).describes_itself else engine
+    loaded = load() if engine is None and ENGINES.get(engine_name).describes_itself else engine
     try:
-        out = Path(out)
         existing = _open_existing(out)  # the one time this run reads the store's manifest
         if num_shards is None:
             num_shards = existing.num_shards if existing else _default_num_shards(len(dataset), assignment.world_size)
-        described = not isinstance(loaded, str) and loaded.describes_itself
+        described = loaded is not None and loaded.describes_itself
         manifest = make_manifest(
             dataset_fingerprint=dataset.fingerprint(),
             num_images=len(dataset),
@@ -183,18 +152,18 @@ def run_captioning(
             done = set(range(num_shards)) - set(existing.missing_shards())
         else:
             existing = None
-        if isinstance(loaded, str) and any(k not in done for k in mine):
+        if loaded is None and any(k not in done for k in mine):
             loaded = load()
         store = _open_store(out, manifest, overwrite, assignment, existing)
         missing = set(store.missing_shards())
         report = CaptionReport(store, shards_already_done=[k for k in mine if k not in missing])
         todo = [k for k in mine if k in missing]
         if todo:
-            if isinstance(loaded, str):  # a shard went missing since the check above
+            if loaded is None:  # a shard went missing since the check above
                 loaded = load()
-            _caption_shards(store, dataset, prompt_set, loaded, todo, batch_size, progress, report)
+            _caption_shards(store, dataset, prompt_set, loaded, todo, config.batch_size, config.progress, report)
     finally:
-        if isinstance(engine, str) and not isinstance(loaded, str):
+        if engine is None and loaded is not None:
             loaded.close()
     report.seconds = time.perf_counter() - start
     return report

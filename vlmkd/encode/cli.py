@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from vlmkd.arguments import ArgumentParser
-from vlmkd.encode.runner import encode_captions
+from vlmkd.encode.config import EncodeConfig
+from vlmkd.encode.runner import run_encoding
 from vlmkd.encode.text_encoder import DEFAULT_ENCODER, DTYPES
 
 
@@ -45,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `vlmkd encode`; user errors propagate as `VlmkdError` for the dispatcher to print."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    store = encode_captions(
-        args.captions,
-        args.out,
+    config = EncodeConfig(
+        captions=args.captions,
+        out=args.out,
         encoder=args.encoder,
         batch_size=args.batch_size,
         device=args.device,
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk_size=args.chunk_size,
         overwrite=args.overwrite,
     )
+    store = run_encoding(config)
     images, prompts, dim = store.features.shape
     print(
         f"{store.path}: {images} images x {prompts} prompts x {dim} float16 features "

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from vlmkd.caption.store import CaptionStore
 from vlmkd.encode.captions import CaptionGrid, read_caption_grid
+from vlmkd.encode.config import EncodeConfig
 from vlmkd.encode.store import FORMAT, VERSION, FeatureStore
 from vlmkd.encode.text_encoder import TextEncoder, load_text_encoder
 from vlmkd.encode.writer import FeatureWriter
@@ -20,36 +21,47 @@ def encode_captions(
     captions: Path | str | CaptionStore,
     out: Path | str,
     *,
-    encoder: str | TextEncoder | None = None,
-    batch_size: int = 64,
-    device: str = "cpu",
-    dtype: str = "float32",
-    normalize: bool = True,
-    progress: bool = True,
-    chunk_size: int = 1024,
-    overwrite: bool = False,
+    encoder: str | Path | TextEncoder | None = None,
+    **settings: Any,
 ) -> FeatureStore:
     """Encode every (image, prompt) caption into the fp16 feature store `out`, resuming an unfinished one.
 
-    `encoder` is a name or path for `load_text_encoder` (None: the bundled all-MiniLM-L6-v2) or an already
-    loaded encoder. `normalize` L2-normalises each feature before it is stored. Work is committed every
-    `chunk_size` images, so a rerun after a crash encodes only the chunks that were not finished.
+    `captions` is a caption store or its directory; `encoder` a name or path for `load_text_encoder` (None: the
+    bundled all-MiniLM-L6-v2) or an already loaded encoder; `settings` are the other `EncodeConfig` fields.
     """
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    store = captions if isinstance(captions, CaptionStore) else CaptionStore.open(Path(captions))
-    grid = read_caption_grid(store)
-    text_encoder = encoder if isinstance(encoder, TextEncoder) else load_text_encoder(encoder, device, dtype)
-    writer = FeatureWriter(
-        Path(out), feature_manifest(store, grid, text_encoder, normalize), chunk_size=chunk_size, overwrite=overwrite
+    store = captions if isinstance(captions, CaptionStore) else None
+    loaded = encoder if isinstance(encoder, TextEncoder) else None
+    config = EncodeConfig(
+        captions=store.path if store is not None else captions,
+        out=out,
+        encoder=None if loaded is not None else encoder,
+        **settings,
     )
+    return run_encoding(config, captions=store, encoder=loaded)
+
+
+def run_encoding(
+    config: EncodeConfig, *, captions: CaptionStore | None = None, encoder: TextEncoder | None = None
+) -> FeatureStore:
+    """Run `config`; `captions` (an open caption store) and `encoder` (a loaded one) replace what it names.
+
+    `normalize` L2-normalises each feature before it is stored. Work is committed every `chunk_size` images,
+    so a rerun after a crash encodes only the chunks that were not finished.
+    """
+    if config.out is None or (captions is None and config.captions is None):
+        raise InputError("encoding needs a caption store (captions) and an output feature store (out)")
+    store = captions if captions is not None else CaptionStore.open(config.captions)
+    grid = read_caption_grid(store)
+    text_encoder = encoder if encoder is not None else load_text_encoder(config.encoder, config.device, config.dtype)
+    manifest = feature_manifest(store, grid, text_encoder, config.normalize)
+    writer = FeatureWriter(config.out, manifest, chunk_size=config.chunk_size, overwrite=config.overwrite)
     width = len(grid.prompt_ids)
     total = sum(len(writer.chunk_rows(chunk)) for chunk in writer.pending) * width
-    with tqdm(total=total, unit="caption", desc="encode", disable=not progress) as bar:
+    with tqdm(total=total, unit="caption", desc="encode", disable=not config.progress) as bar:
         for chunk in writer.pending:
             images = writer.chunk_rows(chunk)
-            vectors = encode_unique(text_encoder, grid.rows(images), batch_size=batch_size)
-            if normalize:
+            vectors = encode_unique(text_encoder, grid.rows(images), batch_size=config.batch_size)
+            if config.normalize:
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             features = vectors.reshape(len(images), width, text_encoder.dim).astype(np.float16)
             check_finite(features, images, grid)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from vlmkd.arguments import ArgumentParser
 
 
@@ -37,15 +35,15 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlmkd.evaluate.config import EvalConfig
     from vlmkd.evaluate.metrics import format_table
-    from vlmkd.evaluate.run import RESULTS_FILE, evaluate_checkpoint
+    from vlmkd.evaluate.run import run_evaluation
 
     args = build_parser().parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
-    results = evaluate_checkpoint(
-        args.checkpoint,
-        args.dataset,
-        out,
+    config = EvalConfig(
+        checkpoint=args.checkpoint,
+        dataset=args.dataset,
+        out=args.out,
         features=args.features,
         train=args.train,
         many_threshold=args.many_threshold,
@@ -60,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         channels_last=args.channels_last,
         compile=args.compile,
     )
-    print(format_table(results["top1"]))
-    print(f"results: {out / RESULTS_FILE}")
-    for name, path in results["plots"].items():
-        note = results["notes"].get(name)
+    result = run_evaluation(config)
+    print(format_table(result.splits))
+    print(f"results: {result.metrics_file}")
+    for name, path in result.plots.items():
+        note = result.notes.get(name)
         print(f"plot ({name}): {path}" + (f": {note}" if note else ""))
-    if "features" in results:
-        print(f"features: {results['features']}")
+    if "features" in result.record:
+        print(f"features: {result.record['features']}")
     return 0

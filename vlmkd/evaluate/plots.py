@@ -1,4 +1,9 @@
-"""Figures: per-class accuracy against training counts, and t-SNE maps of image or caption features."""
+"""Figures: per-class accuracy against training counts, and t-SNE maps of image or caption features.
+
+Figures are `matplotlib.figure.Figure` objects on their own Agg canvas, never pyplot's: importing or calling
+this module leaves matplotlib's global backend (a notebook's inline one) and pyplot's figure list alone, and
+a returned figure still shows inline in a notebook.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vlmkd.data.splits import class_splits  # noqa: E402
+from vlmkd.data.splits import class_splits
 
 MIN_DISTINCT_POINTS = 5  # t-SNE's perplexity needs a few points at least
 MIN_DISTINCT_CAPTIONS = 20  # fewer distinct captions than this only make stacks, no map worth reading
 
 
 @dataclass(frozen=True)
-class TsnePlot:
-    """A t-SNE figure on disk; `note` says why it holds a message instead of a map (None when it is a map)."""
+class Plot:
+    """A figure and the PNG it was saved to; `note` says why it holds a message instead of a map (else None)."""
 
     path: Path
-    note: str | None
+    figure: Figure
+    note: str | None = None
+
+
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
+
+
+def _save(figure: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
 
 
 def plot_per_class_accuracy(
@@ -34,7 +53,7 @@ def plot_per_class_accuracy(
     many_threshold: int = 100,
     few_threshold: int = 20,
     title: str = "Per-class top-1 against training images",
-) -> Path:
+) -> Plot:
     """Bars: per-class accuracy, classes sorted by training count (head left); line: the counts (log scale)."""
     order = np.argsort(-np.asarray(train_counts), kind="stable")
     splits = class_splits(np.asarray(train_counts), many_threshold, few_threshold)
@@ -43,7 +62,7 @@ def plot_per_class_accuracy(
         for name, colour in zip(("many", "medium", "few"), ("C0", "C1", "C3"), strict=True)
         for c in splits[name]
     }
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(order) + 2), 4.6))
+    fig, ax = _figure((max(6.0, 0.35 * len(order) + 2), 4.6))
     x = np.arange(len(order))
     sorted_accuracy = np.asarray(accuracy, dtype=float)[order]
     colours = [colour_of[int(c)] for c in order]
@@ -63,22 +82,20 @@ def plot_per_class_accuracy(
     )
     counts_ax.set_yscale("log")
     counts_ax.set_ylabel("training images (log)")
-    handles: list = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("C0", "C1", "C3")]
+    handles: list = [Rectangle((0, 0), 1, 1, color=c) for c in ("C0", "C1", "C3")]
     labels = [f"Many (>{many_threshold})", f"Medium ({few_threshold}-{many_threshold})", f"Few (<{few_threshold})"]
     handles.append(counts_line)
     labels.append("training images")
     if zero.any():
-        handles.append(plt.Line2D([], [], marker="v", color="grey", markeredgecolor="black", linestyle=""))
+        handles.append(Line2D([], [], marker="v", color="grey", markeredgecolor="black", linestyle=""))
         labels.append("0% top-1")
     # above the axes, not over the bars
     ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=7,
               frameon=False)  # fmt: skip
     ax.set_title(title, pad=22)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _save(fig, path)
+    return Plot(path, fig)
 
 
 def plot_tsne(
@@ -92,7 +109,7 @@ def plot_tsne(
     seed: int = 0,
     what: str = "features",
     min_distinct: int = MIN_DISTINCT_POINTS,
-) -> TsnePlot:
+) -> Plot:
     """2-D t-SNE of `features` (a seeded subsample of at most `max_points`), one colour per class.
 
     Identical feature vectors are embedded once and drawn larger by their multiplicity: a VLM often repeats a
@@ -105,16 +122,15 @@ def plot_tsne(
     distinct, where = np.unique(np.asarray(features, dtype=np.float32)[keep], axis=0, return_inverse=True)
     if len(distinct) < min_distinct:
         note = f"too few distinct {what} to embed ({len(distinct)} distinct of {len(keep)}; a map needs {min_distinct})"
-        _message_figure(path, title, note)
-        return TsnePlot(path, note)
+        return Plot(path, _message_figure(path, title, note), note)
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30.0, (len(distinct) - 1) / 3))
     embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(distinct)
     pairs, multiplicity = np.unique(np.stack([where.reshape(-1), labels[keep]], 1), axis=0, return_counts=True)
     position, point_labels = embedded[pairs[:, 0]], pairs[:, 1]
-    fig, ax = plt.subplots(figsize=(6.0, 5.5))
-    cmap = plt.get_cmap("tab10" if len(classnames) <= 10 else "tab20")
+    fig, ax = _figure((6.0, 5.5))
+    cmap = matplotlib.colormaps["tab10" if len(classnames) <= 10 else "tab20"]
     for c in np.unique(point_labels):
         chosen = point_labels == c
         sizes = 6 * np.sqrt(multiplicity[chosen])
@@ -127,17 +143,14 @@ def plot_tsne(
     ax.set_yticks([])
     ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return TsnePlot(path, None)
+    _save(fig, path)
+    return Plot(path, fig)
 
 
-def _message_figure(path: Path, title: str, message: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.0, 2.5))
+def _message_figure(path: Path, title: str, message: str) -> Figure:
+    fig, ax = _figure((6.0, 2.5))
     ax.axis("off")
     ax.set_title(title, fontsize=10)
     ax.text(0.5, 0.5, message.replace(" (", "\n(", 1), ha="center", va="center", fontsize=10, wrap=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+    return fig

@@ -1,4 +1,4 @@
-"""`evaluate_checkpoint`: split accuracies, per-class plot and t-SNE maps for a trained classifier."""
+"""`run_evaluation`: split accuracies, per-class plot and t-SNE maps for a trained classifier."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ import math
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from vlmkd.atomic_files import atomic_directory
 from vlmkd.bounded_read import short_repr
 from vlmkd.data import ImageList, load_image_list
 from vlmkd.errors import InputError
+from vlmkd.evaluate.config import CONFIG_FILE, EvalConfig
 from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
-from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, TsnePlot, plot_per_class_accuracy, plot_tsne
+from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, Plot, plot_per_class_accuracy, plot_tsne
 from vlmkd.folder_kind import EVAL, refuse_unless
 from vlmkd.models.speed import apply_speed_settings
 from vlmkd.train.checkpoint import load_classifier
@@ -26,52 +29,68 @@ from vlmkd.train.checkpoint import load_classifier
 RESULTS_FILE = "metrics.json"
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    dataset: str | Path,
-    out_dir: str | Path,
-    *,
-    features: str | Path | None = None,
-    train: str | Path | None = None,
-    many_threshold: int = 100,
-    few_threshold: int = 20,
-    plots: bool = True,
-    tsne_max: int = 2000,
-    batch_size: int = 256,
-    num_workers: int = 2,
-    device: str = "cpu",
-    save_features: bool = False,
-    progress: bool = False,
-    channels_last: bool = False,
-    compile: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a saved classifier on `dataset`; writes `metrics.json` (and PNGs) to `out_dir`, returns the results.
+@dataclass(frozen=True)
+class EvalResult:
+    """An evaluation: top-1 (%) per split (`top1["few"]`; None for a split without classes), per-class accuracy,
+    the figures and where things went.
+
+    `splits` adds each split's class and test-image counts; `record` is what `metrics.json` holds; `figures`
+    are matplotlib figures (they show inline in a notebook) saved as the PNGs in `plots`; `notes` say why a
+    figure holds a message instead of a map.
+    """
+
+    top1: dict[str, float | None]
+    splits: dict[str, dict[str, float | int | None]]
+    per_class: dict[str, list]  # classnames, train_counts, top1 (None for a class without test images)
+    figures: dict[str, Figure]
+    plots: dict[str, Path]
+    notes: dict[str, str]
+    out: Path
+    record: dict[str, Any]
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.out / RESULTS_FILE
+
+
+def evaluate_checkpoint(checkpoint: str | Path, dataset: str | Path, out_dir: str | Path, **settings: Any) -> dict:
+    """Evaluate a saved classifier on `dataset` into `out_dir`; returns what `metrics.json` holds.
+
+    `settings` are the other `EvalConfig` fields (features, train, thresholds, plots, device...).
+    """
+    return run_evaluation(EvalConfig(checkpoint=checkpoint, dataset=dataset, out=out_dir, **settings)).record
+
+
+def run_evaluation(config: EvalConfig) -> EvalResult:
+    """Evaluate `config.checkpoint` on `config.dataset`; writes `metrics.json`, the PNGs and the config YAML.
 
     Training counts (which decide the splits) come from the checkpoint. `features` (a caption feature store
     of the training set `train`, default: the one the model was trained on) adds the caption t-SNE.
-    `save_features` writes the test images' features and the VLM-KD loss module to `out_dir/features`
-    (see `vlmkd.evaluate.features`).
-    `progress` draws a bar over prediction and prints a line with its time for every plot (on stderr).
-    `channels_last` and `compile` are the speed settings of `vlmkd.models.speed`; predictions do not depend on them.
+    `save_features` writes the test images' features and the VLM-KD loss module to `out/features`
+    (see `vlmkd.evaluate.features`). `progress` draws a bar over prediction and prints a line with its time
+    for every plot (on stderr).
     """
-    out = Path(out_dir)
+    if config.checkpoint is None or config.dataset is None:
+        raise InputError("evaluation needs a checkpoint and a test dataset")
+    checkpoint, dataset, out, progress = config.checkpoint, config.dataset, config.out_dir, config.progress
+    many_threshold, few_threshold, tsne_max = config.many_threshold, config.few_threshold, config.tsne_max
     refuse_unless(out, {EVAL}, stage="folder of evaluation results")  # it is replaced as a whole
-    model, meta = load_classifier(checkpoint, device)
-    apply_speed_settings(model, channels_last=channels_last, compile=compile)
+    model, meta = load_classifier(checkpoint, config.device)
+    apply_speed_settings(model, channels_last=config.channels_last, compile=config.compile)
     test = load_image_list(dataset)
     classnames = list(meta["classnames"])
     check_test_classes(test, classnames, dataset)
     counts = np.asarray(meta["train_counts"])
-    config = meta.get("config", {})
+    trained = meta.get("config", {})
     preds = predict(
         model,
         test,
-        **transform_settings(config, checkpoint),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
+        **transform_settings(trained, checkpoint),
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        device=config.device,
         progress=progress,
-        channels_last=channels_last,
+        channels_last=config.channels_last,
     )
     accuracy = per_class_accuracy(preds.predicted, preds.labels, len(classnames))
     results: dict[str, Any] = {
@@ -87,23 +106,22 @@ def evaluate_checkpoint(
         "plots": {},
         "notes": {},  # plot name -> why it holds a message instead of a map
     }
+    made: dict[str, Plot] = {}
     # Every output is staged and replaces `out` as one unit: never new plots beside an old metrics.json.
     with atomic_directory(out) as staging:
-        if save_features:
+        if config.save_features:
             from vlmkd.evaluate.features import save_eval_features
 
             saved = save_eval_features(staging, checkpoint, test, preds)
             results["features"] = str(out / saved.relative_to(staging))
-        if plots:
+        if config.plots:
             thresholds = {"many_threshold": many_threshold, "few_threshold": few_threshold}
             with _stage("per-class accuracy plot", progress):
-                per_class = plot_per_class_accuracy(
+                made["per_class"] = plot_per_class_accuracy(
                     accuracy, counts, classnames, staging / "per_class_accuracy.png", **thresholds
                 )
-            results["plots"]["per_class"] = str(out / per_class.relative_to(staging))
-            tsne: dict[str, TsnePlot] = {}
             with _stage(f"t-SNE of {min(tsne_max, len(preds.features))} image features", progress):
-                tsne["tsne_images"] = plot_tsne(
+                made["tsne_images"] = plot_tsne(
                     preds.features,
                     preds.labels,
                     classnames,
@@ -112,19 +130,30 @@ def evaluate_checkpoint(
                     max_points=tsne_max,
                     what="image features",
                 )
+            features, train = config.features, config.train
             store_path = features if features is not None else training_input(meta, "features", checkpoint)
             if store_path:
                 with _stage("t-SNE of caption features", progress):
                     train_set = train if train is not None else training_input(meta, "train", checkpoint)
-                    tsne["tsne_captions"] = _caption_tsne(
+                    made["tsne_captions"] = _caption_tsne(
                         Path(store_path), train_set, meta, classnames, staging, tsne_max, own=train is None
                     )
-            for name, plot in tsne.items():
+            for name, plot in made.items():
                 results["plots"][name] = str(out / plot.path.relative_to(staging))
                 if plot.note:
                     results["notes"][name] = plot.note
         (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    return results
+        config.to_yaml(staging / CONFIG_FILE)
+    return EvalResult(
+        top1={name: split["top1"] for name, split in results["top1"].items()},
+        splits=results["top1"],
+        per_class=results["per_class"],
+        figures={name: plot.figure for name, plot in made.items()},
+        plots={name: Path(path) for name, path in results["plots"].items()},
+        notes=results["notes"],
+        out=out,
+        record=results,
+    )
 
 
 def check_test_classes(test: ImageList, classnames: list[str], dataset: str | Path) -> None:
@@ -186,7 +215,7 @@ def _caption_tsne(
     max_points: int,
     *,
     own: bool,
-) -> TsnePlot:
+) -> Plot:
     """Caption t-SNE of the training set's features; `own`: `train` is the model's own training set, which must
     still hold what the model was trained on (its fingerprint is in model.json)."""
     from vlmkd.encode.store import FeatureStore

@@ -118,8 +118,12 @@ class Progress:
 
 
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Run `config` to the end; `resume` is a checkpoint directory or "auto" (latest in the output dir)."""
+    """Run `config` to the end; `resume` is a checkpoint directory or "auto" (latest in the output dir).
+
+    `config.threads` applies for the call only: torch's thread count is restored when it returns.
+    """
     config.validate()
+    threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     ctx = init_distributed(config.device)
@@ -127,6 +131,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         return _train(config, resume, ctx)
     finally:
         cleanup(ctx)
+        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:

@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from vlmkd.config import StageConfig
 from vlmkd.errors import InputError
 
 # Weight files are fingerprinted by size and their first and last MiB: cheap for 10-GB checkpoints, and two
@@ -47,7 +48,7 @@ Caption = str | RequestFailure
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
+class GenerationSettings(StageConfig):
     """Decoding settings; part of a caption store's identity. Greedy unless `do_sample`."""
 
     max_new_tokens: int = 32
@@ -58,7 +59,7 @@ class GenerationSettings:
     seed: int = 0
     dtype: str = "float32"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_beams < 1:

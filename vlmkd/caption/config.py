@@ -1,0 +1,56 @@
+"""`CaptionConfig`: every setting of a captioning run, shared by `vlmkd-caption`, `vlmkd.caption` and the runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vlmkd.caption.engines import ENGINES
+from vlmkd.caption.engines.base import GenerationSettings
+from vlmkd.config import StageConfig
+from vlmkd.errors import InputError
+
+CONFIG_FILE = "caption_config.yaml"  # written beside the store's manifest
+
+
+@dataclass
+class CaptionConfig(StageConfig):
+    """What to caption, with which model and settings, into which store, and how processes share it."""
+
+    dataset: Path | None = None  # list file (`relative/path label` lines) or ImageFolder directory
+    model: Path | None = None  # model directory (or a cached Hugging Face id)
+    out: Path | None = None  # caption store directory (created or resumed)
+    root: Path | None = None  # image root of a list file (default: its folder)
+    classnames: Path | None = None  # class names, one per line, in label order
+    engine: str = "hf"
+    prompts: Path | None = None  # prompt-set YAML/JSON file or the name of a shipped set (None: the default)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    batch_size: int = 16  # (image, prompt) requests per generate call
+    device: str = "cpu"  # cpu, cuda (this rank's GPU under torchrun), cuda:N
+    trust_remote_code: bool = False
+    engine_options: dict[str, Any] = field(default_factory=dict)  # to the engine (openai: api_bases, concurrency...)
+    num_shards: int | None = None  # shards of a new store (None: one per DEFAULT_SHARD_SIZE images, >= 1 per rank)
+    shard_index: int | None = None  # write only this shard
+    overwrite: bool = False  # replace a store made with other settings
+    progress: bool = True
+
+    def check(self) -> None:
+        ENGINES.check(self.engine)
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise InputError(f"num_shards must be >= 1, got {self.num_shards}")
+        if self.shard_index is not None and self.shard_index < 0:
+            raise InputError(f"shard index must be >= 0, got {self.shard_index}")
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> CaptionConfig:
+        """A config from flat keywords; `GenerationSettings` fields (max_new_tokens, ...) go into `generation`."""
+        names = {f.name for f in fields(GenerationSettings)}
+        generation = {k: settings.pop(k) for k in list(settings) if k in names}
+        if generation:
+            base = settings.pop("generation", None) or GenerationSettings()
+            base_settings = base.to_dict() if isinstance(base, GenerationSettings) else dict(base)
+            settings["generation"] = {**base_settings, **generation}
+        return cls.from_dict(settings)
