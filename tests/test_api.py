@@ -101,6 +101,6 @@ def test_readme_notebook_example_runs_as_written(tmp_path: Path, monkeypatch: py
     assert type(result.figures["per_class"]).__name__ == "Figure"
     assert result.plots["per_class"] == Path("nb/run/eval/per_class_accuracy.png")  # relative, as given
     assert (tmp_path / result.plots["per_class"]).stat().st_size > 0
-    assert vlmkd.EvalConfig.from_yaml(tmp_path / "nb" / "run" / "eval" / "eval_config.yaml").few_threshold == 3
+    assert vlmkd.EvalConfig.from_dict(metrics["config"]).few_threshold == 3  # the evaluation's settings, recorded
     trained = vlmkd.TrainConfig.from_yaml(tmp_path / "nb" / "run" / "config.yaml")
     assert trained.vlmkd_weight == 1.0 and trained.features == Path("nb/features")

@@ -77,8 +77,8 @@ def test_captions_from_transformers_serve_equal_the_hf_engines_greedy_captions(s
     model, url = served_llava
     policy = RetryPolicy(backoff_base_s=0.05, request_timeout_s=60)
     options = {"api_bases": [url], "concurrency": 4, "policy": policy}
-    report = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "served", engine="openai",
-                           max_new_tokens=MAX_NEW_TOKENS, num_shards=2, progress=False, engine_options=options)  # fmt: skip
+    settings = {"max_new_tokens": MAX_NEW_TOKENS, "num_shards": 2, "progress": False, "engine_options": options}
+    report = vlmkd.caption(dataset=tiny_dataset, out=tmp_path / "served", engine="openai", **settings)
     served = report.store.read_table().to_pydict()
     reference = vlmkd.caption(dataset=tiny_dataset, model=model, out=tmp_path / "hf", max_new_tokens=MAX_NEW_TOKENS,
                               batch_size=1, progress=False).store.read_table().to_pydict()  # fmt: skip

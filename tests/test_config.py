@@ -118,3 +118,37 @@ def test_cli_choices_are_the_registered_names() -> None:
     assert tuple(train_choices["contrastive_backend"]) == BACKENDS.names() == tuple(backends())
     caption_choices = {action.dest: action.choices for action in caption_parser()._actions}
     assert tuple(caption_choices["engine"]) == ENGINES.names()
+
+
+def test_stage_configs_round_trip_yaml_with_nested_generation_settings(tmp_path: Path) -> None:
+    from vlmkd import CaptionConfig, EncodeConfig, EvalConfig, GenerationSettings
+
+    caption = CaptionConfig.from_settings(dataset=tmp_path / "train.txt", model="org/vlm", max_new_tokens=8, seed=3)
+    assert caption.generation == GenerationSettings(max_new_tokens=8, seed=3) and caption.model == "org/vlm"
+    assert yaml.safe_load(caption.to_yaml(tmp_path / "c.yaml").read_text())["generation"]["max_new_tokens"] == 8
+    assert CaptionConfig.from_yaml(tmp_path / "c.yaml") == caption
+    for config in (
+        EncodeConfig(captions="runs/c", out=Path("runs/f"), encoder=Path("/models/e")),
+        EvalConfig(checkpoint="r"),
+    ):
+        assert type(config).from_yaml(config.to_yaml(tmp_path / "x.yaml")) == config
+    assert EncodeConfig(encoder=Path("/models/e")).encoder == "/models/e"  # a name-or-path setting keeps a str
+    assert EvalConfig(checkpoint="r").out_dir == Path("r/eval")
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings", "message"),
+    [
+        ("CaptionConfig", {"engine": "vllm"}, r"engine must be one of hf, trt.*got 'vllm'"),
+        ("CaptionConfig", {"generation": {"max_new_tokens": "8"}}, r"max_new_tokens must be an integer, got '8'"),
+        ("CaptionConfig", {"batch_size": 0}, r"batch_size must be >= 1"),
+        ("EncodeConfig", {"dtype": "float8"}, r"--dtype must be one of float32"),
+        ("EvalConfig", {"few_threshold": 200}, r"few \(200\) <= many \(100\)"),
+        ("EvalConfig", {"checkpoint": 3}, r"EvalConfig: checkpoint must be a path or null, got 3"),
+    ],
+)
+def test_stage_configs_refuse_bad_values_naming_the_setting(kind: str, settings: dict, message: str) -> None:
+    import vlmkd
+
+    with pytest.raises(InputError, match=message):
+        getattr(vlmkd, kind)(**settings)

@@ -11,15 +11,13 @@ from vlmkd.caption.engines.base import GenerationSettings
 from vlmkd.config import StageConfig
 from vlmkd.errors import InputError
 
-CONFIG_FILE = "caption_config.yaml"  # written beside the store's manifest
-
 
 @dataclass
 class CaptionConfig(StageConfig):
     """What to caption, with which model and settings, into which store, and how processes share it."""
 
     dataset: Path | None = None  # list file (`relative/path label` lines) or ImageFolder directory
-    model: Path | None = None  # model directory (or a cached Hugging Face id)
+    model: str | None = None  # model directory, cached Hugging Face id, or (openai) the served name; a Path is fine
     out: Path | None = None  # caption store directory (created or resumed)
     root: Path | None = None  # image root of a list file (default: its folder)
     classnames: Path | None = None  # class names, one per line, in label order

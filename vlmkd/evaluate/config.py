@@ -8,8 +8,6 @@ from pathlib import Path
 from vlmkd.config import StageConfig
 from vlmkd.errors import InputError
 
-CONFIG_FILE = "eval_config.yaml"  # written beside metrics.json
-
 
 @dataclass
 class EvalConfig(StageConfig):

@@ -19,7 +19,7 @@ from vlmkd.atomic_files import atomic_directory
 from vlmkd.bounded_read import short_repr
 from vlmkd.data import ImageList, load_image_list
 from vlmkd.errors import InputError
-from vlmkd.evaluate.config import CONFIG_FILE, EvalConfig
+from vlmkd.evaluate.config import EvalConfig
 from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
 from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, Plot, plot_per_class_accuracy, plot_tsne
 from vlmkd.folder_kind import EVAL, refuse_unless
@@ -62,7 +62,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | Path, out_dir: st
 
 
 def run_evaluation(config: EvalConfig) -> EvalResult:
-    """Evaluate `config.checkpoint` on `config.dataset`; writes `metrics.json`, the PNGs and the config YAML.
+    """Evaluate `config.checkpoint` on `config.dataset`; writes `metrics.json` (with the config) and the PNGs.
 
     Training counts (which decide the splits) come from the checkpoint. `features` (a caption feature store
     of the training set `train`, default: the one the model was trained on) adds the caption t-SNE.
@@ -142,8 +142,8 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
                 results["plots"][name] = str(out / plot.path.relative_to(staging))
                 if plot.note:
                     results["notes"][name] = plot.note
+        results["config"] = config.to_dict()  # `EvalConfig.from_dict(...)` reruns this evaluation
         (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-        config.to_yaml(staging / CONFIG_FILE)
     return EvalResult(
         top1={name: split["top1"] for name, split in results["top1"].items()},
         splits=results["top1"],
