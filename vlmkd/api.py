@@ -75,10 +75,11 @@ def train(config: TrainConfig | None = None, /, resume: str | Path | None = None
 
     `features` may be an `EncodeResult` or `FeatureStore` (its path is used).
     """
+    from vlmkd.encode import FeatureStore
     from vlmkd.train import TrainConfig
     from vlmkd.train.trainer import train as run_training
 
-    if hasattr(settings.get("features"), "path"):
+    if isinstance(settings.get("features"), (EncodeResult, FeatureStore)):
         settings["features"] = settings["features"].path
     return run_training(_config(TrainConfig, config, settings), resume=None if resume is None else str(resume))
 
@@ -90,8 +91,9 @@ def evaluate(config: EvalConfig | None = None, /, **settings: Any) -> EvalResult
     `.per_class`, `.figures`).
     """
     from vlmkd.evaluate import EvalConfig, run_evaluation
+    from vlmkd.train import TrainResult
 
-    if hasattr(settings.get("checkpoint"), "output"):
+    if isinstance(settings.get("checkpoint"), TrainResult):
         settings["checkpoint"] = settings["checkpoint"].output
     return run_evaluation(_config(EvalConfig, config, settings))
 

@@ -35,7 +35,8 @@ class EvalResult:
     the figures and where things went.
 
     `splits` adds each split's class and test-image counts; `record` is what `metrics.json` holds; `figures`
-    are matplotlib figures (they show inline in a notebook) saved as the PNGs in `plots`; `notes` say why a
+    are matplotlib `Figure`s (built without pyplot, so they leave a notebook's backend alone) saved as the PNGs in
+    `plots`; `notes` say why a
     figure holds a message instead of a map.
     """
 
