@@ -433,6 +433,8 @@ def test_nonfinite_features_stop_training_with_one_line_naming_the_step(pipeline
     assert vlmkd_main(train_argv(pipeline["list"], store, tmp_path / "run")) == 2
     line = one_line_error(capsys, "train")
     assert "non-finite loss at step 0 (epoch 1)" in line and "--on-nonfinite skip" in line
+    assert f"re-encode the feature store {store}: the text features of 4 image(s) of this batch" in line
+    assert "img/" in line and "lower --lr" not in line  # the images are named; the learning rate is not the cause
 
 
 def test_nonfinite_features_with_skip_count_every_skipped_step(pipeline, tmp_path, capsys) -> None:

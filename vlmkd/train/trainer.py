@@ -286,9 +286,11 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
         finite = bool(torch.isfinite(values).all())
         if not finite and config.on_nonfinite == "stop":
             named = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_KEYS, values.tolist(), strict=True))
+            cause = _nonfinite_text(run, indices, batch_text)
+            advice = cause or "lower --lr / use --amp bf16"
             raise NonFiniteLossError(
                 f"non-finite loss at step {progress.step} (epoch {epoch + 1}): {named}; "
-                "rerun with --on-nonfinite skip to skip such steps, or lower --lr / use --amp bf16"
+                f"rerun with --on-nonfinite skip to skip such steps, or {advice}"
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts["loss"]).backward()  # also on skipped steps: DDP expects every backward
@@ -336,6 +338,22 @@ def save_epoch_checkpoint(run: Run, progress: Progress) -> Path:
         model_meta=run.model_meta,
         train_state=train_state,
         info=info,
+    )
+
+
+def _nonfinite_text(run: Run, indices: torch.Tensor, text: torch.Tensor | None) -> str:
+    """When the batch's text features themselves are NaN/inf, what to do about it, naming the store and images."""
+    if text is None:
+        return ""
+    bad = [
+        int(i) for i, row in zip(indices.tolist(), text.detach().cpu(), strict=True) if not torch.isfinite(row).all()
+    ]
+    if not bad:
+        return ""
+    shown = ", ".join(f"{i} ({run.dataset.samples[i].path})" for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    return (
+        f"re-encode the feature store {run.config.features}: the text features of {len(bad)} image(s) of this "
+        f"batch are NaN or infinite: {shown}"
     )
 
 
