@@ -977,3 +977,27 @@ def test_out_of_range_setting_in_a_config_file_is_refused_naming_the_file(tmp_pa
     config.write_text("lr: .nan\nepochs: 1\n")
     assert vlmkd_main(["train", "--config", str(config), "--train", "x.txt", "--print-config"]) == 2
     assert one_line_error(capsys, "train") == f"vlmkd train: error: {config}: lr must be a finite number; got nan"
+
+
+# ------------------------------------------------------------------------------ damaged shards on a rerun
+
+SHARD_REPAIRS = {
+    "truncated": lambda store: (store / "shard-00001-of-00004.parquet").write_bytes(
+        (store / "shard-00001-of-00004.parquet").read_bytes()[:300]
+    ),
+    "another-shards-file": lambda store: (store / "shard-00001-of-00004.parquet").write_bytes(
+        (store / "shard-00002-of-00004.parquet").read_bytes()
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", SHARD_REPAIRS)
+def test_caption_rerun_recaptions_a_damaged_shard(pipeline, tmp_path, capsys, damage) -> None:
+    store = copy_store(pipeline["captions"], tmp_path / "captions")
+    SHARD_REPAIRS[damage](store)
+    capsys.readouterr()
+    assert vlmkd_main(caption_argv(pipeline, store)) == 0  # once "store complete" with the damaged shard kept
+    captured = capsys.readouterr()
+    assert f"{store / 'shard-00001-of-00004.parquet'}: damaged shard (" in captured.err
+    assert "shards: 1 written, 3 already done; store complete" in captured.out
+    assert tree(store) == tree(pipeline["captions"])

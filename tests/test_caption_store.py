@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,42 @@ def test_manifest_with_wrong_typed_fields_is_an_input_error(tiny_dataset, tmp_pa
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match=f"damaged caption-store manifest: .*{re.escape(problem)}"):
         CaptionStore.open(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- shard locks
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_shard_locked_by_a_live_process_is_skipped_and_a_dead_ones_lock_is_taken_over(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from vlmkd.caption.shard_locks import lock_path
+
+    prompts = prompt_set_record("p", {"G": "Describe."})
+    manifest = make_manifest(dataset_fingerprint="d", num_images=4, num_shards=4, prompt_set=prompts, engine="e",
+                             model_id="m")  # fmt: skip
+    store = CaptionStore.create(tmp_path / "s", manifest)
+    host = socket.gethostname()
+    lock = lock_path(store.shard_path(0))
+    lock.write_text(f"1 {host}\n")  # PID 1 always runs
+    assert not store.claim_shard(0) and lock.read_text() == f"1 {host}\n"
+    lock.write_text(f"{_dead_pid()} {host}\n")
+    assert store.claim_shard(0) and lock.read_text() == f"{os.getpid()} {host}\n"
+    lock_path(store.shard_path(1)).write_text("7 another-host\n")  # cannot be checked from here: left alone
+    assert not store.claim_shard(1)
+    store.release_shard(0)
+    assert not lock.exists()
+    store.write_shard(2, [(2, "2.png", "G", "c")])
+    assert not store.claim_shard(2)  # written already: nothing to lock
+    lock_path(store.shard_path(2)).write_text(f"{_dead_pid()} {host}\n")  # killed between publish and release
+    CaptionStore.create(tmp_path / "s", store.manifest)  # reopening sweeps it
+    assert not lock_path(store.shard_path(2)).exists()

@@ -88,5 +88,5 @@ def _manifest_format(file: Path) -> str | None:
 
 
 def _is_temporary(name: str) -> bool:
-    """A write in flight or left by a kill (`.NAME.PID.tmp`, `.tmp_epoch_*`): not what a folder holds."""
-    return name.startswith(".") and (name.endswith(".tmp") or name.startswith(".tmp_"))
+    """A write in flight or left by a kill (`.NAME.PID.tmp`, `.tmp_epoch_*`, a shard's `.lock`): not content."""
+    return name.startswith(".") and (name.endswith((".tmp", ".lock")) or name.startswith(".tmp_"))

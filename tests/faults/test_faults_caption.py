@@ -171,3 +171,26 @@ def test_rerun_sweeps_temporaries_of_finished_shards(work, reference, tmp_path) 
     stale.write_bytes(b"")
     assert vlmkd_main([str(a) for a in caption_args(work, out)]) == 0  # every shard done: nothing to caption
     assert not stale.exists()
+
+
+def test_two_processes_on_one_store_without_torchrun_split_the_shards_and_equal_the_uninterrupted_run(
+    work, reference, tmp_path, figures
+) -> None:
+    """Two plain `vlmkd caption` processes on one --out (no RANK/WORLD_SIZE): each shard is captioned once, by
+    whichever process locks it first; nobody dies on the other's temporary files; the store equals the reference."""
+    import subprocess
+
+    from ._kill import command, environment
+
+    ref_out, _ = reference
+    out = tmp_path / "together"
+    args = caption_args(work, out)
+    processes = [subprocess.Popen(command(args), cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    results = [process.communicate(timeout=300) for process in processes]
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    written = [int(m.group(1)) if (m := re.search(r"shards: (\d+) written", stdout)) else 0 for stdout, _ in results]
+    assert sum(written) == NUM_IMAGES, [stdout for stdout, _ in results]  # no shard captioned twice
+    assert tree_bytes(out) == tree_bytes(ref_out)  # complete, identical, no lock or temporary file left
+    figures["caption"].append({"concurrent_processes": 2, "shards_written_by_each": written, "shards": NUM_IMAGES})

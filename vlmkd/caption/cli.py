@@ -153,14 +153,16 @@ def summary(report: CaptionReport) -> str:
     store = report.store
     missing = store.missing_shards()
     state = "complete" if not missing else f"{len(missing)} of {store.num_shards} shards still missing"
+    elsewhere = len(report.shards_taken_elsewhere)
+    by_others = f", {elsewhere} captioned by another process at the same time" if elsewhere else ""
     if not report.shards_written:
-        return f"nothing to do: this process's {len(report.shards_already_done)} shards were already written; " \
-            f"store {state}: {store.path}"  # fmt: skip
+        return f"nothing to do: this process's {len(report.shards_already_done)} shards were already written" \
+            f"{by_others}; store {state}: {store.path}"  # fmt: skip
     lines = [
         f"captioned {report.images} images x {len(store.prompt_ids)} prompts -> {report.captions} captions "
         f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s; writing shards "
         f"{_share(report.store_seconds, report.seconds)})",
-        f"shards: {len(report.shards_written)} written, {len(report.shards_already_done)} already done; "
+        f"shards: {len(report.shards_written)} written, {len(report.shards_already_done)} already done{by_others}; "
         f"store {state}: {store.path}",
     ]
     if report.failed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -66,6 +67,7 @@ class CaptionReport:
     store: CaptionStore
     shards_written: list[int] = field(default_factory=list)
     shards_already_done: list[int] = field(default_factory=list)
+    shards_taken_elsewhere: list[int] = field(default_factory=list)  # locked or written by another process
     images: int = 0  # images handled by this run, unreadable ones included
     captions: int = 0
     failed: list[Failure] = field(default_factory=list)
@@ -155,6 +157,9 @@ def run_captioning(
         if loaded is None and any(k not in done for k in mine):
             loaded = load()
         store = _open_store(out, manifest, overwrite, assignment, existing)
+        for shard, reason in store.damaged_shards(k for k in mine if k in done):
+            print(f"{store.shard_path(shard)}: damaged shard ({reason}); captioning it again", file=sys.stderr)
+            store.discard_shard(shard)
         missing = set(store.missing_shards())
         report = CaptionReport(store, shards_already_done=[k for k in mine if k not in missing])
         todo = [k for k in mine if k in missing]
@@ -194,6 +199,8 @@ def _caption_shards(
         rows, failed = work.result(dataset)
         tick = time.perf_counter()
         store.write_shard(work.shard, rows, failed)
+        store.release_shard(work.shard)
+        held.discard(work.shard)
         report.store_seconds += time.perf_counter() - tick
         report.shards_written.append(work.shard)
         report.images += len(store.shard_range(work.shard))
@@ -213,8 +220,14 @@ def _caption_shards(
         if work.all_submitted and not work.batches_in_flight:
             write(work)
 
-    with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlmkd-decode") as pool:
+    held: set[int] = set()
+    with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlmkd-decode") as pool, _releasing(store, held):
         for shard in shards:
+            if not store.claim_shard(shard):  # another live process is captioning it, or has finished it
+                report.shards_taken_elsewhere.append(shard)
+                bar.update(len(store.shard_range(shard)))
+                continue
+            held.add(shard)
             work = _ShardWork(shard)
             for keys, requests in _shard_batches(store.shard_range(shard), dataset, prompt_set, batch_size, pool,
                                                  work, bar):  # fmt: skip
@@ -227,6 +240,16 @@ def _caption_shards(
                 write(work)
         while in_flight:
             collect_oldest()
+
+
+@contextlib.contextmanager
+def _releasing(store: CaptionStore, held: set[int]) -> Iterator[None]:
+    """Release the locks of shards still held when captioning stops (an error, an interrupt)."""
+    try:
+        yield
+    finally:
+        for shard in sorted(held):
+            store.release_shard(shard)
 
 
 @dataclass

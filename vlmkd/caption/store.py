@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlmkd.atomic_files import atomic_write, remove_stale_temporaries, write_json_atomic
 from vlmkd.bounded_read import read_json_file
+from vlmkd.caption import shard_locks
 from vlmkd.errors import InputError, StoreMismatchError
 from vlmkd.folder_kind import CAPTIONS, refuse_unless
 
@@ -39,6 +40,7 @@ FAILED_KEY = b"vlmkd.failed"
 SHARD_KEY = b"vlmkd.shard"
 _SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.parquet")
 _TMP_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.\d+\.tmp")  # atomic_files.temporary_path
+_LOCK_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.lock")  # shard_locks.lock_path
 
 # The manifest fields that must agree for two runs to write into the same store.
 # `model_id` (the name or path given) is shown, not compared: a model directory may move between runs.
@@ -226,6 +228,45 @@ class CaptionStore:
         for shard in range(self.num_shards):
             if self.shard_path(shard).exists():
                 remove_stale_temporaries(self.shard_path(shard))
+                shard_locks.remove_if_stale(self.shard_path(shard))
+
+    def damaged_shards(self, shards: Iterable[int]) -> list[tuple[int, str]]:
+        """(shard, reason) for each written shard of `shards` whose file is not a whole shard: a truncated or
+        corrupt Parquet file, or one with another number of rows than its images and prompts call for."""
+        import pyarrow.parquet as pq
+
+        damaged = []
+        for shard in shards:
+            path = self.shard_path(shard)
+            if not path.exists():
+                continue
+            try:
+                metadata = pq.read_metadata(path)
+                failed = json.loads((metadata.metadata or {}).get(FAILED_KEY, b"[]"))
+                expected = (len(self.shard_range(shard)) - len(failed)) * len(self.prompt_ids)
+            except (ValueError, TypeError) as error:  # ArrowInvalid (no footer: truncated), bad JSON
+                damaged.append((shard, " ".join(str(error).split())[:200]))
+                continue
+            recorded = (metadata.metadata or {}).get(SHARD_KEY)
+            if recorded != str(shard).encode():
+                damaged.append(
+                    (shard, f"the file holds shard {recorded.decode(errors='replace')[:20] if recorded else '?'}")
+                )
+            elif metadata.num_rows != expected:
+                damaged.append((shard, f"{metadata.num_rows} rows, {expected} expected"))
+        return damaged
+
+    def discard_shard(self, shard: int) -> None:
+        """Delete a damaged shard file so that it is captioned again."""
+        self.shard_path(shard).unlink(missing_ok=True)
+
+    def claim_shard(self, shard: int) -> bool:
+        """Lock an unwritten shard for this process (see `vlmkd.caption.shard_locks`); False if it is written
+        or a live process holds it."""
+        return shard_locks.claim(self.shard_path(shard))
+
+    def release_shard(self, shard: int) -> None:
+        shard_locks.release(self.shard_path(shard))
 
     def missing_shards(self) -> list[int]:
         """Shards not written yet, in order."""
@@ -252,7 +293,8 @@ class CaptionStore:
             }
         ).replace_schema_metadata({SHARD_KEY: str(shard).encode(), FAILED_KEY: failed_json})
         target = self.shard_path(shard)
-        with atomic_write(target, ignore_dir_errors=True) as handle:  # some filesystems refuse fsync on dirs
+        # First writer wins: a second process writing the same shard never replaces (or trips over) the first's.
+        with atomic_write(target, replace=False, ignore_dir_errors=True) as handle:  # some filesystems refuse dir fsync
             pq.write_table(table, handle, compression="zstd")
         remove_stale_temporaries(target)  # left by a run killed while writing this shard
         return target
@@ -377,7 +419,7 @@ def _unreadable_shard(path: Path, error: Exception) -> InputError:
 def _delete_store_files(path: Path) -> None:
     """Shards and temporary files first, the manifest last: other ranks wait for a new manifest."""
     for entry in path.iterdir():
-        if _SHARD_RE.fullmatch(entry.name) or _TMP_RE.fullmatch(entry.name):
+        if _SHARD_RE.fullmatch(entry.name) or _TMP_RE.fullmatch(entry.name) or _LOCK_RE.fullmatch(entry.name):
             entry.unlink(missing_ok=True)
     (path / MANIFEST_NAME).unlink(missing_ok=True)
 
