@@ -60,7 +60,8 @@ def args(stage: str, paths: dict[str, Path], out: Path) -> list[str]:
                   "--vlmkd-weight", "1", "--arch", "resnet32", "--width", "0.25", "--image-size", "8",
                   "--batch-size", "4", "--epochs", "2", "--num-workers", "0", "--threads", "1", "--no-progress",
                   "--device", "cpu"],
-        "eval": ["eval", paths.get("run"), paths["list"], "--out", out, "--num-workers", "0"],
+        "eval": ["eval", paths.get("run"), paths["list"], "--out", out, "--num-workers", "0", "--no-progress"],
+        "data": ["data", "longtail", paths["list"], out, "--max-count", "2"],
     }[stage]  # fmt: skip
     return [str(a) for a in common]
 
@@ -127,7 +128,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(disk)], check=True)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", ["data", *STAGES])
 def test_read_only_output_folder_is_one_line_naming_it(inputs, read_only_folder, stage) -> None:
     out = read_only_folder / "out"
     line = one_line(run_vlmkd(args(stage, inputs, out), inputs["root"]), stage)
