@@ -65,7 +65,7 @@ def test_every_quantity_is_a_tag_per_step_and_per_epoch_with_the_records_values(
 
 def test_a_records_own_fraction_of_chance_is_kept(tmp_path: Path) -> None:
     sink = TensorBoardLog(tmp_path, BATCH)
-    sink.write(step_record(1) | {"vlmkd_frac": 0.25})
+    sink.write(step_record(1) | {"vlmkd_fraction": 0.25})
     sink.close()
     assert scalars(tmp_path)["vlmkd/fraction_of_chance"] == [(1, 0.25)]
 

@@ -26,6 +26,7 @@ from vlmkd.atomic_files import write_bytes_atomic
 from vlmkd.bounded_read import read_yaml_file
 from vlmkd.errors import InputError
 from vlmkd.train.record_fields import (
+    FRACTION,
     FRACTION_FIELDS,
     IMAGES_PER_S,
     LEARNING_RATE,
@@ -115,7 +116,7 @@ def _collect(records: Sequence[Mapping[str, Any]], batch_size: int | None) -> di
     columns: dict[str, list[tuple[int, float]]] = {}
     for record in records:
         values = {key: record.get(key) for key in (*LOSS_TERMS, TEMPERATURE, LEARNING_RATE, IMAGES_PER_S)}
-        values["vlmkd_fraction"] = vlmkd_fraction(record, batch_size)
+        values[FRACTION] = vlmkd_fraction(record, batch_size)
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 columns.setdefault(key, []).append((int(record["step"]), float(value)))
@@ -143,8 +144,8 @@ def draw_figures(curves: RunCurves) -> dict[str, Figure]:
     """One figure per quantity the run logged, by file stem: losses, vlmkd_fraction, temperature, lr,
     throughput. Every drawn line has a gid `KEY:step` or `KEY:epoch` naming the record field it shows."""
     figures = {"losses": _losses_figure(curves)}
-    if "vlmkd_fraction" in curves.per_step or "vlmkd_fraction" in curves.per_epoch:
-        figures["vlmkd_fraction"] = _fraction_figure(curves)
+    if FRACTION in curves.per_step or FRACTION in curves.per_epoch:
+        figures[FRACTION] = _fraction_figure(curves)
     if TEMPERATURE in curves.per_step or TEMPERATURE in curves.per_epoch:
         figures["temperature"] = _temperature_figure(curves)
     if LEARNING_RATE in curves.per_step:
@@ -224,13 +225,13 @@ def _fraction_figure(curves: RunCurves) -> Figure:
         batch = f"log({curves.batch_size}) = {math.log(curves.batch_size):.2f}" if curves.batch_size else "log(batch)"
         title, ylabel = f"VLM-KD loss as a fraction of chance ({batch})", "VLM-KD loss / log(batch)"
     figure, axes = _new_axes(title)
-    _plot_pair(axes, curves, "vlmkd_fraction", ylabel, "C2")
+    _plot_pair(axes, curves, FRACTION, ylabel, "C2")
     axes.axhline(
         1.0, color="0.25", linestyle=(0, (6, 3)), linewidth=1.0, label="chance (captions not matched)", zorder=1
     )
     axes.set_ylabel(ylabel)
     values = np.concatenate([s.values for k, s in (*curves.per_step.items(), *curves.per_epoch.items())
-                             if k == "vlmkd_fraction"])  # fmt: skip
+                             if k == FRACTION])  # fmt: skip
     axes.set_ylim(0.0, max(1.1, float(values.max()) * 1.05))
     _epoch_axis(axes, curves)
     _finish_legend(axes, curves)

@@ -19,8 +19,9 @@ LOSS_TERMS: dict[str, str] = {
     "kd_loss": "KD (vision teacher)",
 }
 # VLM-KD loss / its chance level (log batch): 1 at chance, 0 when every caption is matched. The trainer logs
-# it as `vlmkd_frac`; records without it get loss / log(batch size).
-FRACTION_FIELDS = ("vlmkd_frac", "vlmkd_fraction")
+# it as FRACTION (older logs: `vlmkd_frac`); records without it get loss / log(batch size).
+FRACTION = "vlmkd_fraction"
+FRACTION_FIELDS = (FRACTION, "vlmkd_frac")
 TEMPERATURE = "temperature"
 LEARNING_RATE = "lr"
 IMAGES_PER_S = "images_per_s"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkd.errors import MissingDependencyError
-from vlmkd.train.record_fields import IMAGES_PER_S, LEARNING_RATE, TEMPERATURE, vlmkd_fraction
+from vlmkd.train.record_fields import FRACTION, IMAGES_PER_S, LEARNING_RATE, TEMPERATURE, vlmkd_fraction
 
 DIRECTORY = "tensorboard"
 EVENT_FILE_GLOB = "events.out.tfevents.*"
@@ -32,7 +32,7 @@ TAGS: dict[str, str] = {
     "task_loss": "loss/task",
     "vlmkd_loss": "loss/vlmkd",
     "kd_loss": "loss/kd",
-    "vlmkd_fraction": "vlmkd/fraction_of_chance",
+    FRACTION: "vlmkd/fraction_of_chance",
     TEMPERATURE: "vlmkd/temperature",
     LEARNING_RATE: "train/lr",
     IMAGES_PER_S: "train/images_per_s",
@@ -87,7 +87,7 @@ class TensorBoardLog:
         if kind not in ("step", "epoch"):
             return
         values = {key: record.get(key) for key in TAGS if key not in self.terms_off}
-        values["vlmkd_fraction"] = vlmkd_fraction(record, self.batch_size)
+        values[FRACTION] = vlmkd_fraction(record, self.batch_size)
         if kind == "step" and values.get(IMAGES_PER_S) is None:
             values[IMAGES_PER_S] = self._throughput(step)
         prefix = "epoch/" if kind == "epoch" else ""
