@@ -157,3 +157,16 @@ def test_another_installed_timm_version_warns_on_rebuild() -> None:
 
 def test_the_timm_arch_is_listed_by_the_backbone_registry() -> None:
     assert BACKBONES.family("timm:resnet10t") is not None and "timm:NAME" in BACKBONES.choices_text()
+
+
+def test_a_backbone_that_cannot_take_the_image_size_is_a_one_line_error(tiny_dataset, tmp_path, capsys) -> None:
+    """timm's ViTs fix their input size at construction: 32 px images into a 224 px ViT must not be a traceback."""
+    argv = ["train", "--train", str(tiny_dataset.source), "--output", str(tmp_path / "run"), "--image-size", "32",
+            "--arch", "timm:vit_tiny_patch16_224", "--num-workers", "0", "--no-progress", "--threads", "1"]  # fmt: skip
+    assert vlmkd_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (
+        "arch timm:vit_tiny_patch16_224 cannot take 32 px images (Input height (32) doesn't match model (224).)" in err
+    )
+    assert not (tmp_path / "run" / "model.safetensors").exists()

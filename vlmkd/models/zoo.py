@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
 from vlmkd.errors import InputError, MissingDependencyError
@@ -97,3 +98,22 @@ def describe_archs() -> str:
     """The choices of `--arch` in one line: the built-in names, then each name family with examples."""
     families = [f"{f.pattern} ({f.description}; e.g. {', '.join(f.examples[:3])})" for f in BACKBONES.families()]
     return " or ".join([", ".join(BACKBONES.names()), *families])
+
+
+def check_image_size(model: Classifier, arch: str, image_size: int) -> None:
+    """Run one blank `image_size` px image through the trunk (eval mode, no grad): a backbone that cannot take
+    that size (a vision transformer built for 224 px, a net that downsamples a tiny image to nothing) is a
+    one-line `InputError` before training starts, not a traceback from its first step."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.features(torch.zeros(1, 3, image_size, image_size, device=device))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(
+            f"arch {arch} cannot take {image_size} px images ({reason}); choose another --image-size or --arch"
+        ) from None
+    finally:
+        model.train(was_training)

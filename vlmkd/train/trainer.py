@@ -18,6 +18,7 @@ from vlmkd.errors import InputError, StoreMismatchError, VlmkdError
 from vlmkd.losses import TaskLoss, VlmkdObjective
 from vlmkd.models import Classifier, ModelSpec, build_model
 from vlmkd.models.speed import apply_speed_settings, batch_layout
+from vlmkd.models.zoo import check_image_size
 from vlmkd.train.checkpoint import (
     MODEL_META,
     latest_checkpoint,
@@ -187,6 +188,7 @@ def build_run(config: TrainConfig, ctx: Dist) -> Run:
     counts = torch.as_tensor(dataset.class_counts())
     spec = ModelSpec(config.arch, dataset.num_classes, config.width, config.norm)
     model = build_model(spec).to(ctx.device)
+    check_image_size(model, config.arch, config.image_size)
     apply_speed_settings(model, channels_last=config.channels_last, compile=config.compile)
     store = FeatureStore.open(config.features) if config.vlmkd_weight > 0 else None
     text = open_text_source(config, dataset, store) if store is not None else None
