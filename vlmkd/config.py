@@ -53,6 +53,15 @@ class StageConfig:
         """A config from a mapping of settings; unknown names and bad values are `InputError`s naming `where`."""
         return cls(**dict(coerce_settings(cls, settings, where or cls.__name__)))
 
+    @classmethod
+    def from_namespace(cls: type[C], namespace: object, **settings: Any) -> C:
+        """A config from parsed command-line flags: every field named like a flag's `dest`, then `settings`.
+
+        A CLI maps onto its config in one call; only flags named otherwise (`--no-progress`) need `settings`.
+        """
+        flags = {name: getattr(namespace, name) for name in setting_names(cls) if hasattr(namespace, name)}
+        return cls.from_dict({**flags, **settings})
+
     def to_yaml(self, path: str | Path) -> Path:
         """Write the settings as YAML (atomically), loadable again with `from_yaml`."""
         from vlmkd.atomic_files import write_text_atomic

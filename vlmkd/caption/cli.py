@@ -117,31 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         policy = RetryPolicy(request_timeout_s=args.request_timeout, dead_after_s=args.dead_after)
         options = {"api_bases": args.api_base, "concurrency": args.concurrency, "api_key_env": args.api_key_env,
                    "policy": policy}  # fmt: skip
-    config = CaptionConfig(
-        dataset=args.dataset,
-        model=args.model,
-        out=args.out,
-        root=args.root,
-        classnames=args.classnames,
-        engine=args.engine,
-        prompts=args.prompts,
-        generation=GenerationSettings(
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.do_sample,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            num_beams=args.num_beams,
-            seed=args.seed,
-            dtype=args.dtype,
-        ),
-        batch_size=args.batch_size,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
-        engine_options=options,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+    generation = GenerationSettings.from_namespace(args)
+    config = CaptionConfig.from_namespace(
+        args, generation=generation, engine_options=options, progress=not args.no_progress
     )
     report = run_captioning(config)
     print(summary(report))

@@ -46,18 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `vlmkd encode`; user errors propagate as `VlmkdError` for the dispatcher to print."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    config = EncodeConfig(
-        captions=args.captions,
-        out=args.out,
-        encoder=args.encoder,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        normalize=args.normalize,
-        progress=not args.quiet,
-        chunk_size=args.chunk_size,
-        overwrite=args.overwrite,
-    )
+    config = EncodeConfig.from_namespace(args, progress=not args.quiet)
     store = run_encoding(config)
     images, prompts, dim = store.features.shape
     print(

@@ -40,24 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlmkd.evaluate.run import run_evaluation
 
     args = build_parser().parse_args(argv)
-    config = EvalConfig(
-        checkpoint=args.checkpoint,
-        dataset=args.dataset,
-        out=args.out,
-        features=args.features,
-        train=args.train,
-        many_threshold=args.many_threshold,
-        few_threshold=args.few_threshold,
-        plots=not args.no_plots,
-        tsne_max=args.tsne_max,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        save_features=args.save_features,
-        progress=not args.no_progress,
-        channels_last=args.channels_last,
-        compile=args.compile,
-    )
+    config = EvalConfig.from_namespace(args, plots=not args.no_plots, progress=not args.no_progress)
     result = run_evaluation(config)
     print(format_table(result.splits))
     print(f"results: {result.metrics_file}")
