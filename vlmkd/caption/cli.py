@@ -139,7 +139,8 @@ def summary(report: CaptionReport) -> str:
     lines = [
         f"captioned {report.images} images x {len(store.prompt_ids)} prompts -> {report.captions} captions "
         f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s; writing shards "
-        f"{_share(report.store_seconds, report.seconds)})",
+        f"{_share(report.store_seconds, report.seconds)}, {_share(report.store_wait_seconds, report.seconds, '')} "
+        "waited for)",
         f"shards: {len(report.shards_written)} written, {len(report.shards_already_done)} already done{by_others}; "
         f"store {state}: {store.path}",
     ]
@@ -156,8 +157,8 @@ def summary(report: CaptionReport) -> str:
     return "\n".join(lines)
 
 
-def _share(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.1f}% of wall time" if whole > 0 else "n/a"
+def _share(part: float, whole: float, of: str = " of wall time") -> str:
+    return f"{100 * part / whole:.1f}%{of}" if whole > 0 else "n/a"
 
 
 def info_main(argv: list[str] | None = None) -> int:

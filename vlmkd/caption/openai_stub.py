@@ -110,6 +110,7 @@ class StubServer:
     model: str = "stub-model"
     port: int = 0
     api_key: str | None = None  # when set, requests without `authorization: Bearer KEY` get a 401
+    instant_text: str | None = None  # when set, every chat request gets this caption, its body left unparsed
     requests: list[dict[str, Any]] = field(default_factory=list)  # every chat payload received, in order
     keep_payloads: bool = False
     chat_requests: int = 0
@@ -117,6 +118,7 @@ class StubServer:
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _instant_reply: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -140,6 +142,7 @@ class StubServer:
 
     async def serve(self) -> None:
         """Start listening on the current event loop (for callers that run their own loop)."""
+        self._instant_reply = _completion(self.model, self.instant_text or "")
         self._server = await asyncio.start_server(self._connection, HOST, self.port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -203,6 +206,9 @@ class StubServer:
             return await _send(writer, 200, "ok")
         if method != "POST" or not path.endswith("/chat/completions"):
             return await _send(writer, 404, {"error": {"message": f"no route {method} {path}"}})
+        if self.instant_text is not None:  # the cheapest answer: benchmarks measure the client, not the stub
+            self.chat_requests += 1
+            return await _send(writer, 200, self._instant_reply)
         try:
             payload = json.loads(body)
         except ValueError:
@@ -277,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, action="append", default=None, help="port to serve (repeatable; 0: free)")
     parser.add_argument("--model", default="stub-model", help="the model name GET /v1/models reports")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each chat answer (default 0)")
+    parser.add_argument(
+        "--instant", metavar="TEXT", default=None, help="answer every chat request with TEXT, its JSON left unread"
+    )
     args = parser.parse_args(argv)
 
     def handler(payload: dict[str, Any], server: StubServer) -> Action:
@@ -284,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         return Delay(args.delay, reply) if args.delay > 0 else reply
 
     async def serve_all() -> None:
-        servers = [StubServer(handler, model=args.model, port=port) for port in args.port or [0]]
+        ports = args.port or [0]
+        servers = [StubServer(handler, model=args.model, port=port, instant_text=args.instant) for port in ports]
         for server in servers:
             await server.serve()
             print(server.url, flush=True)

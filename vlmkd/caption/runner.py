@@ -72,7 +72,9 @@ class CaptionReport:
     captions: int = 0
     failed: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
-    store_seconds: float = 0.0  # writing shards
+    store_seconds: float = 0.0  # writing shards (on a thread of its own, overlapping the captioning)
+    store_wait_seconds: float = 0.0  # the part of it the captioning had to wait for
+    store_cpu_seconds: float = 0.0  # CPU time of the writing (the rest of it is waiting for fsync)
 
     @property
     def images_per_second(self) -> float:
@@ -196,16 +198,7 @@ def _caption_shards(
     last_prompt = prompt_set.prompts[-1].id
 
     def write(work: _ShardWork) -> None:
-        rows, failed = work.result(dataset)
-        tick = time.perf_counter()
-        store.write_shard(work.shard, rows, failed)
-        store.release_shard(work.shard)
-        held.discard(work.shard)
-        report.store_seconds += time.perf_counter() - tick
-        report.shards_written.append(work.shard)
-        report.images += len(store.shard_range(work.shard))
-        report.captions += len(rows)
-        report.failed += failed
+        writer.submit(work.shard, *work.result(dataset))
         bar.set_postfix(shards=f"{len(report.shards_written)}/{len(shards)}", skipped=len(report.failed))
 
     def collect_oldest() -> None:
@@ -221,7 +214,12 @@ def _caption_shards(
             write(work)
 
     held: set[int] = set()
-    with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlmkd-decode") as pool, _releasing(store, held):
+    with (
+        bar,
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlmkd-decode") as pool,
+        _releasing(store, held),
+        _ShardWriter(store, report, held) as writer,
+    ):
         for shard in shards:
             if not store.claim_shard(shard):  # another live process is captioning it, or has finished it
                 report.shards_taken_elsewhere.append(shard)
@@ -240,6 +238,58 @@ def _caption_shards(
                 write(work)
         while in_flight:
             collect_oldest()
+        writer.finish()
+
+
+class _ShardWriter:
+    """Writes finished shards in order on a thread of its own, so that fsync latency (tens of ms on a busy
+    disk) overlaps captioning instead of stalling it; at most `MAX_PENDING` shards wait to be written."""
+
+    MAX_PENDING = 2
+
+    def __init__(self, store: CaptionStore, report: CaptionReport, held: set[int]) -> None:
+        self.store = store
+        self.report = report
+        self.held = held  # shards this process has claimed; each is released once written
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmkd-store")
+        self.pending: deque[tuple[int, int, list[Failure], Future[tuple[float, float]]]] = deque()
+
+    def submit(self, shard: int, rows: list[Row], failed: list[Failure]) -> None:
+        future = self.pool.submit(self._write, shard, rows, failed)
+        self.pending.append((shard, len(rows), failed, future))
+        self._collect(keep=self.MAX_PENDING)
+
+    def _write(self, shard: int, rows: list[Row], failed: list[Failure]) -> tuple[float, float]:
+        """(wall, CPU) seconds of writing one shard."""
+        tick, cpu = time.perf_counter(), time.thread_time()
+        self.store.write_shard(shard, rows, failed)
+        self.store.release_shard(shard)
+        self.held.discard(shard)
+        return time.perf_counter() - tick, time.thread_time() - cpu
+
+    def _collect(self, keep: int) -> None:
+        """Account for the written shards, waiting for the oldest while more than `keep` are pending."""
+        while self.pending and (len(self.pending) > keep or self.pending[0][3].done()):
+            shard, rows, failed, future = self.pending.popleft()
+            tick = time.perf_counter()
+            wall, cpu = future.result()  # a failed write raises here
+            self.report.store_wait_seconds += time.perf_counter() - tick
+            self.report.store_seconds += wall
+            self.report.store_cpu_seconds += cpu
+            self.report.shards_written.append(shard)
+            self.report.images += len(self.store.shard_range(shard))
+            self.report.captions += rows
+            self.report.failed += failed
+
+    def finish(self) -> None:
+        self._collect(keep=0)
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Shards already handed over are written even when the run fails (before `_releasing` runs).
+        self.pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
