@@ -37,7 +37,8 @@ import numpy as np
 from _common import Series, load_average, machine, rate_series
 from PIL import Image
 
-from vlmkd.caption import GenerationSettings, run_captioning
+import vlmkd
+from vlmkd.caption import GenerationSettings
 from vlmkd.caption.engines.dispatch import Dispatcher, RetryPolicy
 from vlmkd.caption.engines.http11 import Endpoint
 from vlmkd.caption.engines.openai_client import request_body_parts
@@ -102,8 +103,8 @@ def caption_once(dataset: ImageList, urls: list[str], concurrency: int, out: Pat
     shutil.rmtree(out, ignore_errors=True)
     options = {"api_bases": urls, "concurrency": concurrency, "policy": RetryPolicy(), "log": lambda m: None}
     start, cpu = time.perf_counter(), time.process_time()
-    report = run_captioning(dataset, None, out, engine="openai", progress=False, engine_options=options,
-                            num_shards=max(1, len(dataset) // SHARD_IMAGES), batch_size=16)  # fmt: skip
+    report = vlmkd.caption(dataset=dataset, out=out, engine="openai", progress=False, engine_options=options,
+                           num_shards=max(1, len(dataset) // SHARD_IMAGES), batch_size=16)  # fmt: skip
     wall, used = time.perf_counter() - start, time.process_time() - cpu
     shares = (report.store_seconds / report.seconds, report.store_wait_seconds / report.seconds,
               report.store_cpu_seconds / report.seconds)  # fmt: skip
