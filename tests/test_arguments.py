@@ -112,14 +112,15 @@ def test_train_help_shows_each_settings_default_from_the_config(capsys: pytest.C
     from dataclasses import fields
 
     from vlmkd.arguments import format_default
-    from vlmkd.train.config import TrainConfig
+    from vlmkd.train.config import TrainConfig, field_default
 
     entries = help_entries(help_text(["train"], capsys))
-    defaults = TrainConfig()
     for spec in fields(TrainConfig):
         entry = entries["--" + spec.name.replace("_", "-")]
-        value = getattr(defaults, spec.name)
+        value = field_default(spec)
         if value is None:
             assert "(default: " in entry or entry.endswith("(required)"), entry
         else:
             assert f"(default: {format_default(value)})" in entry, entry
+    assert entries["--vlmkd-weight"].endswith("(default: 1.0 with --features, else 0)")
+    assert entries["--task-loss"].endswith("(default: balanced_softmax)")

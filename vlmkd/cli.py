@@ -53,9 +53,12 @@ def _resolve(name: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module_name), function_name)
 
 
-def run_command(name: str, argv: Sequence[str]) -> int:
-    """Run subcommand `name` with `argv`; user errors become a one-line message and exit code 2."""
-    prog = f"vlmkd {name}"
+def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
+    """Run subcommand `name` with `argv`; user errors become a one-line message and exit code 2.
+
+    `prog` names the command in messages (default `vlmkd NAME`; the `vlmkd-*` scripts pass their own name).
+    """
+    prog = prog or f"vlmkd {name}"
     try:
         return _resolve(name)(list(argv))
     except VlmkdError as error:
@@ -68,7 +71,8 @@ def run_command(name: str, argv: Sequence[str]) -> int:
         print(f"{prog}: error: {OUT_OF_MEMORY_ADVICE}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
+        rerun = "rerunning it with --resume continues" if name == "train" else "a rerun resumes"
+        print(f"{prog}: interrupted; finished work is kept and {rerun} from it", file=sys.stderr)
         return 130
 
 
@@ -132,29 +136,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         match = closest(args[0], COMMANDS)
         hint = f"; did you mean {match}?" if match else ""
-        print(f"vlmkd: error: unknown command {args[0]!r}{hint} (see vlmkd --help)", file=sys.stderr)
+        message = f"unknown command {args[0]!r} (choose from {', '.join(COMMANDS)}){hint}"
+        print(f"vlmkd: error: {message} (see vlmkd --help)", file=sys.stderr)
         return 2
     return run_command(args[0], args[1:])
 
 
 def caption_main() -> int:
     """Entry point of `vlmkd-caption`."""
-    return run_command("caption", sys.argv[1:])
+    return run_command("caption", sys.argv[1:], prog="vlmkd-caption")
 
 
 def encode_main() -> int:
     """Entry point of `vlmkd-encode`."""
-    return run_command("encode", sys.argv[1:])
+    return run_command("encode", sys.argv[1:], prog="vlmkd-encode")
 
 
 def train_main() -> int:
     """Entry point of `vlmkd-train`."""
-    return run_command("train", sys.argv[1:])
+    return run_command("train", sys.argv[1:], prog="vlmkd-train")
 
 
 def eval_main() -> int:
     """Entry point of `vlmkd-eval`."""
-    return run_command("eval", sys.argv[1:])
+    return run_command("eval", sys.argv[1:], prog="vlmkd-eval")
 
 
 if __name__ == "__main__":

@@ -45,12 +45,26 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `vlmkd encode`; user errors propagate as `VlmkdError` for the dispatcher to print."""
     args = build_parser().parse_args(argv)
+    before = _finished_manifest(args.out)
     start = time.perf_counter()
     config = EncodeConfig.from_namespace(args, progress=not args.quiet)
     store = run_encoding(config)
     images, prompts, dim = store.features.shape
-    print(
-        f"{store.path}: {images} images x {prompts} prompts x {dim} float16 features "
-        f"({store.manifest['encoder']}) in {time.perf_counter() - start:.1f} s"
-    )
+    encoder = store.manifest["encoder"]
+    if store.manifest == before:
+        done = "reused: it was already complete, nothing encoded"
+    else:
+        done = f"encoded in {time.perf_counter() - start:.1f} s"
+    print(f"{store.path}: {images} images x {prompts} prompts x {dim} float16 features ({encoder}); {done}")
     return 0
+
+
+def _finished_manifest(out: Path) -> dict | None:
+    """The manifest of a complete feature store at `out` before this run (None: none there, or unreadable)."""
+    from vlmkd.encode.store import FeatureStore
+    from vlmkd.errors import VlmkdError
+
+    try:
+        return FeatureStore.open(out).manifest if (out / "manifest.json").is_file() else None
+    except (VlmkdError, OSError, ValueError):
+        return None

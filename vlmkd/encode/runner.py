@@ -57,7 +57,7 @@ def run_encoding(
     writer = FeatureWriter(config.out, manifest, chunk_size=config.chunk_size, overwrite=config.overwrite)
     width = len(grid.prompt_ids)
     total = sum(len(writer.chunk_rows(chunk)) for chunk in writer.pending) * width
-    with tqdm(total=total, unit="caption", desc="encode", disable=not config.progress) as bar:
+    with tqdm(total=total, unit="caption", desc="encode", disable=not config.progress or total == 0) as bar:
         for chunk in writer.pending:
             images = writer.chunk_rows(chunk)
             vectors = encode_unique(text_encoder, grid.rows(images), batch_size=config.batch_size)

@@ -8,12 +8,22 @@ import typing
 from dataclasses import fields
 
 from vlmkd.arguments import ArgumentParser, format_default
-from vlmkd.train.config import TrainConfig, choices, list_presets, read_config_file, resolve_config
+from vlmkd.train.config import (
+    DEFAULT_KD_WEIGHT,
+    DEFAULT_VLMKD_WEIGHT,
+    TrainConfig,
+    choices,
+    field_default,
+    list_presets,
+    read_config_file,
+    resolve_config,
+)
+from vlmkd.train.threads import MAX_DEFAULT_THREADS
 
 HELP = {
     "train": "training dataset: a list file (`path label` lines) or an ImageFolder directory",
     "output": "run directory: checkpoints, metrics.jsonl, config.yaml and the final model",
-    "features": "caption feature store from vlmkd-encode (needed for --vlmkd-weight > 0)",
+    "features": "caption feature store from vlmkd-encode: given, the VLM-KD term is on",
     "arch": "backbone, randomly initialised",
     "width": "ResNet-32 channel multiplier (16/32/64 x width)",
     "norm": "ResNet-32 normalisation (group: independent of the per-process batch)",
@@ -25,7 +35,7 @@ HELP = {
     "std": "normalisation std, 3 values",
     "task_loss": "classification loss",
     "la_tau": "tau of logit adjustment",
-    "vlmkd_weight": "lambda, weight of the VLM-KD contrastive term (0 = off)",
+    "vlmkd_weight": "lambda, weight of the VLM-KD contrastive term (0: off)",
     "positives": "contrastive positives: the image's own caption, or every caption of its class",
     "caption_mix": "per step, one random prompt per image (sample) or the mean over prompts",
     "prompts": "prompt ids to use, comma-separated",
@@ -34,13 +44,13 @@ HELP = {
     "adaptor_hidden": "hidden width of a 2-layer MLP text adaptor",
     "contrastive_backend": "backend of the fused VLM-KD loss",
     "teacher": "frozen vision teacher: a classifier saved by vlmkd-train",
-    "kd_weight": "weight of logit KD from --teacher",
+    "kd_weight": "weight of logit KD from --teacher (0: off)",
     "kd_temperature": "softmax temperature of logit KD",
     "batch_size": "global batch size (split across DDP processes)",
     "warmup_epochs": "linear warmup length, then cosine decay to zero",
     "amp": "autocast precision (fp16 uses a GradScaler)",
     "on_nonfinite": "on a NaN/inf loss: stop with a message naming the step, or skip the step and count it",
-    "threads": "CPU threads for torch; 1 avoids OpenMP oversubscription on a busy machine",
+    "threads": "CPU threads for torch",
     "log_every": "write a metrics.jsonl record every N steps",
     "tensorboard": "also log every metrics record to TensorBoard (OUTPUT/tensorboard; needs the tensorboard extra)",
     "progress": "show a progress bar",
@@ -57,12 +67,14 @@ HELP = {
 }
 # What a setting whose default is None (or empty) means, for its help text.
 DEFAULT_MEANING = {
-    "features": "none, no VLM-KD term",
+    "features": "none",
     "prompts": "all in the feature store",
     "adaptor_hidden": "a linear adaptor",
     "contrastive_backend": "the fastest usable",
-    "teacher": "none, no logit KD",
-    "threads": "torch's choice",
+    "teacher": "none",
+    "threads": f"the idle cores, at most {MAX_DEFAULT_THREADS}",
+    "vlmkd_weight": f"{DEFAULT_VLMKD_WEIGHT} with --features, else 0",
+    "kd_weight": f"{DEFAULT_KD_WEIGHT} with --teacher, else 0",
 }
 
 
@@ -79,11 +91,10 @@ def build_parser() -> ArgumentParser:
         "--resume", nargs="?", const="auto", help="continue from a checkpoint directory (default: latest in --output)"
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for spec in fields(TrainConfig):
         flag = "--" + spec.name.replace("_", "-")
-        default = getattr(defaults, spec.name)
+        default = field_default(spec)
         meaning = DEFAULT_MEANING.get(spec.name) if default is None else format_default(default)
         text = HELP.get(spec.name, spec.name.replace("_", " "))
         if spec.name == "arch":
@@ -116,9 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.pop("resume", None)
     print_only = args.pop("print_config", False)
     config = resolve_config(read_config_file(config_file) if config_file else {}, args)
+    config.check_paths()
     if print_only:
+        import torch
         import yaml
 
+        from vlmkd.train.header import run_header
+        from vlmkd.train.threads import default_threads
+
+        device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        header = run_header(config, threads=config.threads or default_threads(), device=device)
+        notes = [f"warning: {note}" for note in config.inert_settings()]
+        print("".join(f"# {line}\n" for line in header + notes), end="")
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     from vlmkd.train.trainer import train

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class TrainConfig(StageConfig):
 
     train: Path | None = None  # dataset: list file or ImageFolder directory
     output: Path = Path("runs/train")
-    features: Path | None = None  # caption feature store (needed when vlmkd_weight > 0)
+    features: Path | None = None  # caption feature store: given, the VLM-KD term is on
     # model
     arch: str = "resnet32"
     width: float = field(default=1.0, metadata=in_range(gt=0))  # resnet32 channel multiplier (0.5: 8/16/32 channels)
@@ -69,9 +69,10 @@ class TrainConfig(StageConfig):
     loader: str = "torch"
     num_workers: int = field(default=2, metadata=in_range(ge=0))
     # objective
-    task_loss: str = "ce"
+    task_loss: str = "balanced_softmax"  # the long-tail loss; "ce" for a plain baseline
     la_tau: float = field(default=1.0, metadata=in_range(ge=0))
-    vlmkd_weight: float = field(default=0.0, metadata=in_range(ge=0))
+    # lambda; None: DEFAULT_VLMKD_WEIGHT with features, else 0 (off)
+    vlmkd_weight: float | None = field(default=None, metadata=in_range(ge=0))
     positives: str = "instance"
     caption_mix: str = "sample"
     prompts: list[str] | None = None  # prompt ids to use; None = all in the store
@@ -82,7 +83,7 @@ class TrainConfig(StageConfig):
     )  # 2-layer MLP adaptor of this width (default: linear)
     contrastive_backend: str | None = None  # a name in vlmkd.backends(); default: the fastest usable
     teacher: Path | None = None  # a vlmkd classifier checkpoint: frozen vision teacher
-    kd_weight: float = field(default=0.0, metadata=in_range(ge=0))
+    kd_weight: float | None = field(default=None, metadata=in_range(ge=0))  # None: DEFAULT_KD_WEIGHT with a teacher
     kd_temperature: float = field(default=4.0, metadata=in_range(gt=0))
     # optimisation
     epochs: int = field(default=10, metadata=in_range(ge=1))
@@ -99,10 +100,19 @@ class TrainConfig(StageConfig):
     device: str = "auto"
     threads: int | None = field(
         default=None, metadata=in_range(ge=1)
-    )  # CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)
+    )  # CPU threads for torch; None: vlmkd.threads.default_threads()
     log_every: int = field(default=10, metadata=in_range(ge=1))
     tensorboard: bool = False  # also write the metrics as TensorBoard events into OUTPUT/tensorboard
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # An input that is given switches its term on, unless its weight is set: the obvious reading of
+        # `--features F` is "train with VLM-KD from F", of `--teacher T` "distil from T".
+        if self.vlmkd_weight is None:
+            self.vlmkd_weight = DEFAULT_VLMKD_WEIGHT if self.features else 0.0
+        if self.kd_weight is None:
+            self.kd_weight = DEFAULT_KD_WEIGHT if self.teacher else 0.0
+        super().__post_init__()
 
     def check(self) -> None:
         for name, allowed in CHOICES.items():
@@ -111,21 +121,9 @@ class TrainConfig(StageConfig):
         for name, registry in registries().items():
             if getattr(self, name) is not None:
                 registry.check(getattr(self, name), name)
-        # Ranges of single settings are field metadata (`in_range`), checked with the types; these involve two.
-        if self.warmup_epochs > self.epochs:
-            raise InputError(f"warmup_epochs ({self.warmup_epochs:g}) must be at most epochs ({self.epochs})")
-        if self.vlmkd_weight > 0 and self.batch_size < 2:
-            raise InputError(
-                f"the VLM-KD term needs a global batch_size of at least 2 (the other captions of a batch are its "
-                f"negatives; with {self.batch_size} its loss is 0 at every step); raise --batch-size or set "
-                "--vlmkd-weight 0"
-            )
-        stride = BACKBONE_STRIDES.get(self.arch)
-        if stride is not None and self.image_size < stride:
-            raise InputError(
-                f"image_size {self.image_size} is smaller than {self.arch}'s stride of {stride} pixels; "
-                f"use --image-size {stride} or more"
-            )
+
+    kd_weight: float | None = field(default=None, metadata=in_range(ge=0))  # None: DEFAULT_KD_WEIGHT with a teacher
+    kd_temperature: float = field(default=4.0, metadata=in_range(gt=0))
 
     def validate(self) -> TrainConfig:
         """Re-check every setting and require the run's inputs; raise `InputError` naming the first problem."""
@@ -137,6 +135,64 @@ class TrainConfig(StageConfig):
         if self.kd_weight > 0 and not self.teacher:
             raise InputError("--kd-weight > 0 needs --teacher (a trained vlmkd classifier)")
         return self
+
+    def check_paths(self) -> None:
+        """Raise `InputError` for the first input path that does not exist, before any work starts."""
+        inputs = {
+            "train": (self.train, "a list file or ImageFolder directory"),
+            "features": (self.features, "a feature store directory from vlmkd-encode"),
+            "teacher": (self.teacher, "a run directory or checkpoint of vlmkd-train"),
+        }
+        for name, (path, what) in inputs.items():
+            if path is not None and not Path(path).exists():
+                raise InputError(f"--{name} {path}: no such file or directory (expected {what})")
+        if self.features is not None and not Path(self.features).is_dir():
+            raise InputError(
+                f"--features {self.features}: not a directory (expected a feature store from vlmkd-encode)"
+            )
+        if Path(self.output).is_file():
+            raise InputError(f"--output {self.output}: is a file (expected a run directory)")
+
+    def inert_settings(self) -> list[str]:
+        """One line per setting that has no effect in this run because another setting turns its term off."""
+        defaults = {spec.name: field_default(spec) for spec in fields(self)}
+        changed = {name for name, default in defaults.items() if getattr(self, name) != default}
+        notes = []
+        if self.vlmkd_weight == 0:
+            if self.features:
+                notes.append("--features is unused: --vlmkd-weight 0 turns the VLM-KD term off (a baseline run)")
+            why = "--vlmkd-weight 0" if self.features else "no --features"
+            notes += [
+                f"{_flag(n)} has no effect: the VLM-KD term is off ({why})" for n in VLMKD_SETTINGS if n in changed
+            ]
+        if self.kd_weight == 0:
+            if self.teacher:
+                notes.append("--teacher is unused: --kd-weight 0 turns logit KD off")
+            why = "--kd-weight 0" if self.teacher else "no --teacher"
+            notes += [f"{_flag(n)} has no effect: logit KD is off ({why})" for n in KD_SETTINGS if n in changed]
+        if "la_tau" in changed and self.task_loss != "logit_adjust":
+            notes.append(f"--la-tau has no effect: the task loss is {self.task_loss}, not logit_adjust")
+        if "momentum" in changed and self.optimizer != "sgd":
+            notes.append(f"--momentum has no effect: the optimizer is {self.optimizer}, not sgd")
+        return notes
+
+
+# Settings of the VLM-KD term and of logit KD: inert while their term is off.
+VLMKD_SETTINGS = (
+    "positives", "caption_mix", "prompts", "temperature", "learn_temperature", "adaptor_hidden", "contrastive_backend",
+)  # fmt: skip
+KD_SETTINGS = ("kd_temperature",)
+DEFAULT_VLMKD_WEIGHT = 1.0  # lambda when --features is given without --vlmkd-weight
+DEFAULT_KD_WEIGHT = 1.0  # logit-KD weight when --teacher is given without --kd-weight
+
+
+def field_default(spec: Field) -> Any:
+    """The value a `TrainConfig` field takes when it is not given (None for the inputs-dependent ones)."""
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def field_names() -> list[str]:

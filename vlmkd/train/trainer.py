@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from vlmkd.losses import TaskLoss, VlmkdObjective
 from vlmkd.models import Classifier, ModelSpec, build_model
 from vlmkd.models.speed import apply_speed_settings, batch_layout
 from vlmkd.models.zoo import check_image_size
+from vlmkd.threads import default_threads
 from vlmkd.train.checkpoint import (
     MODEL_META,
     latest_checkpoint,
@@ -30,6 +32,7 @@ from vlmkd.train.checkpoint import (
 )
 from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
+from vlmkd.train.header import run_header
 from vlmkd.train.metrics_log import MetricsLog, read_metrics
 from vlmkd.train.run_dir import check_run_directory
 from vlmkd.train.schedule import build_optimizer, lr_at
@@ -124,15 +127,21 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     `config.threads` applies for the call only: torch's thread count is restored when it returns.
     """
     config.validate()
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    config.check_paths()
+    previous = torch.get_num_threads()
+    threads = config.threads or default_threads()
+    torch.set_num_threads(threads)
     ctx = init_distributed(config.device)
+    if ctx.is_main:
+        print("\n".join(run_header(config, threads=threads, device=str(ctx.device), processes=ctx.world_size)))
+        for note in config.inert_settings():
+            print(f"vlmkd-train: warning: {note}", file=sys.stderr)
+        sys.stdout.flush()
     try:
         return _train(config, resume, ctx)
     finally:
         cleanup(ctx)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
 
 
 def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
@@ -145,6 +154,7 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
     if progress.epoch >= config.epochs and (run.output / MODEL_META).is_file():  # written last: the save finished
         return _finished_run(run, progress)
     if ctx.is_main:
+        print(_start_line(resume, checkpoint, progress.epoch, config.epochs, run.output), flush=True)
         write_config(config, run.output / "config.yaml")
     log = None
     if ctx.is_main:
@@ -372,6 +382,13 @@ def _load_teacher(config: TrainConfig, dataset: ImageList, device: torch.device)
             f"{config.teacher}: teacher has {teacher.num_classes} classes, the dataset {dataset.num_classes}"
         )
     return teacher.requires_grad_(False).eval()
+
+
+def _start_line(resume: str | None, checkpoint: Path | None, start_epoch: int, epochs: int, output: Path) -> str:
+    """The header's last line: where training starts, from scratch or from a checkpoint."""
+    if checkpoint is None:
+        return "  start:     from scratch" + (f" (no checkpoint in {output} to resume)" if resume == "auto" else "")
+    return f"  start:     resumed from {checkpoint} (epoch {start_epoch} of {epochs} done)"
 
 
 def _find_resume(resume: str | None, output: Path) -> Path | None:
