@@ -87,6 +87,15 @@ def test_cli_info_lists_backends(tmp_path) -> None:
     assert any(line.startswith("engines (--engine): hf, trt") for line in result.stdout.splitlines())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cli_info_says_no_cuda_device_on_a_machine_without_one(tmp_path) -> None:
+    pytest.importorskip("vlmkd._cuda", reason="the CUDA module was not built (no nvcc)")
+    result = subprocess.run([sys.executable, "-m", "vlmkd", "info"], capture_output=True, text=True, cwd=tmp_path)
+    cuda_line = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["cuda"])
+    assert "built, not usable here" in cuda_line and "no CUDA device" in cuda_line, cuda_line
+    assert "insufficient" not in cuda_line, cuda_line
+
+
 def test_cli_unknown_command_exits_non_zero_with_usage(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-m", "vlmkd", "frobnicate"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2

@@ -12,7 +12,7 @@ import yaml
 from _cases import make_features
 
 from vlmkd.cli import main as vlmkd_main
-from vlmkd.train.threads import MAX_DEFAULT_THREADS, default_threads
+from vlmkd.threads import MAX_DEFAULT_THREADS, default_threads
 
 # the README's training line at test size (the tiny dataset has 12 images of 3 classes)
 TINY_FLAGS = ["--epochs", "1", "--image-size", "8", "--width", "0.25", "--batch-size", "6", "--num-workers", "0"]

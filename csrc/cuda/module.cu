@@ -33,6 +33,12 @@ std::string device_error() {
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status == cudaSuccess) return count > 0 ? "" : "no CUDA device";
   cudaGetLastError();
+  if (status == cudaErrorNoDevice) return "no CUDA device";
+  // Without any NVIDIA driver the runtime says "CUDA driver version is insufficient for CUDA runtime
+  // version"; the driver version it then reports is 0. That machine has no device, not an old driver.
+  int driver = 0;
+  if (status == cudaErrorInsufficientDriver && (cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0))
+    return "no CUDA device (no NVIDIA driver installed)";
   return cudaGetErrorString(status);
 }
 

@@ -56,7 +56,9 @@ def predict(
     )
     model.eval().to(device)
     predicted, labels, features = [], [], []
-    bar = tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=not progress, file=sys.stderr)
+    # on a terminal only (disable=None): a log file or a captured stderr keeps to one-line messages
+    bar = tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=None if progress else True,
+               file=sys.stderr, leave=False)  # fmt: skip
     for images, batch_labels, _ in bar:
         logits, batch_features = model(batch_layout(images.to(device), channels_last), return_features=True)
         predicted.append(logits.argmax(dim=1).cpu())

@@ -8,6 +8,7 @@ import typing
 from dataclasses import fields
 
 from vlmkd.arguments import ArgumentParser, format_default
+from vlmkd.threads import MAX_DEFAULT_THREADS
 from vlmkd.train.config import (
     DEFAULT_KD_WEIGHT,
     DEFAULT_VLMKD_WEIGHT,
@@ -18,7 +19,6 @@ from vlmkd.train.config import (
     read_config_file,
     resolve_config,
 )
-from vlmkd.train.threads import MAX_DEFAULT_THREADS
 
 HELP = {
     "train": "training dataset: a list file (`path label` lines) or an ImageFolder directory",
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         import yaml
 
+        from vlmkd.threads import default_threads
         from vlmkd.train.header import run_header
-        from vlmkd.train.threads import default_threads
 
         device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         header = run_header(config, threads=config.threads or default_threads(), device=device)

@@ -1,4 +1,4 @@
-"""The torch CPU thread count a training run uses when `--threads` is not given.
+"""The CPU thread count training and evaluation use when `--threads` is not given.
 
 torch's own default (one thread per core) oversubscribes a machine where other work runs: OpenMP threads
 spin waiting for each other on cores that are busy, and a small network then trains many times slower than
