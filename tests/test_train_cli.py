@@ -130,17 +130,15 @@ def test_a_run_uses_and_reports_the_default_thread_count(tiny_dataset, tmp_path,
     assert capsys.readouterr().out.splitlines()[0].endswith("; cpu, 1 torch thread)")
 
 
-def test_a_rerun_says_whether_it_resumed_reused_or_started_over(tiny_dataset, tmp_path, capsys):
+def test_a_rerun_says_whether_it_trained_resumed_or_reused(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     argv = [*train_argv(tiny_dataset, run), "--threads", "1"]
-    assert vlmkd_main(argv) == 0
-    assert "  start:     from scratch" in capsys.readouterr().out.splitlines()
     assert vlmkd_main([*argv, "--resume"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"  start:     reused {run / 'epoch_0001'}: all 1 epochs were already trained, nothing to train" in lines
-    assert not any(line.startswith("epoch ") for line in lines)
-    assert vlmkd_main(argv) == 0
-    assert (
-        f"  start:     from scratch, over an earlier run's checkpoints in {run} (up to epoch_0001); "
-        "--resume continues that run instead"
-    ) in capsys.readouterr().out.splitlines()
+    assert f"  start:     from scratch (no checkpoint in {run} to resume)" in lines
+    assert lines[-1] == f"model saved to {run}"
+    assert vlmkd_main([*argv, "--resume"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{run}: already trained for 1 epochs; reusing its model" in lines
+    assert not any(line.startswith(("epoch ", "  start:", "model saved")) for line in lines), lines
+    assert lines[-1] == f"model: {run} (reused, nothing trained)"

@@ -75,7 +75,7 @@ class HelpFormatter(argparse.HelpFormatter):
             or default is None
             or default is argparse.SUPPRESS
             or default is False
-            or default == ""
+            or default in ("", [], ())
             or isinstance(action, (argparse._StoreConstAction, argparse._HelpAction, argparse._VersionAction))
         ):
             return text

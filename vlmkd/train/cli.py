@@ -146,5 +146,5 @@ def main(argv: list[str] | None = None) -> int:
     result = train(config, resume=resume)
     if result.skipped_steps:
         print(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
-    print(f"model saved to {result.output}")
+    print(f"model: {result.output} (reused, nothing trained)" if result.reused else f"model saved to {result.output}")
     return 0

@@ -121,9 +121,21 @@ class TrainConfig(StageConfig):
         for name, registry in registries().items():
             if getattr(self, name) is not None:
                 registry.check(getattr(self, name), name)
-
-    kd_weight: float | None = field(default=None, metadata=in_range(ge=0))  # None: DEFAULT_KD_WEIGHT with a teacher
-    kd_temperature: float = field(default=4.0, metadata=in_range(gt=0))
+        # Ranges of single settings are field metadata (`in_range`), checked with the types; these involve two.
+        if self.warmup_epochs > self.epochs:
+            raise InputError(f"warmup_epochs ({self.warmup_epochs:g}) must be at most epochs ({self.epochs})")
+        if self.vlmkd_weight > 0 and self.batch_size < 2:
+            raise InputError(
+                f"the VLM-KD term needs a global batch_size of at least 2 (the other captions of a batch are its "
+                f"negatives; with {self.batch_size} its loss is 0 at every step); raise --batch-size or set "
+                "--vlmkd-weight 0"
+            )
+        stride = BACKBONE_STRIDES.get(self.arch)
+        if stride is not None and self.image_size < stride:
+            raise InputError(
+                f"image_size {self.image_size} is smaller than {self.arch}'s stride of {stride} pixels; "
+                f"use --image-size {stride} or more"
+            )
 
     def validate(self) -> TrainConfig:
         """Re-check every setting and require the run's inputs; raise `InputError` naming the first problem."""
