@@ -302,3 +302,14 @@ def test_half_precision_compute_stays_close_to_float32(minilm) -> None:
     half = load_text_encoder("all-MiniLM-L6-v2", dtype="bfloat16")
     assert (half.name, half.dtype) == (DEFAULT_ENCODER, "bfloat16")
     np.testing.assert_allclose(half.encode(texts), minilm.encode(texts), atol=2e-2)
+
+
+def test_cli_rerun_of_a_finished_store_says_it_reused_it(tmp_path: Path, tiny_dataset, capsys):
+    captions = caption_store(tmp_path / "captions", tiny_dataset)
+    argv = ["encode", str(captions.path), "--out", str(tmp_path / "features"), "--quiet"]
+    assert vlmkd_main(argv) == 0
+    first = capsys.readouterr().out
+    assert "; encoded in " in first and "reused" not in first
+    assert vlmkd_main(argv) == 0
+    second = capsys.readouterr().out
+    assert second.endswith("; reused: it was already complete, nothing encoded\n") and "encoded in" not in second

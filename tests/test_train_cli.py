@@ -121,12 +121,10 @@ def test_the_default_thread_count_is_the_idle_cores_up_to_a_cap():
 
 def test_a_run_uses_and_reports_the_default_thread_count(tiny_dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("vlmkd.train.trainer.default_threads", lambda: 1)
-    before = torch.get_num_threads()
-    try:
-        assert vlmkd_main(train_argv(tiny_dataset, tmp_path / "run")) == 0
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    before, calls = torch.get_num_threads(), []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert vlmkd_main(train_argv(tiny_dataset, tmp_path / "run")) == 0
+    assert calls[0] == 1 and calls[-1] == before  # the run's threads, then the caller's back
     assert capsys.readouterr().out.splitlines()[0].endswith("; cpu, 1 torch thread)")
 
 
