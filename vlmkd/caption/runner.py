@@ -188,7 +188,10 @@ def _caption_shards(
 ) -> None:
     """Caption `shards` in order, writing each once its last batch is back. Engines that wait on servers
     get `engine.submit_ahead` more requests submitted while the runner waits for the oldest batch."""
+    import pyarrow as pa
     import pyarrow.parquet  # noqa: F401 - imported once up front, not inside the first shard's write time
+
+    pa.array([0])  # pyarrow imports pandas on its first array (about a second): before any shard is timed
     from tqdm import tqdm
 
     total = sum(len(store.shard_range(k)) for k in shards)
