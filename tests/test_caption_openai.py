@@ -440,3 +440,136 @@ def test_cli_summary_counts_refused_images_and_a_lost_fleet_is_one_line(tiny_dat
     with pytest.raises(SystemExit) as caught:  # argparse's usage error
         main(["caption", str(tiny_dataset.source), "--engine", "openai", "--out", str(tmp_path / "u")])
     assert caught.value.code == 2 and "--engine openai needs --api-base" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- HTTP framing
+
+
+class RawServer:
+    """A loopback server that answers every request with `replies` in turn (raw bytes), closing the connection
+    after each answer when `close_after` is set. Runs on its own thread; counts connections."""
+
+    def __init__(self, replies: list[bytes], close_after: bool = False) -> None:
+        import asyncio
+
+        self.replies, self.close_after, self.connections, self.answered = replies, close_after, 0, 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def handle(reader, writer):
+            self.connections += 1
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                       if line.lower().startswith(b"content-length")), b"0"))  # fmt: skip
+                    await reader.readexactly(length)
+                    writer.write(self.replies[self.answered % len(self.replies)])
+                    self.answered += 1
+                    await writer.drain()
+                    if self.close_after:
+                        break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        async def start():
+            self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
+
+        self.loop.run_until_complete(start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        import asyncio
+
+        async def close():
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _completion_bytes(text: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+
+
+def _post_all(port: int, count: int) -> list:
+    import asyncio
+
+    from vlmkd.caption.engines.dispatch import Dispatcher
+    from vlmkd.caption.engines.http11 import Endpoint
+
+    async def go():
+        dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{port}/v1")], concurrency=1, headers={},
+                                policy=FAST, log=lambda m: None, redact=str)  # fmt: skip
+        outcomes = [await dispatcher.post("/chat/completions", b"{}") for _ in range(count)]
+        dispatcher.close()
+        return outcomes
+
+    return asyncio.run(go())
+
+
+def test_chunked_and_close_delimited_answers_are_read_whole():
+    body = _completion_bytes("chunked caption")
+    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"%x\r\n" % 10 + body[:10] + b"\r\n"
+               + b"%x;ext=1\r\n" % (len(body) - 10) + body[10:] + b"\r\n0\r\n\r\n")  # fmt: skip
+    server = RawServer([chunked])
+    try:
+        outcomes = _post_all(server.port, 3)
+        assert [o.body["choices"][0]["message"]["content"] for o in outcomes] == ["chunked caption"] * 3
+        assert server.connections == 1  # a chunked answer keeps the connection alive
+    finally:
+        server.stop()
+    close_delimited = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + _completion_bytes("until the end")
+    server = RawServer([close_delimited], close_after=True)
+    try:
+        outcomes = _post_all(server.port, 3)
+        assert [o.body["choices"][0]["message"]["content"] for o in outcomes] == ["until the end"] * 3
+        assert server.connections == 3
+    finally:
+        server.stop()
+
+
+def test_a_keep_alive_connection_the_server_closed_is_replaced_without_a_retry():
+    """A server that drops idle connections without saying so: the reused one fails before any answer, and
+    the request goes out again at once on a new connection (no backoff, no retry counted)."""
+    body = _completion_bytes("fresh")
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    server = RawServer([reply], close_after=True)  # closes, but announces keep-alive (no `connection: close`)
+    try:
+        import asyncio
+
+        from vlmkd.caption.engines.dispatch import Dispatcher
+        from vlmkd.caption.engines.http11 import Endpoint
+
+        async def go():
+            dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{server.port}/v1")], concurrency=1,
+                                    headers={}, policy=FAST, log=lambda m: None, redact=str)  # fmt: skip
+            outcomes = []
+            for _ in range(4):
+                outcomes.append(await dispatcher.post("/chat/completions", b"{}"))
+                await asyncio.sleep(0.02)  # let the server's close arrive
+            dispatcher.close()
+            return outcomes, dispatcher.retries
+
+        outcomes, retries = asyncio.run(go())
+        assert [o.body["choices"][0]["message"]["content"] for o in outcomes] == ["fresh"] * 4
+        assert retries == {} and server.connections == 4
+    finally:
+        server.stop()
