@@ -94,6 +94,11 @@ def build_parser() -> ArgumentParser:
     )  # fmt: skip
     store.add_argument("--shard-index", type=int, default=None, help="write only this shard")
     store.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads (default: the idle cores, at most 4; torch's one per core is many times slower on "
+        "a busy machine)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -136,9 +141,10 @@ def summary(report: CaptionReport) -> str:
     if not report.shards_written:
         return f"nothing to do: this process's {len(report.shards_already_done)} shards were already written" \
             f"{by_others}; store {state}: {store.path}"  # fmt: skip
+    threads = f"{report.threads} torch thread{'s' * (report.threads != 1)}"
     lines = [
         f"captioned {report.images} images x {len(store.prompt_ids)} prompts -> {report.captions} captions "
-        f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s; writing shards "
+        f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s, {threads}; writing shards "
         f"{_share(report.store_seconds, report.seconds)}, {_share(report.store_wait_seconds, report.seconds, '')} "
         "waited for)",
         f"shards: {len(report.shards_written)} written, {len(report.shards_already_done)} already done{by_others}; "

@@ -32,6 +32,7 @@ class CaptionConfig(StageConfig):
     shard_index: int | None = None  # write only this shard
     overwrite: bool = False  # replace a store made with other settings
     progress: bool = True
+    threads: int | None = None  # torch CPU threads during the run; None: vlmkd.threads.default_threads()
 
     def check(self) -> None:
         ENGINES.check(self.engine)
@@ -41,6 +42,8 @@ class CaptionConfig(StageConfig):
             raise InputError(f"num_shards must be >= 1, got {self.num_shards}")
         if self.shard_index is not None and self.shard_index < 0:
             raise InputError(f"shard index must be >= 0, got {self.shard_index}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be >= 1, got {self.threads}")
 
     @classmethod
     def from_settings(cls, **settings: Any) -> CaptionConfig:

@@ -75,6 +75,7 @@ class CaptionReport:
     store_seconds: float = 0.0  # writing shards (on a thread of its own, overlapping the captioning)
     store_wait_seconds: float = 0.0  # the part of it the captioning had to wait for
     store_cpu_seconds: float = 0.0  # CPU time of the writing (the rest of it is waiting for fsync)
+    threads: int = 0  # torch CPU threads the run used
 
     @property
     def images_per_second(self) -> float:
@@ -97,8 +98,31 @@ def run_captioning(
     memory may replace what the config names: `dataset` (else `config.dataset` is loaded), `prompts` (else
     `config.prompts`), and a loaded `engine` (its own model and generation settings then apply, and the caller
     keeps ownership of it). `config.engine_options` go to `load_engine` (the openai engine's servers,
-    concurrency, API-key variable...).
+    concurrency, API-key variable...). `config.threads` (default: the idle cores, see `vlmkd.threads`) applies
+    for the call only: torch's thread count is restored when it returns.
     """
+    import torch
+
+    from vlmkd.threads import default_threads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or default_threads())
+    try:
+        report = _run_captioning(config, dataset, prompts, engine, assignment)
+    finally:
+        torch.set_num_threads(threads)
+    return report
+
+
+def _run_captioning(
+    config: CaptionConfig,
+    dataset: ImageList | None,
+    prompts: PromptSet | None,
+    engine: CaptionEngine | None,
+    assignment: Assignment | None,
+) -> CaptionReport:
+    import torch
+
     start = time.perf_counter()
     if dataset is None:
         if config.dataset is None:
@@ -173,6 +197,7 @@ def run_captioning(
         if engine is None and loaded is not None:
             loaded.close()
     report.seconds = time.perf_counter() - start
+    report.threads = torch.get_num_threads()
     return report
 
 
