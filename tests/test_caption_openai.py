@@ -573,3 +573,17 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced_without_a_retry()
         assert retries == {} and server.connections == 4
     finally:
         server.stop()
+
+
+def test_engine_options_can_be_plain_data_as_in_a_yaml_stage_config(tiny_dataset, tmp_path, servers):
+    from vlmkd.caption import CaptionConfig
+
+    (server,) = servers(1)
+    options = {"api_bases": [server.url], "concurrency": 4, "policy": {"backoff_base_s": 0.01, "dead_after_s": 1.0}}
+    config = CaptionConfig(out=tmp_path / "s", engine="openai", engine_options=options, progress=False)
+    again = CaptionConfig.from_yaml(config.to_yaml(tmp_path / "caption.yaml"))
+    assert again == config
+    store = vlmkd.caption(again, dataset=tiny_dataset, max_new_tokens=8).store
+    assert store_rows(store) == expected_rows(tiny_dataset)
+    with pytest.raises(InputError, match="engine_options.policy: .*unexpected keyword argument 'retries'"):
+        OpenAIEngine(None, GenerationSettings(), api_bases=[server.url], policy={"retries": 3})

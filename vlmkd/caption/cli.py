@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--api-base is for --engine openai")
     options = {}
     if args.engine == "openai":
-        policy = RetryPolicy(request_timeout_s=args.request_timeout, dead_after_s=args.dead_after)
+        policy = {"request_timeout_s": args.request_timeout, "dead_after_s": args.dead_after}
         options = {"api_bases": args.api_base, "concurrency": args.concurrency, "api_key_env": args.api_key_env,
                    "policy": policy}  # fmt: skip
     generation = GenerationSettings.from_namespace(args)

@@ -107,8 +107,8 @@ class OpenAIEngine(CaptionEngine):
 
     `model`: the model name to request; `None` takes the one model the servers report. The engine checks
     that every reachable server serves it (`GET /models`) and records that name as the store's model
-    identity: weights behind a URL cannot be fingerprinted. `device` and `trust_remote_code` are the
-    servers' business and not used.
+    identity: weights behind a URL cannot be fingerprinted. `policy` (a `RetryPolicy` or a mapping of its
+    fields) says how hard to retry. `device` and `trust_remote_code` are the servers' business and not used.
     """
 
     name = "openai"
@@ -124,7 +124,7 @@ class OpenAIEngine(CaptionEngine):
         api_bases: Sequence[str] = (),
         concurrency: int = DEFAULT_CONCURRENCY,
         api_key_env: str = DEFAULT_API_KEY_ENV,
-        policy: RetryPolicy | None = None,
+        policy: RetryPolicy | dict[str, float] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if not api_bases:
@@ -135,6 +135,11 @@ class OpenAIEngine(CaptionEngine):
         if len({e.url for e in endpoints}) != len(endpoints):
             raise InputError(f"--api-base lists a server twice: {', '.join(e.url for e in endpoints)}")
         decoding_fields(settings)  # refuses what the API cannot express
+        if isinstance(policy, dict):  # plain settings, as a YAML stage config holds them
+            try:
+                policy = RetryPolicy(**policy)
+            except TypeError as error:
+                raise InputError(f"engine_options.policy: {error}") from None
         self.settings = settings
         self.concurrency = concurrency
         self.submit_ahead = 2 * concurrency
