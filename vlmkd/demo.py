@@ -70,6 +70,7 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
         batch_size=32,
         generation=GenerationSettings(max_new_tokens=size.max_new_tokens, seed=seed),
         progress=progress,
+        threads=size.threads,
     )
     captions = run_captioning(caption_config, dataset=data.train, prompts=prompt_set).store
     print("[3/5] encode: all-MiniLM-L6-v2 text features", flush=True)
