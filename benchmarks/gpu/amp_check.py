@@ -81,7 +81,7 @@ def check(
         picked = torch.randperm(len(labels), generator=torch.Generator().manual_seed(step))[:BATCH]
         x, y, t = images[picked].to(device), labels[picked].to(device), features[picked].to(device)
         results = {}
-        for name in (backend, "ref"):
+        for name in (backend, "reference"):
             contrastive.backend = name
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device, dtype=dtype):
@@ -90,7 +90,7 @@ def check(
             parts["loss"].backward()
             grads = torch.cat([p.grad.detach().float().flatten() for p in parameters if p.grad is not None])
             results[name] = (parts["vlmkd_loss"].item(), grads.clone())
-        (fused_loss, fused_grads), (ref_loss, ref_grads) = results[backend], results["ref"]
+        (fused_loss, fused_grads), (ref_loss, ref_grads) = results[backend], results["reference"]
         grad_error = ((fused_grads - ref_grads).norm() / ref_grads.norm()).item()
         steps.append({"step": step, "vlmkd_fused": fused_loss, "vlmkd_ref": ref_loss, "grad_rel_error": grad_error})
         contrastive.backend = backend
