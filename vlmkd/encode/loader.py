@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vlmkd.encode.conditioning import TextConditioning
 from vlmkd.encode.store import FeatureStore
 from vlmkd.errors import InputError
 
@@ -21,9 +22,16 @@ class CaptionFeatures:
     `mix="sample"` draws one prompt per image on every call (a fresh view of the image each step);
     `mix="mean"` averages the prompts (not renormalised: the VLM-KD loss normalises after its adaptor).
     `prompts` restricts both to a subset of the store's prompts, e.g. for the prompt-count ablation.
+    `conditioning` (from `vlmkd.encode.conditioning.text_conditioning`) is applied to each picked feature.
     """
 
-    def __init__(self, store: FeatureStore, mix: Mix = "sample", prompts: Sequence[str] | None = None):
+    def __init__(
+        self,
+        store: FeatureStore,
+        mix: Mix = "sample",
+        prompts: Sequence[str] | None = None,
+        conditioning: TextConditioning | None = None,
+    ):
         if mix not in MIXES:
             raise InputError(f"caption mix must be one of {', '.join(MIXES)}, got {mix!r}")
         available = store.prompt_ids
@@ -36,6 +44,7 @@ class CaptionFeatures:
         self.mix: Mix = mix
         self.prompts = chosen
         self._columns = np.array([available.index(prompt) for prompt in chosen], dtype=np.int64)
+        self.conditioning = conditioning
 
     @property
     def dim(self) -> int:
@@ -49,9 +58,16 @@ class CaptionFeatures:
             raise IndexError(f"dataset index {bad} is outside the feature store's {self.store.num_images} images")
         features = self.store.features
         if self.mix == "mean":
-            picked = features[rows][:, self._columns].astype(np.float32).mean(axis=1)
+            picked = features[rows][:, self._columns].astype(np.float32)
+            if self.conditioning is not None:
+                columns = np.broadcast_to(self._columns, picked.shape[:2]).reshape(-1)
+                picked = self.conditioning.apply(picked.reshape(-1, self.dim), columns).reshape(picked.shape)
+            picked = picked.mean(axis=1)
         else:
             device = generator.device if generator is not None else "cpu"
             draw = torch.randint(len(self._columns), (rows.size,), generator=generator, device=device).cpu().numpy()
             picked = features[rows, self._columns[draw]].astype(np.float32)
+            if self.conditioning is not None:
+                picked = self.conditioning.apply(picked, self._columns[draw])
+        picked = np.ascontiguousarray(picked, dtype=np.float32)
         return torch.from_numpy(picked).to(indices.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -19,8 +20,23 @@ def _no_gather(
     return features, text, labels
 
 
+def contrast_chance(labels: torch.Tensor, positives: str) -> torch.Tensor:
+    """The VLM-KD loss of a contrast that tells nothing apart (all similarities equal) for this batch.
+
+    log B for instance positives; for class positives the mean over anchors of log(B / same-label count).
+    """
+    batch = labels.shape[0]
+    if positives != "class":
+        return torch.tensor(math.log(batch), dtype=torch.float32, device=labels.device)
+    same = (labels[:, None] == labels[None, :]).sum(dim=1).float()
+    return (math.log(batch) - same.log()).mean()
+
+
 class VlmkdObjective(nn.Module):
-    """Returns `{"loss", "task_loss", "vlmkd_loss", "kd_loss"}`; disabled terms are exact zeros.
+    """Returns `{"loss", "task_loss", "vlmkd_loss", "kd_loss", "vlmkd_chance"}`; disabled terms are exact zeros.
+
+    `vlmkd_chance` is the VLM-KD loss at chance for the (global) batch (`contrast_chance`): a text term
+    that learns ends clearly below it.
 
     `contrastive(v, t, labels)` is the VLM-KD loss module (it owns the text adaptor and the temperature, so
     its parameters train with the model and are dropped from the deployable classifier). `gather` collects
@@ -57,15 +73,17 @@ class VlmkdObjective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         zero = logits.new_zeros((), dtype=torch.float32)
         task_loss = self.task(logits, labels)
-        vlmkd_loss = kd_loss = zero
+        vlmkd_loss = kd_loss = chance = zero
         if self.contrastive is not None:
             if text is None:
                 raise ValueError("the VLM-KD term needs text features for the batch")
             v, t, y = self.gather(features.float(), text.float(), labels)
             vlmkd_loss = self.contrastive(v, t, y)
+            chance = contrast_chance(y, getattr(self.contrastive, "positives", "instance"))
         if self.kd_weight > 0:
             if teacher_logits is None:
                 raise ValueError("kd_weight > 0 needs teacher logits")
             kd_loss = logit_kd(logits, teacher_logits, self.kd_temperature)
         loss = task_loss + self.vlmkd_weight * vlmkd_loss + self.kd_weight * kd_loss
-        return {"loss": loss, "task_loss": task_loss, "vlmkd_loss": vlmkd_loss, "kd_loss": kd_loss}
+        parts = {"loss": loss, "task_loss": task_loss, "vlmkd_loss": vlmkd_loss, "kd_loss": kd_loss}
+        return parts | {"vlmkd_chance": chance}

@@ -196,7 +196,10 @@ class VlmkdContrastiveLoss(nn.Module):
 
     The adaptor maps text features (Dt) to the image-feature width (Dv): a Linear with bias (fused path), or
     with `hidden_dim` a 2-layer MLP (Linear, GELU, Linear), whose first layer needs gradients through t, so
-    that variant runs on the reference backend. `logit_scale` starts at log(1 / init_temperature).
+    that variant runs on the reference backend. The adaptor's (last) bias starts at zero, so at step 0 the
+    adapted captions differ exactly as much as the captions do. `logit_scale` starts at log(1 / init_temperature).
+    `image_standardize` standardises v per dimension over the batch first (BatchNorm1d without affine) and
+    `image_projection` adds a learnt Linear (Dv -> Dv, initialised to the identity) on the image side.
     """
 
     def __init__(
@@ -208,6 +211,8 @@ class VlmkdContrastiveLoss(nn.Module):
         init_temperature: float = 0.07,
         learn_temperature: bool = True,
         hidden_dim: int | None = None,
+        image_projection: bool = False,
+        image_standardize: bool = False,
         backend: str | None = None,
     ) -> None:
         super().__init__()
@@ -219,6 +224,17 @@ class VlmkdContrastiveLoss(nn.Module):
             self.adaptor: nn.Module = nn.Linear(text_dim, image_dim)
         else:
             self.adaptor = nn.Sequential(nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, image_dim))
+        # A random bias would be a direction shared by every caption: start without one.
+        nn.init.zeros_((self.adaptor if hidden_dim is None else self.adaptor[-1]).bias)
+        self.image_projection: nn.Module | None = None
+        if image_projection:
+            self.image_projection = nn.Linear(image_dim, image_dim)
+            with torch.no_grad():
+                self.image_projection.weight.copy_(torch.eye(image_dim))
+                self.image_projection.bias.zero_()
+        # Pooled ReLU features are all positive and nearly parallel; standardising each dimension over the
+        # batch (running statistics in eval mode) makes their differences what the contrast sees.
+        self.image_norm = nn.BatchNorm1d(image_dim, affine=False) if image_standardize else None
         logit_scale = torch.tensor(math.log(1.0 / init_temperature))
         if learn_temperature:
             self.logit_scale = nn.Parameter(logit_scale)
@@ -229,6 +245,10 @@ class VlmkdContrastiveLoss(nn.Module):
 
     def forward(self, v: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Loss between image features v (B, Dv) and text features t (B, Dt); labels for positives="class"."""
+        if self.image_norm is not None:
+            v = self.image_norm(v)
+        if self.image_projection is not None:
+            v = self.image_projection(v)
         if isinstance(self.adaptor, nn.Linear):
             last, backend = self.adaptor, self.backend
         else:
@@ -236,6 +256,18 @@ class VlmkdContrastiveLoss(nn.Module):
         return vlmkd_contrastive_loss(
             v, t, last.weight, last.bias, self.logit_scale, labels, self.positives, backend=backend
         )
+
+    def embed_images(self, v: torch.Tensor) -> torch.Tensor:
+        """Unit-norm image embeddings (B, Dv) as the loss compares them (eval mode: running statistics)."""
+        if self.image_norm is not None:
+            v = self.image_norm(v)
+        if self.image_projection is not None:
+            v = self.image_projection(v)
+        return torch.nn.functional.normalize(v, dim=1)
+
+    def embed_text(self, t: torch.Tensor) -> torch.Tensor:
+        """Unit-norm adapted text embeddings (B, Dv) of (conditioned) text features t (B, Dt)."""
+        return torch.nn.functional.normalize(self.adaptor(t), dim=1)
 
     def extra_repr(self) -> str:
         return f"positives={self.positives!r}, backend={self.backend!r}"

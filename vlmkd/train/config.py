@@ -17,6 +17,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("batch", "group"),
     "positives": ("instance", "class"),
     "caption_mix": ("sample", "mean"),
+    "text_center": ("none", "all", "prompt"),
     "optimizer": ("sgd", "adamw"),
     "amp": ("off", "bf16", "fp16"),
     "on_nonfinite": ("stop", "skip"),
@@ -76,11 +77,17 @@ class TrainConfig(StageConfig):
     positives: str = "instance"
     caption_mix: str = "sample"
     prompts: list[str] | None = None  # prompt ids to use; None = all in the store
+    text_center: str = "prompt"  # subtract the training set's mean text feature: per prompt, over all, or none
+    text_whiten: bool = False  # also ZCA-whiten the centred text features
     temperature: float = field(default=0.07, metadata=in_range(gt=0))
-    learn_temperature: bool = True
+    learn_temperature: bool = False  # fixed by default: learnt at the backbone's lr it runs away (docs/training.md)
+    temperature_lr: float | None = field(default=None, metadata=in_range(ge=0))  # logit scale's own lr (default: lr)
+    adaptor_lr: float | None = field(default=None, metadata=in_range(ge=0))  # text adaptor's lr (default: lr)
     adaptor_hidden: int | None = field(
         default=None, metadata=in_range(ge=1)
     )  # 2-layer MLP adaptor of this width (default: linear)
+    image_standardize: bool = True  # standardise image features per dimension over the batch before the contrast
+    image_projection: bool = False  # a learnt linear map of the image features before the contrast
     contrastive_backend: str | None = None  # a name in vlmkd.backends(); default: the fastest usable
     teacher: Path | None = None  # a vlmkd classifier checkpoint: frozen vision teacher
     kd_weight: float | None = field(default=None, metadata=in_range(ge=0))  # None: DEFAULT_KD_WEIGHT with a teacher

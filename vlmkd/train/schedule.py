@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -18,17 +18,32 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 
 
 def build_optimizer(
-    modules: Iterable[nn.Module], kind: str, lr: float, weight_decay: float, momentum: float = 0.9
+    modules: Iterable[nn.Module],
+    kind: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    own_lr: Sequence[tuple[Iterable[nn.Parameter], float]] = (),
 ) -> torch.optim.Optimizer:
-    """SGD (Nesterov-free, with momentum) or AdamW; biases, norm parameters and scalars get no weight decay."""
-    decay, no_decay = [], []
+    """SGD (Nesterov-free, with momentum) or AdamW; biases, norm parameters and scalars get no weight decay.
+
+    `own_lr` lists parameters that train at their own base learning rate (the VLM-KD temperature and
+    adaptor); every group records its `base_lr`, which the schedule scales step by step.
+    """
+    rates: dict[int, float] = {}
+    for params, rate in own_lr:
+        rates |= {id(param): float(rate) for param in params}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for module in modules:
         for param in module.parameters():
             if param.requires_grad:
-                (decay if param.ndim > 1 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+                groups.setdefault((rates.get(id(param), float(lr)), param.ndim > 1), []).append(param)
+    param_groups = [
+        {"params": params, "base_lr": rate, "lr": rate, "weight_decay": weight_decay if decay else 0.0}
+        for (rate, decay), params in groups.items()
+    ]
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum)
     if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(param_groups, lr=lr)
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {kind!r}")

@@ -24,11 +24,18 @@ class TextSource(Protocol):
 
 
 def open_text_source(config: TrainConfig, dataset: ImageList, store: FeatureStore) -> TextSource:
-    """Text features of the open feature `store`, checked against the training set, mixed as configured."""
+    """Text features of the open feature `store`, checked against the training set, conditioned and mixed as
+    configured (the conditioning is computed once, here, from the whole store)."""
+    from vlmkd.encode.conditioning import text_conditioning
     from vlmkd.encode.loader import CaptionFeatures
 
     store.check_dataset(dataset)
-    return CaptionFeatures(store, mix=config.caption_mix, prompts=config.prompts)
+    prompts = tuple(store.prompt_ids if config.prompts is None else config.prompts)
+    columns = [store.prompt_ids.index(p) for p in prompts if p in store.prompt_ids]
+    conditioning = None
+    if config.text_center != "none" or config.text_whiten:
+        conditioning = text_conditioning(store.features, config.text_center, config.text_whiten, columns or None)
+    return CaptionFeatures(store, mix=config.caption_mix, prompts=config.prompts, conditioning=conditioning)
 
 
 def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.Module:
@@ -42,5 +49,7 @@ def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.
         init_temperature=config.temperature,
         learn_temperature=config.learn_temperature,
         hidden_dim=config.adaptor_hidden,
+        image_projection=config.image_projection,
+        image_standardize=config.image_standardize,
         backend=config.contrastive_backend,
     )

@@ -34,12 +34,16 @@ from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.header import run_header
 from vlmkd.train.metrics_log import MetricsLog, read_metrics
+from vlmkd.train.record_fields import FRACTION
 from vlmkd.train.run_dir import check_run_directory
 from vlmkd.train.schedule import build_optimizer, lr_at
 from vlmkd.train.tensorboard_log import TensorBoardLog
 from vlmkd.train.text import TextSource, build_contrastive, open_text_source
 
 LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
+METRIC_KEYS = (*LOSS_KEYS, "vlmkd_chance")  # averaged per step; the chance level gives the VLM-KD fraction
+# The text term "is not learning" when its loss is still this close to chance after a quarter of the run.
+INERT_FRACTION = 0.98
 # Settings that may differ between a run and its resumption without changing the result.
 RESUME_FREE = frozenset({"output", "progress", "log_every", "num_workers", "tensorboard"})
 IDENTITY_NAMES = {
@@ -161,6 +165,9 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
         resume_step = progress.step if checkpoint else None
         sinks = [TensorBoardLog.for_run(run.output, config, resume_step)] if config.tensorboard else []
         log = MetricsLog(run.output / "metrics.jsonl", resume_step=resume_step, sinks=sinks)
+        conditioning = getattr(run.text, "conditioning", None)
+        if conditioning is not None and checkpoint is None:
+            log.write({"kind": "text_conditioning", "step": 0, **conditioning.summary()})
     summary: dict[str, float] = {}
     for epoch in range(progress.epoch, config.epochs):
         summary = train_one_epoch(run, epoch, progress, log)
@@ -168,7 +175,7 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
             assert log is not None
             log.write({"kind": "epoch", "epoch": epoch + 1, "step": progress.step, **summary, **_temperature(run)})
             save_epoch_checkpoint(run, progress)
-            print(_epoch_line(epoch + 1, config.epochs, summary), flush=True)
+            print(_epoch_line(epoch + 1, config.epochs, summary | _temperature(run)), flush=True)
         barrier()
     if log is not None:
         log.close()
@@ -219,7 +226,14 @@ def build_run(config: TrainConfig, ctx: Dist) -> Run:
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
-    optimizer = build_optimizer([model, objective], config.optimizer, config.lr, config.weight_decay, config.momentum)
+    optimizer = build_optimizer(
+        [model, objective],
+        config.optimizer,
+        config.lr,
+        config.weight_decay,
+        config.momentum,
+        own_lr=_contrastive_rates(config, contrastive),
+    )
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp == "fp16")
     loader = build_loader(
         dataset,
@@ -274,7 +288,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
     run.step_module.train()
     run.loader.set_epoch(epoch)
     sampler = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-    sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+    sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)
     counted, epoch_skipped, started = 0, 0, time.perf_counter()
     bar = tqdm(
         total=run.steps_per_epoch,
@@ -286,7 +300,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
         images = batch_layout(images.to(ctx.device, non_blocking=True), config.channels_last)
         labels = labels.to(ctx.device)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(progress.step, run.total_steps, run.warmup_steps, config.lr)
+            group["lr"] = lr_at(progress.step, run.total_steps, run.warmup_steps, group["base_lr"])
         batch_text = run.text(indices, sampler).to(ctx.device) if run.text is not None else None
         teacher_logits = None
         with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -294,10 +308,10 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
                 with torch.no_grad():
                     teacher_logits = run.teacher(images)
             parts = run.step_module(images, labels, text=batch_text, teacher_logits=teacher_logits)
-        values = mean_across(torch.stack([parts[k].detach().float() for k in LOSS_KEYS]).cpu())
+        values = mean_across(torch.stack([parts[k].detach().float() for k in METRIC_KEYS]).cpu())
         finite = bool(torch.isfinite(values).all())
         if not finite and config.on_nonfinite == "stop":
-            named = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_KEYS, values.tolist(), strict=True))
+            named = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_KEYS, values.tolist(), strict=False))
             cause = _nonfinite_text(run, indices, batch_text)
             advice = cause or "lower --lr / use --amp bf16"
             raise NonFiniteLossError(
@@ -317,17 +331,22 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
             epoch_skipped += 1
         progress.step += 1
         bar.update(1)
+        text_term = _text_term(run, values) if finite else {}
         if finite:
-            bar.set_postfix(loss=f"{values[0].item():.3f}")
+            shown = {k: f"{v:.3f}" for k, v in (text_term | _temperature(run)).items()}
+            bar.set_postfix(loss=f"{values[0].item():.3f}", **shown)
         if log is not None and (progress.step % config.log_every == 0 or not finite):
             record = {"kind": "step", "epoch": epoch + 1, "step": progress.step, "lr": optimizer.param_groups[0]["lr"]}
-            record |= dict(zip(LOSS_KEYS, values.tolist(), strict=True))
-            record |= _temperature(run) | {"skipped": not finite}
+            record |= dict(zip(LOSS_KEYS, values.tolist(), strict=False))
+            record |= _temperature(run) | text_term | {"skipped": not finite}
             log.write(record)
+        if progress.step == run.total_steps // 4 and ctx.is_main and counted:
+            _warn_if_inert(run, sums, counted)
     bar.close()
     progress.epoch = epoch + 1
     seconds = time.perf_counter() - started
-    summary = {k: s / max(counted, 1) for k, s in zip(LOSS_KEYS, sums.tolist(), strict=True)}
+    summary = {k: s / max(counted, 1) for k, s in zip(LOSS_KEYS, sums.tolist(), strict=False)}
+    summary |= _text_term(run, sums / max(counted, 1))
     summary |= {"skipped_steps": epoch_skipped, "seconds": seconds}
     summary |= {"images_per_s": run.steps_per_epoch * config.batch_size / seconds}
     return summary
@@ -424,6 +443,41 @@ def restore(run: Run, checkpoint: Path) -> Progress:
     return Progress(int(info["epoch"]), int(info["step"]), int(info["skipped_steps"]))
 
 
+def _contrastive_rates(config: TrainConfig, contrastive: nn.Module | None) -> list[tuple[list[nn.Parameter], float]]:
+    """The VLM-KD parameters with a learning rate of their own: the temperature, the adaptor and projection."""
+    if contrastive is None:
+        return []
+    rates = []
+    scale = getattr(contrastive, "logit_scale", None)
+    if isinstance(scale, nn.Parameter) and config.temperature_lr is not None:
+        rates.append(([scale], config.temperature_lr))
+    if config.adaptor_lr is not None:
+        rates.append(([p for p in contrastive.parameters() if p is not scale], config.adaptor_lr))
+    return rates
+
+
+def _text_term(run: Run, values: torch.Tensor) -> dict[str, float]:
+    """The VLM-KD loss as a fraction of its chance level for the batch (absent without the term)."""
+    if run.objective.contrastive is None:
+        return {}
+    chance = float(values[METRIC_KEYS.index("vlmkd_chance")])
+    return {FRACTION: float(values[LOSS_KEYS.index("vlmkd_loss")]) / chance if chance > 0 else float("nan")}
+
+
+def _warn_if_inert(run: Run, sums: torch.Tensor, counted: int) -> None:
+    """One line when the text term's loss this epoch is still at chance a quarter of the way into training."""
+    if run.objective.contrastive is None:
+        return
+    loss, chance = (float(sums[METRIC_KEYS.index(k)]) / counted for k in ("vlmkd_loss", "vlmkd_chance"))
+    if chance > 0 and loss / chance > INERT_FRACTION:
+        tqdm.write(
+            f"warning: the text term is not learning: after a quarter of training vlmkd_loss={loss:.3f} is "
+            f"{loss / chance:.3f} x its chance level {chance:.3f} (log batch); captions that barely differ between "
+            "images (or one caption for all) cannot teach anything; see docs/training.md, 'When the text term does "
+            "not learn'"
+        )
+
+
 def _temperature(run: Run) -> dict[str, float]:
     scale = getattr(run.objective.contrastive, "logit_scale", None)
     if scale is None:
@@ -432,6 +486,6 @@ def _temperature(run: Run) -> dict[str, float]:
 
 
 def _epoch_line(epoch: int, epochs: int, summary: dict[str, Any]) -> str:
-    terms = " ".join(f"{k}={summary[k]:.4f}" for k in LOSS_KEYS)
+    terms = " ".join(f"{k}={summary[k]:.4f}" for k in (*LOSS_KEYS, FRACTION, "temperature") if k in summary)
     skipped = f" skipped={summary['skipped_steps']}" if summary["skipped_steps"] else ""
     return f"epoch {epoch}/{epochs} {terms}{skipped} ({summary['images_per_s']:.0f} img/s)"
