@@ -25,6 +25,7 @@ BATCH = 6
 def vlmkd_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 2-epoch VLM-KD run (learnable temperature) on 12 tiny images, one record per step."""
     from vlmkd.data import load_image_list
+    from vlmkd.train.config import resolve_config
     from vlmkd.train.trainer import train
 
     root = tmp_path_factory.mktemp("curves")
@@ -38,7 +39,8 @@ def vlmkd_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     dataset = load_image_list(root / "train.txt")
     features = make_features(dataset, root)
-    train(tiny_config(dataset, root / "run", features=str(features), vlmkd_weight=1.0, batch_size=BATCH, epochs=2))
+    config = tiny_config(dataset, root / "run", features=str(features), vlmkd_weight=1.0, batch_size=BATCH, epochs=2)
+    train(resolve_config({}, {**config.to_dict(), "learn_temperature": True}))  # fixed by default
     return root / "run"
 
 

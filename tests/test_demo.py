@@ -47,7 +47,19 @@ def test_demo_cli_rerun_reuses_the_finished_stages_and_prints_the_table(tmp_path
     second = capsys.readouterr().out
     assert _stage_files(out) == written  # data, VLM, captions, features and training: nothing rewritten
     assert "reusing its model" in second
+    assert "x chance (log batch = 2.079)" in first and "constant captions cannot teach anything" in first
     for text in (first, second):
         assert "Many" in text and "Medium" in text and "Few" in text and "All" in text
     table = [line for line in first.splitlines() if line.startswith("accuracy")]
     assert table == [line for line in second.splitlines() if line.startswith("accuracy")]
+
+
+def test_demo_summary_states_the_text_term_against_chance_and_why_constant_captions_cannot_teach() -> None:
+    from vlmkd.demo import text_term_summary
+
+    constant = {"loss": 2.0794, "chance": 2.0794, "fraction": 1.0, "distinct_captions": {"G": 1, "T1": 1}}
+    line = text_term_summary(constant)
+    assert "2.079 = 1.00 x chance (log batch = 2.079)" in line and "G 1, T1 1" in line
+    assert "constant captions cannot teach anything" in line
+    varied = text_term_summary(constant | {"loss": 1.2, "fraction": 0.58, "distinct_captions": {"G": 40}})
+    assert "0.58 x chance" in varied and "cannot teach" not in varied

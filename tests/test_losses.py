@@ -180,3 +180,24 @@ def test_objective_without_text_or_teacher_is_the_task_loss() -> None:
     parts = VlmkdObjective(TaskLoss("ce"))(logits, torch.zeros(6, 5), labels)
     assert parts["vlmkd_loss"].item() == 0.0 and parts["kd_loss"].item() == 0.0
     torch.testing.assert_close(parts["loss"], parts["task_loss"])
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 1, 2], [3, 3, 3, 3, 3, 3]])
+def test_contrast_chance_is_the_loss_when_every_similarity_is_equal(labels: list[int]) -> None:
+    from vlmkd.losses.objective import contrast_chance
+
+    y = torch.tensor(labels)
+    v, t = torch.ones(6, 4, dtype=torch.float64), torch.ones(6, 3, dtype=torch.float64)  # all pairs alike
+    weight, bias = torch.ones(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    for positives in ("instance", "class"):
+        equal = contrastive_ref(v, t, weight, bias, torch.tensor(2.0, dtype=torch.float64), y, positives)
+        assert contrast_chance(y, positives).item() == pytest.approx(equal.item(), rel=1e-6)
+    assert contrast_chance(y, "instance").item() == pytest.approx(math.log(6))
+
+
+def test_objective_reports_the_chance_level_of_the_text_term() -> None:
+    logits, labels = _batch(11)
+    objective = VlmkdObjective(TaskLoss("ce"), _ReferenceContrastive(3, 5), vlmkd_weight=1.0)
+    parts = objective(logits, torch.randn(6, 5, dtype=torch.float64), labels, text=torch.randn(6, 3).double())
+    assert parts["vlmkd_chance"].item() == pytest.approx(math.log(6))
+    assert VlmkdObjective(TaskLoss("ce"))(logits, torch.zeros(6, 5), labels)["vlmkd_chance"].item() == 0.0

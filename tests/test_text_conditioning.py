@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _cases import write_store
 
 from vlmkd.encode.conditioning import text_conditioning
 from vlmkd.encode.loader import CaptionFeatures
 from vlmkd.errors import InputError
-
-from _cases import write_store
 
 
 def anisotropic(shape=(40, 3, 6), seed=0) -> np.ndarray:

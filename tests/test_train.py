@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _cases import TINY, make_features, tiny_config
+from _cases import TINY, make_features, tiny_config, write_store
 from safetensors.torch import load_file
 
 from vlmkd.data import ImageList
@@ -234,3 +234,28 @@ def test_resume_refuses_a_relabelled_dataset_and_sweeps_debris_of_a_killed_save(
     Path(tiny_dataset.source).write_text("\n".join([lines[-1].replace(" 2", " 1"), *lines[:-1]]) + "\n")
     with pytest.raises(StoreMismatchError, match=r"the training dataset \(--train\) changed since this run started"):
         train(config, resume="auto")
+
+
+def test_text_term_logs_its_fraction_of_chance_and_temperature(tiny_dataset, tmp_path) -> None:
+    features = make_features(tiny_dataset, tmp_path)
+    config = tiny_config(tiny_dataset, tmp_path / "run", features=str(features), vlmkd_weight=1.0, batch_size=4)
+    train(config)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[0]["kind"] == "text_conditioning" and records[0]["text_center"] == "prompt"
+    assert records[0]["text_cosine_before"] > records[0]["text_cosine_after"]
+    for record in (r for r in records if r["kind"] in ("step", "epoch")):
+        assert record["vlmkd_frac"] == pytest.approx(record["vlmkd_loss"] / np.log(4), rel=1e-5)
+        assert record["temperature"] == pytest.approx(0.07)  # fixed by default
+
+
+def test_a_text_term_stuck_at_chance_is_reported_in_one_line(tiny_dataset, tmp_path, capsys) -> None:
+    """One caption for every image: nothing to learn. Image -> text rows are exactly at chance and text -> image
+    columns cannot beat it (Jensen), so the loss never drops below log(batch), and the trainer says so."""
+    values = np.broadcast_to(np.linspace(-1, 1, 8, dtype=np.float32), (len(tiny_dataset), 2, 8)).copy()
+    write_store(tmp_path / "features", values, dataset_fingerprint=tiny_dataset.fingerprint())
+    config = tiny_config(tiny_dataset, tmp_path / "run", features=str(tmp_path / "features"), vlmkd_weight=1.0)
+    train(resolve_config({}, {**config.to_dict(), "batch_size": 4, "epochs": 4}))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "text term is not learning" in line]
+    assert len(warnings) == 1 and "x its chance level 1.386 (log batch)" in warnings[0]
+    epochs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert all(r["vlmkd_frac"] >= 1.0 - 1e-6 for r in epochs)

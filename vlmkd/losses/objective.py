@@ -24,11 +24,12 @@ def contrast_chance(labels: torch.Tensor, positives: str) -> torch.Tensor:
     """The VLM-KD loss of a contrast that tells nothing apart (all similarities equal) for this batch.
 
     log B for instance positives; for class positives the mean over anchors of log(B / same-label count).
+    In float64, so that a logged fraction of chance is exact.
     """
     batch = labels.shape[0]
     if positives != "class":
-        return torch.tensor(math.log(batch), dtype=torch.float32, device=labels.device)
-    same = (labels[:, None] == labels[None, :]).sum(dim=1).float()
+        return torch.tensor(math.log(batch), dtype=torch.float64, device=labels.device)
+    same = (labels[:, None] == labels[None, :]).sum(dim=1).double()
     return (math.log(batch) - same.log()).mean()
 
 
@@ -73,7 +74,8 @@ class VlmkdObjective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         zero = logits.new_zeros((), dtype=torch.float32)
         task_loss = self.task(logits, labels)
-        vlmkd_loss = kd_loss = chance = zero
+        vlmkd_loss = kd_loss = zero
+        chance = logits.new_zeros((), dtype=torch.float64)
         if self.contrastive is not None:
             if text is None:
                 raise ValueError("the VLM-KD term needs text features for the batch")

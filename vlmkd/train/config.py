@@ -87,7 +87,7 @@ class TrainConfig(StageConfig):
         default=None, metadata=in_range(ge=1)
     )  # 2-layer MLP adaptor of this width (default: linear)
     image_standardize: bool = True  # standardise image features per dimension over the batch before the contrast
-    image_projection: bool = False  # a learnt linear map of the image features before the contrast
+    image_projection: bool = True  # a learnt linear map of the image features before the contrast
     contrastive_backend: str | None = None  # a name in vlmkd.backends(); default: the fastest usable
     teacher: Path | None = None  # a vlmkd classifier checkpoint: frozen vision teacher
     kd_weight: float | None = field(default=None, metadata=in_range(ge=0))  # None: DEFAULT_KD_WEIGHT with a teacher
