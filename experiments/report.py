@@ -28,7 +28,7 @@ def text_term_rows(results: list[dict], arms: list[str]) -> list[str]:
             continue
         chance = next(r["chance"] for r in results if r["arm"] == arm)
         loss = _mean_std([t["vlmkd_loss"] for t in terms])
-        fraction = _mean_std([t["vlmkd_frac"] for t in terms])
+        fraction = _mean_std([t["vlmkd_fraction"] for t in terms])
         temperature = _mean_std([t["temperature"] for t in terms]) if all("temperature" in t for t in terms) else "-"
         rows.append(f"| {arm} | {loss} | {chance:.3f} | {fraction} | {temperature} | {len(terms)} |")
     return rows
@@ -94,7 +94,7 @@ def plot(results: list[dict], table: dict, arms: list[str], prompt_ablation: dic
     top_right.set_title("Prompt-count ablation (tiny random VLM captions)")
     top_right.legend(fontsize=8)
     text_arms = [a for a in shown if any(r["arm"] == a and r.get("text_term") for r in results)]
-    fractions = [[r["text_term"]["vlmkd_frac"] for r in results if r["arm"] == a] for a in text_arms]
+    fractions = [[r["text_term"]["vlmkd_fraction"] for r in results if r["arm"] == a] for a in text_arms]
     spread = [np.std(f, ddof=1) if len(f) > 1 else 0 for f in fractions]
     bottom_left.bar(range(len(text_arms)), [np.mean(f) for f in fractions], yerr=spread, capsize=3, color="C2")
     bottom_left.axhline(1.0, color="k", linestyle="--", linewidth=1, label="chance (log batch)")

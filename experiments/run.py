@@ -131,7 +131,7 @@ def text_term(run: Path) -> dict[str, float]:
     from vlmkd.train.metrics_log import read_metrics
 
     last = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"][-1]
-    return {k: last[k] for k in ("vlmkd_loss", "vlmkd_frac", "temperature") if k in last}
+    return {k: last[k] for k in ("vlmkd_loss", "vlmkd_fraction", "temperature") if k in last}
 
 
 def run_arm(
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_arm(arm, seed, out, data, features, size, probe)
             results.append(result)
             top1, term = result["top1"], result.get("text_term", {})
-            text = f" vlmkd {term['vlmkd_frac']:.2f} x chance" if "vlmkd_frac" in term else ""
+            text = f" vlmkd {term['vlmkd_fraction']:.2f} x chance" if "vlmkd_fraction" in term else ""
             print(
                 f"{arm.name:<24} seed {seed}: few {top1['few']:.1f} all {top1['all']:.1f}{text} "
                 f"({result['seconds']:.0f} s)",

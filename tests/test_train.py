@@ -244,7 +244,7 @@ def test_text_term_logs_its_fraction_of_chance_and_temperature(tiny_dataset, tmp
     assert records[0]["kind"] == "text_conditioning" and records[0]["text_center"] == "prompt"
     assert records[0]["text_cosine_before"] > records[0]["text_cosine_after"]
     for record in (r for r in records if r["kind"] in ("step", "epoch")):
-        assert record["vlmkd_frac"] == pytest.approx(record["vlmkd_loss"] / np.log(4), rel=1e-5)
+        assert record["vlmkd_fraction"] == pytest.approx(record["vlmkd_loss"] / np.log(4), rel=1e-5)
         assert record["temperature"] == pytest.approx(0.07)  # fixed by default
 
 
@@ -258,4 +258,4 @@ def test_a_text_term_stuck_at_chance_is_reported_in_one_line(tiny_dataset, tmp_p
     warnings = [line for line in capsys.readouterr().out.splitlines() if "text term is not learning" in line]
     assert len(warnings) == 1 and "x its chance level 1.386 (log batch)" in warnings[0]
     epochs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
-    assert all(r["vlmkd_frac"] >= 1.0 - 1e-6 for r in epochs)
+    assert all(r["vlmkd_fraction"] >= 1.0 - 1e-6 for r in epochs)

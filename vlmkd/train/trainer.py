@@ -34,7 +34,7 @@ from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.header import run_header
 from vlmkd.train.metrics_log import MetricsLog, read_metrics
-from vlmkd.train.record_fields import FRACTION_FIELDS
+from vlmkd.train.record_fields import FRACTION
 from vlmkd.train.run_dir import check_run_directory
 from vlmkd.train.schedule import build_optimizer, lr_at
 from vlmkd.train.tensorboard_log import TensorBoardLog
@@ -44,7 +44,6 @@ LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
 METRIC_KEYS = (*LOSS_KEYS, "vlmkd_chance")  # averaged per step; the chance level gives the VLM-KD fraction
 # The text term "is not learning" when its loss is still this close to chance after a quarter of the run.
 INERT_FRACTION = 0.98
-FRACTION = FRACTION_FIELDS[0]  # "vlmkd_frac": VLM-KD loss / its chance level, in the bar and metrics.jsonl
 # Settings that may differ between a run and its resumption without changing the result.
 RESUME_FREE = frozenset({"output", "progress", "log_every", "num_workers", "tensorboard"})
 IDENTITY_NAMES = {
