@@ -98,11 +98,12 @@ def test_cli_info_says_no_cuda_device_on_a_machine_without_one(tmp_path) -> None
     assert "insufficient" not in cuda_line, cuda_line
 
 
-@pytest.mark.parametrize(("command", "hint"), [("frobnicate", ""), ("captoin", "; did you mean caption?")])
+@pytest.mark.parametrize(("command", "hint"), [("frobnicate", ""), ("captoin", "did you mean caption?")])
 def test_cli_unknown_command_is_one_line_with_a_did_you_mean(tmp_path, command: str, hint: str) -> None:
     result = subprocess.run([sys.executable, "-m", "vlmkd", command], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == f"vlmkd: error: unknown command {command!r}{hint} (see vlmkd --help)\n"
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"vlmkd: error: unknown command {command!r}")
+    assert hint in result.stderr and "caption" in result.stderr and "see vlmkd --help" in result.stderr
 
 
 def test_cli_turns_user_errors_into_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
