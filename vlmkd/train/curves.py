@@ -239,10 +239,11 @@ def _fraction_figure(curves: RunCurves) -> Figure:
 
 
 def _temperature_figure(curves: RunCurves) -> Figure:
-    figure, axes = _new_axes("Contrastive temperature")
-    _plot_pair(axes, curves, TEMPERATURE, "temperature", "C4")
     values = np.concatenate([s.values for k, s in (*curves.per_step.items(), *curves.per_epoch.items())
                              if k == TEMPERATURE])  # fmt: skip
+    fixed = f" (fixed at {values[0]:.3g})" if np.allclose(values, values[0], rtol=1e-6) else ""
+    figure, axes = _new_axes(f"Contrastive temperature{fixed}")
+    _plot_pair(axes, curves, TEMPERATURE, "temperature", "C4")
     if values.max() / max(values.min(), 1e-12) > 10:
         axes.set_yscale("log")
     if values.min() < 2 * MIN_TEMPERATURE:
