@@ -1001,3 +1001,33 @@ def test_caption_rerun_recaptions_a_damaged_shard(pipeline, tmp_path, capsys, da
     assert f"{store / 'shard-00001-of-00004.parquet'}: damaged shard (" in captured.err
     assert "shards: 1 written, 3 already done; store complete" in captured.out
     assert tree(store) == tree(pipeline["captions"])
+
+
+STAGE_BAD_SETTINGS = {
+    # (stage, flags): message; each stage's config carries its ranges (in_range) and the finite-float guard
+    ("caption", "--batch-size", "0"): "batch_size must be at least 1; got 0",
+    ("caption", "--max-new-tokens", "0"): "max_new_tokens must be at least 1; got 0",
+    ("caption", "--num-beams", "0"): "num_beams must be at least 1; got 0",
+    ("caption", "--do-sample", "--temperature", "nan"): "temperature must be a finite number; got nan",
+    ("caption", "--do-sample", "--top-p", "1.5"): "top_p must be greater than 0 and at most 1; got 1.5",
+    ("caption", "--shard-index=-1"): "shard_index must be at least 0; got -1",
+    ("encode", "--chunk-size", "0"): "chunk_size must be at least 1; got 0",
+    ("encode", "--batch-size", "0"): "batch_size must be at least 1; got 0",
+    ("eval", "--tsne-max", "0"): "tsne_max must be at least 1; got 0",
+    ("eval", "--num-workers", "-1"): "num_workers must be at least 0; got -1",
+    ("eval", "--batch-size", "0"): "batch_size must be at least 1; got 0",
+}
+
+
+@pytest.mark.parametrize("case", STAGE_BAD_SETTINGS, ids=lambda case: "_".join(case).replace("--", ""))
+def test_out_of_range_settings_of_caption_encode_and_eval_are_refused(pipeline, trained, tmp_path, capsys, case):
+    stage, *flags = case
+    argv = {
+        "caption": caption_argv(pipeline, tmp_path / "out", *flags),
+        "encode": ["encode", str(pipeline["captions"]), "--out", str(tmp_path / "out"), "--quiet", *flags],
+        "eval": ["eval", str(trained[0]), str(trained[1]), "--out", str(tmp_path / "out"), "--no-plots", *flags],
+    }[stage]
+    capsys.readouterr()
+    assert vlmkd_main(argv) == 2
+    assert STAGE_BAD_SETTINGS[case] in one_line_error(capsys, stage)
+    assert not (tmp_path / "out").exists()

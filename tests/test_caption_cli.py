@@ -68,7 +68,7 @@ def test_image_folder_datasets_and_shard_index(tiny_dataset, tmp_path, llava, pr
         (["--prompts", "nope.yaml"], "prompt file not found"),
         (["--engine", "trt"], "needs TensorRT-LLM"),
         (["--num-shards", "99"], "num_shards must be in"),
-        (["--batch-size", "0"], "batch_size must be >= 1"),
+        (["--batch-size", "0"], "batch_size must be at least 1; got 0"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tiny_dataset, tmp_path, llava, capsys, monkeypatch, extra, message):

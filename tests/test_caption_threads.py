@@ -44,4 +44,4 @@ def test_the_cli_prints_the_thread_count_and_refuses_zero(tiny_dataset, tmp_path
     assert main([*argv, "--out", str(tmp_path / "s"), "--threads", "1"]) == 0
     assert "images/s, 1 torch thread;" in capsys.readouterr().out
     assert main([*argv, "--out", str(tmp_path / "t"), "--threads", "0"]) == 2
-    assert "threads must be >= 1" in capsys.readouterr().err
+    assert "threads must be at least 1; got 0" in capsys.readouterr().err

@@ -141,7 +141,7 @@ def test_stage_configs_round_trip_yaml_with_nested_generation_settings(tmp_path:
     [
         ("CaptionConfig", {"engine": "vllm"}, r"engine must be one of hf, trt.*got 'vllm'"),
         ("CaptionConfig", {"generation": {"max_new_tokens": "8"}}, r"max_new_tokens must be an integer, got '8'"),
-        ("CaptionConfig", {"batch_size": 0}, r"batch_size must be >= 1"),
+        ("CaptionConfig", {"batch_size": 0}, r"^CaptionConfig: batch_size must be at least 1; got 0$"),
         ("EncodeConfig", {"dtype": "float8"}, r"--dtype must be one of float32"),
         ("EvalConfig", {"few_threshold": 200}, r"few \(200\) <= many \(100\)"),
         ("EvalConfig", {"checkpoint": 3}, r"EvalConfig: checkpoint must be a path or null, got 3"),

@@ -8,8 +8,7 @@ from typing import Any
 
 from vlmkd.caption.engines import ENGINES
 from vlmkd.caption.engines.base import GenerationSettings
-from vlmkd.config import StageConfig
-from vlmkd.errors import InputError
+from vlmkd.config import StageConfig, in_range
 
 
 @dataclass
@@ -24,26 +23,20 @@ class CaptionConfig(StageConfig):
     engine: str = "hf"
     prompts: Path | None = None  # prompt-set YAML/JSON file or the name of a shipped set (None: the default)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    batch_size: int = 16  # (image, prompt) requests per generate call
+    batch_size: int = field(default=16, metadata=in_range(ge=1))  # (image, prompt) requests per generate call
     device: str = "cpu"  # cpu, cuda (this rank's GPU under torchrun), cuda:N
     trust_remote_code: bool = False
     engine_options: dict[str, Any] = field(default_factory=dict)  # to the engine (openai: api_bases, concurrency...)
-    num_shards: int | None = None  # shards of a new store (None: one per DEFAULT_SHARD_SIZE images, >= 1 per rank)
-    shard_index: int | None = None  # write only this shard
+    # shards of a new store (None: one per DEFAULT_SHARD_SIZE images, >= 1 per rank)
+    num_shards: int | None = field(default=None, metadata=in_range(ge=1))
+    shard_index: int | None = field(default=None, metadata=in_range(ge=0))  # write only this shard
     overwrite: bool = False  # replace a store made with other settings
     progress: bool = True
-    threads: int | None = None  # torch CPU threads during the run; None: vlmkd.threads.default_threads()
+    # torch CPU threads during the run; None: vlmkd.threads.default_threads()
+    threads: int | None = field(default=None, metadata=in_range(ge=1))
 
     def check(self) -> None:
         ENGINES.check(self.engine)
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_shards is not None and self.num_shards < 1:
-            raise InputError(f"num_shards must be >= 1, got {self.num_shards}")
-        if self.shard_index is not None and self.shard_index < 0:
-            raise InputError(f"shard index must be >= 0, got {self.shard_index}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"threads must be >= 1, got {self.threads}")
 
     @classmethod
     def from_settings(cls, **settings: Any) -> CaptionConfig:

@@ -290,7 +290,7 @@ class _ShardWriter:
     def _write(self, shard: int, rows: list[Row], failed: list[Failure]) -> tuple[float, float]:
         """(wall, CPU) seconds of writing one shard."""
         tick, cpu = time.perf_counter(), time.thread_time()
-        self.store.write_shard(shard, rows, failed)
+        self.store.write_shard(shard, rows, failed, replace=False)  # first writer wins
         self.store.release_shard(shard)
         self.held.discard(shard)
         return time.perf_counter() - tick, time.thread_time() - cpu

@@ -272,10 +272,14 @@ class CaptionStore:
         """Shards not written yet, in order."""
         return [k for k in range(self.num_shards) if not self.shard_path(k).exists()]
 
-    def write_shard(self, shard: int, rows: Iterable[Row], failed: Sequence[Failure] = ()) -> Path:
+    def write_shard(
+        self, shard: int, rows: Iterable[Row], failed: Sequence[Failure] = (), *, replace: bool = True
+    ) -> Path:
         """Write shard `shard` atomically (temporary file, fsync, rename): its rows and its unreadable images.
 
         Every image of `shard_range(shard)` must appear either with one row per prompt id or in `failed`.
+        `replace=False` publishes first-writer-wins (what captioning runs use): a shard another process
+        published already is kept and this content dropped, and neither can trip over the other's files.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -293,8 +297,7 @@ class CaptionStore:
             }
         ).replace_schema_metadata({SHARD_KEY: str(shard).encode(), FAILED_KEY: failed_json})
         target = self.shard_path(shard)
-        # First writer wins: a second process writing the same shard never replaces (or trips over) the first's.
-        with atomic_write(target, replace=False, ignore_dir_errors=True) as handle:  # some filesystems refuse dir fsync
+        with atomic_write(target, replace=replace, ignore_dir_errors=True) as handle:  # some filesystems refuse it
             pq.write_table(table, handle, compression="zstd")
         remove_stale_temporaries(target)  # left by a run killed while writing this shard
         return target

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlmkd.config import StageConfig
+from vlmkd.config import StageConfig, in_range
 from vlmkd.errors import InputError
 
 
@@ -21,9 +21,9 @@ class EvalConfig(StageConfig):
     many_threshold: int = 100  # Many: more training images than this
     few_threshold: int = 20  # Few: fewer training images than this
     plots: bool = True
-    tsne_max: int = 2000  # t-SNE points at most (a seeded subsample)
-    batch_size: int = 256
-    num_workers: int = 2
+    tsne_max: int = field(default=2000, metadata=in_range(ge=1))  # t-SNE points at most (a seeded subsample)
+    batch_size: int = field(default=256, metadata=in_range(ge=1))
+    num_workers: int = field(default=2, metadata=in_range(ge=0))
     device: str = "cpu"
     save_features: bool = False  # also write the test images' features and the VLM-KD loss module to OUT/features
     progress: bool = False  # a bar over prediction and a timed line per plot (on stderr)
@@ -33,11 +33,6 @@ class EvalConfig(StageConfig):
     def check(self) -> None:
         if not 0 <= self.few_threshold <= self.many_threshold:
             raise InputError(f"thresholds must satisfy 0 <= few ({self.few_threshold}) <= many ({self.many_threshold})")
-        for name in ("tsne_max", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise InputError(f"num_workers must be >= 0, got {self.num_workers}")
 
     @property
     def out_dir(self) -> Path:

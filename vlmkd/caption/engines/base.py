@@ -6,13 +6,13 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from vlmkd.config import StageConfig
+from vlmkd.config import StageConfig, in_range
 from vlmkd.errors import InputError
 
 # Weight files are fingerprinted by size and their first and last MiB: cheap for 10-GB checkpoints, and two
@@ -51,21 +51,18 @@ Caption = str | RequestFailure
 class GenerationSettings(StageConfig):
     """Decoding settings; part of a caption store's identity. Greedy unless `do_sample`."""
 
-    max_new_tokens: int = 32
+    max_new_tokens: int = field(default=32, metadata=in_range(ge=1))
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_beams: int = 1
-    seed: int = 0
+    temperature: float = field(default=1.0, metadata=in_range(ge=0))
+    top_p: float = field(default=1.0, metadata=in_range(gt=0, le=1))
+    num_beams: int = field(default=1, metadata=in_range(ge=1))
+    seed: int = field(default=0, metadata=in_range(ge=0))
     dtype: str = "float32"
 
     def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.num_beams < 1:
-            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise InputError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        # Ranges of single settings are field metadata (`in_range`); this one involves two.
+        if self.do_sample and not self.temperature > 0:
+            raise InputError(f"sampling needs temperature > 0, got {self.temperature}")
 
     def record(self) -> dict[str, Any]:
         """The manifest form: only the fields that change the captions."""
