@@ -75,6 +75,15 @@ def minilm() -> TextEncoder:
     return load_text_encoder(None)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test (restored after): bit-exact comparisons need one summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def reference_model():
     """all-MiniLM-L6-v2 loaded directly through sentence-transformers, independently of vlmkd."""
@@ -170,7 +179,10 @@ def test_repeated_captions_are_encoded_once_with_the_same_result(minilm):
 
 _KILLING_RUN = """
 import os, signal, sys
+import torch
 from vlmkd.encode import runner, writer
+
+torch.set_num_threads(1)  # as the test's own process: the encoder's float sums depend on the thread count
 
 captions, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
 write_json, progress_writes = writer.write_json_atomic, []
@@ -188,7 +200,7 @@ runner.encode_captions(captions, out, chunk_size=2, batch_size=4, progress=False
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path, tiny_dataset, minilm):
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path, tiny_dataset, minilm, one_thread):
     captions = caption_store(tmp_path / "captions", tiny_dataset)
     out = tmp_path / "killed"
     # Progress writes: 1 creates the store, 2 commits chunk 0 (images 0-1), 3 would commit chunk 1.
