@@ -11,7 +11,7 @@ def run_header(config: TrainConfig, *, threads: int, device: str, processes: int
     if processes > 1:
         where += f" per process, {processes} processes"
     lines = [
-        f"vlmkd-train: {config.arch} from scratch on {config.train} -> {config.output} ({config.epochs} epochs, "
+        f"vlmkd-train: {config.arch} from scratch on {config.train} -> {config.output} ({config.epochs} epoch{'s' if config.epochs != 1 else ''}, "
         f"batch {config.batch_size}, {config.optimizer} lr {config.lr}; {where})",
         f"  task loss: {config.task_loss}" + (f" (tau {config.la_tau})" if config.task_loss == "logit_adjust" else ""),
     ]
