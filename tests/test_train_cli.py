@@ -12,7 +12,7 @@ import yaml
 from _cases import make_features
 
 from vlmkd.cli import main as vlmkd_main
-from vlmkd.threads import MAX_DEFAULT_THREADS, default_threads
+from vlmkd.threads import default_threads
 
 # the README's training line at test size (the tiny dataset has 12 images of 3 classes)
 TINY_FLAGS = ["--epochs", "1", "--image-size", "8", "--width", "0.25", "--batch-size", "6", "--num-workers", "0"]
@@ -109,14 +109,6 @@ def test_print_config_states_the_terms_and_threads_and_loads_back(tiny_dataset, 
     saved.write_text(out)
     assert vlmkd_main(["train", "--config", str(saved), "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(out)
-
-
-def test_the_default_thread_count_is_the_idle_cores_up_to_a_cap():
-    assert default_threads(cores=2, load=12.0, local_processes=1) == 1  # a busy shared machine
-    assert default_threads(cores=2, load=0.0, local_processes=1) == 2
-    assert default_threads(cores=64, load=0.0, local_processes=1) == MAX_DEFAULT_THREADS
-    assert default_threads(cores=16, load=2.0, local_processes=8) == 1  # torchrun, 8 processes on 16 cores
-    assert default_threads(cores=16, load=13.2, local_processes=1) == 3
 
 
 def test_a_run_uses_and_reports_the_default_thread_count(tiny_dataset, tmp_path, capsys, monkeypatch):

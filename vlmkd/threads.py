@@ -10,6 +10,7 @@ torchrun, and stops at MAX_DEFAULT_THREADS, past which the CIFAR-sized models of
 from __future__ import annotations
 
 import os
+from typing import Any
 
 MAX_DEFAULT_THREADS = 4
 
@@ -34,3 +35,24 @@ def default_threads(cores: int | None = None, load: float | None = None, local_p
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     idle = cores - round(load)
     return max(1, min(MAX_DEFAULT_THREADS, idle // max(1, local_processes), cores // max(1, local_processes)))
+
+
+def add_threads_flag(parser: Any, what: str = "torch") -> None:
+    """`--threads N` on a CLI's parser, with the default this module picks."""
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help=f"CPU threads for {what} (default: the idle cores, at most {MAX_DEFAULT_THREADS})",
+    )  # fmt: skip
+
+
+def use_threads(requested: int | None) -> int:
+    """Set torch's CPU threads to `requested` (None: `default_threads()`) and return the count."""
+    import torch
+
+    from vlmkd.errors import InputError
+
+    if requested is not None and requested < 1:
+        raise InputError(f"--threads must be at least 1, got {requested}")
+    threads = requested or default_threads()
+    torch.set_num_threads(threads)
+    return threads

@@ -11,6 +11,7 @@ from vlmkd.arguments import ArgumentParser
 from vlmkd.encode.config import EncodeConfig
 from vlmkd.encode.runner import run_encoding
 from vlmkd.encode.text_encoder import DEFAULT_ENCODER, DTYPES
+from vlmkd.threads import add_threads_flag, use_threads
 
 
 def build_parser() -> ArgumentParser:
@@ -38,6 +39,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--chunk-size", type=int, default=1024, help="images per committed chunk, the unit of resuming")
     parser.add_argument("--overwrite", action="store_true", help="replace a feature store made by another job")
+    add_threads_flag(parser)
     parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     before = _finished_manifest(args.out)
     start = time.perf_counter()
     config = EncodeConfig.from_namespace(args, progress=not args.quiet)
+    use_threads(args.threads)
     store = run_encoding(config)
     images, prompts, dim = store.features.shape
     encoder = store.manifest["encoder"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vlmkd.arguments import ArgumentParser
-from vlmkd.threads import MAX_DEFAULT_THREADS
+from vlmkd.threads import add_threads_flag, use_threads
 
 
 def build_parser() -> ArgumentParser:
@@ -31,30 +31,21 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights and batches (faster convolutions)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone first")
-    parser.add_argument(
-        "--threads", type=int, default=None,
-        help=f"CPU threads for torch and t-SNE (default: the idle cores, at most {MAX_DEFAULT_THREADS})",
-    )  # fmt: skip
+    add_threads_flag(parser, "torch and t-SNE")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or stage times")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
     from threadpoolctl import threadpool_limits
 
-    from vlmkd.errors import InputError
     from vlmkd.evaluate.config import EvalConfig
     from vlmkd.evaluate.metrics import format_table
     from vlmkd.evaluate.run import run_evaluation
-    from vlmkd.threads import default_threads
 
     args = build_parser().parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
     config = EvalConfig.from_namespace(args, plots=not args.no_plots, progress=not args.no_progress)
-    threads = args.threads or default_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     with threadpool_limits(threads):  # scikit-learn's t-SNE runs OpenMP threads, oversubscribed like torch's
         result = run_evaluation(config)
     print(format_table(result.splits))

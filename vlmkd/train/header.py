@@ -7,12 +7,12 @@ from vlmkd.train.config import TrainConfig
 
 def run_header(config: TrainConfig, *, threads: int, device: str, processes: int = 1) -> list[str]:
     """What the run does, one line for the setup and one per loss term (on, with what; or off, and why)."""
-    where = f"{device}, {threads} torch thread{'s' if threads != 1 else ''}"
+    where = f"{device}, {_count(threads, 'torch thread')}"
     if processes > 1:
         where += f" per process, {processes} processes"
     lines = [
-        f"vlmkd-train: {config.arch} from scratch on {config.train} -> {config.output} ({config.epochs} epoch{'s' if config.epochs != 1 else ''}, "
-        f"batch {config.batch_size}, {config.optimizer} lr {config.lr}; {where})",
+        f"vlmkd-train: {config.arch} from scratch on {config.train} -> {config.output} "
+        f"({_count(config.epochs, 'epoch')}, batch {config.batch_size}, {config.optimizer} lr {config.lr}; {where})",
         f"  task loss: {config.task_loss}" + (f" (tau {config.la_tau})" if config.task_loss == "logit_adjust" else ""),
     ]
     if config.vlmkd_weight > 0:
@@ -33,3 +33,7 @@ def run_header(config: TrainConfig, *, threads: int, device: str, processes: int
     else:
         lines.append(f"  logit KD:  off ({'--kd-weight 0' if config.teacher else 'no --teacher'})")
     return lines
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' if number != 1 else ''}"
