@@ -38,4 +38,4 @@ def test_zero_threads_is_a_one_line_error(command, tmp_path, capsys) -> None:
     }[command]
     code = vlmkd_main([*argv, "--threads", "0"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "threads must be" in err and "1, got 0" in err, err
+    assert code == 2 and err.count("\n") == 1 and "threads must be at least 1" in err and "got 0" in err, err
