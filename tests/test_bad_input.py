@@ -1031,3 +1031,22 @@ def test_out_of_range_settings_of_caption_encode_and_eval_are_refused(pipeline, 
     assert vlmkd_main(argv) == 2
     assert STAGE_BAD_SETTINGS[case] in one_line_error(capsys, stage)
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_refuses_a_training_set_or_feature_store_changed_since_training(pipeline, tmp_path, capsys) -> None:
+    import shutil
+
+    data = Path(shutil.copytree(pipeline["list"].parent, tmp_path / "data"))
+    features = copy_store(pipeline["features"], tmp_path / "features")
+    assert vlmkd_main(train_argv(data / "train.txt", features, tmp_path / "run")) == 0
+    argv = ["eval", str(tmp_path / "run"), str(data / "train.txt"), "--num-workers", "0", "--no-progress"]
+    manifest = json.loads((features / "manifest.json").read_text())
+    (features / "manifest.json").write_text(json.dumps({**manifest, "encoder": "re-encoded/elsewhere"}))
+    capsys.readouterr()
+    assert vlmkd_main(argv) == 2
+    assert f"{features}: the feature store changed since the model was trained" in one_line_error(capsys, "eval")
+    (features / "manifest.json").write_text(json.dumps(manifest))
+    lines = (data / "train.txt").read_text().splitlines()
+    (data / "train.txt").write_text("".join(f"{line[:-1]}{1 - int(line[-1])}\n" for line in lines))  # relabelled
+    assert vlmkd_main(argv) == 2
+    assert "the training set changed since the model was trained" in one_line_error(capsys, "eval")

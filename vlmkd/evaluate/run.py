@@ -137,7 +137,14 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
                 with _stage("t-SNE of caption features", progress):
                     train_set = train if train is not None else training_input(meta, "train", checkpoint)
                     made["tsne_captions"] = _caption_tsne(
-                        Path(store_path), train_set, meta, classnames, staging, tsne_max, own=train is None
+                        Path(store_path),
+                        train_set,
+                        meta,
+                        classnames,
+                        staging,
+                        tsne_max,
+                        own_train=train is None,
+                        own_features=features is None,
                     )
             for name, plot in made.items():
                 results["plots"][name] = str(out / plot.path.relative_to(staging))
@@ -215,20 +222,26 @@ def _caption_tsne(
     out: Path,
     max_points: int,
     *,
-    own: bool,
+    own_train: bool,
+    own_features: bool,
 ) -> Plot:
-    """Caption t-SNE of the training set's features; `own`: `train` is the model's own training set, which must
-    still hold what the model was trained on (its fingerprint is in model.json)."""
+    """Caption t-SNE of the training set's features. The model's own training set and feature store (`own_*`:
+    not given by the user) must still hold what the model was trained on: their fingerprints are in model.json."""
     from vlmkd.encode.store import FeatureStore
 
     if not train:
         raise InputError(f"{store_path}: pass --train, the dataset these caption features were encoded from")
     store = FeatureStore.open(store_path)
     dataset = load_image_list(train)
-    if own and meta.get("train_fingerprint") not in (None, dataset.fingerprint()):
+    if own_train and meta.get("train_fingerprint") not in (None, dataset.fingerprint()):
         raise InputError(
             f"{train}: the training set changed since the model was trained (fingerprint "
             f"{meta['train_fingerprint']} then, {dataset.fingerprint()} now); pass --train and --features explicitly"
+        )
+    if own_features and meta.get("features_fingerprint") not in (None, store.fingerprint()):
+        raise InputError(
+            f"{store_path}: the feature store changed since the model was trained (fingerprint "
+            f"{meta['features_fingerprint']} then, {store.fingerprint()} now); pass --features and --train explicitly"
         )
     store.check_dataset(dataset)
     num_images, num_prompts, dim = store.features.shape

@@ -275,6 +275,7 @@ def build_run(config: TrainConfig, ctx: Dist) -> Run:
             "classnames": list(dataset.classnames),
             "train_counts": counts.tolist(),
             "train_fingerprint": dataset.fingerprint(),
+            "features_fingerprint": store.fingerprint() if store is not None else None,
             # absolute, so that vlmkd-eval finds them from any working directory
             "inputs": {"train": str(Path(config.train).resolve()), "features": _resolved(config.features)},
         },
