@@ -72,6 +72,7 @@ def test_a_missing_input_path_is_a_one_line_error_before_any_work(tiny_dataset, 
         (["--prompts", "G"], "--prompts has no effect: the VLM-KD term is off (no --features)"),
         (["--temperature", "0.2"], "--temperature has no effect: the VLM-KD term is off (no --features)"),
         (["--kd-temperature", "2"], "--kd-temperature has no effect: logit KD is off (no --teacher)"),
+        (["--no-image-projection"], "--image-projection has no effect: the VLM-KD term is off (no --features)"),
         (["--la-tau", "0.5"], "--la-tau has no effect: the task loss is balanced_softmax, not logit_adjust"),
         (["--momentum", "0.5", "--optimizer", "adamw"], "--momentum has no effect: the optimizer is adamw, not sgd"),
     ],
@@ -132,3 +133,12 @@ def test_a_rerun_says_whether_it_trained_resumed_or_reused(tiny_dataset, tmp_pat
     assert f"{run}: already trained for 1 epochs; reusing its model" in lines
     assert not any(line.startswith(("epoch ", "  start:", "model saved")) for line in lines), lines
     assert lines[-1] == f"model: {run} (reused, nothing trained)"
+
+
+def test_a_temperature_lr_for_a_fixed_temperature_is_warned_about(tiny_dataset, features, tmp_path, capsys):
+    argv = [*train_argv(tiny_dataset, tmp_path / "run"), "--features", str(features), "--temperature-lr", "0.01"]
+    assert vlmkd_main([*argv, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "# warning: --temperature-lr has no effect: the temperature is fixed (add --learn-temperature)\n" in out
+    assert vlmkd_main([*argv, "--learn-temperature", "--print-config"]) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -184,6 +184,8 @@ class TrainConfig(StageConfig):
             notes += [
                 f"{_flag(n)} has no effect: the VLM-KD term is off ({why})" for n in VLMKD_SETTINGS if n in changed
             ]
+        elif "temperature_lr" in changed and not self.learn_temperature:
+            notes.append("--temperature-lr has no effect: the temperature is fixed (add --learn-temperature)")
         if self.kd_weight == 0:
             if self.teacher:
                 notes.append("--teacher is unused: --kd-weight 0 turns logit KD off")
@@ -198,7 +200,8 @@ class TrainConfig(StageConfig):
 
 # Settings of the VLM-KD term and of logit KD: inert while their term is off.
 VLMKD_SETTINGS = (
-    "positives", "caption_mix", "prompts", "temperature", "learn_temperature", "adaptor_hidden", "contrastive_backend",
+    "positives", "caption_mix", "prompts", "text_center", "text_whiten", "temperature", "learn_temperature",
+    "temperature_lr", "adaptor_lr", "adaptor_hidden", "image_standardize", "image_projection", "contrastive_backend",
 )  # fmt: skip
 KD_SETTINGS = ("kd_temperature",)
 DEFAULT_VLMKD_WEIGHT = 1.0  # lambda when --features is given without --vlmkd-weight
