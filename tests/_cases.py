@@ -22,6 +22,25 @@ CLASS_TEMPLATES = (
 )
 
 
+def write_tiny_dataset(root: Path, size: int = 32) -> ImageList:
+    """A 3-class dataset of 12 random RGB PNGs of `size` px (6/4/2 per class) with train.txt and classnames.txt."""
+    from PIL import Image
+
+    from vlmkd.data import load_image_list
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for label, count in enumerate((6, 4, 2)):
+        (root / "images" / str(label)).mkdir(parents=True)
+        for k in range(count):
+            relative = f"images/{label}/{k}.png"
+            Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)).save(root / relative)
+            lines.append(f"{relative} {label}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "classnames.txt").write_text("zero\none\ntwo\n")
+    return load_image_list(root / "train.txt")
+
+
 def class_captions(dataset: ImageList, out: Path) -> CaptionStore:
     """A one-prompt caption store whose caption of each image describes its class (templates by index),
     imported the public way (`vlmkd caption import`) from a JSONL file written beside `out`."""

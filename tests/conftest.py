@@ -36,24 +36,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory):
 
     Returns the loaded `ImageList`; its files live in a fresh temporary directory.
     """
-    import numpy as np
-    from PIL import Image
+    from _cases import write_tiny_dataset
 
-    from vlmkd.data import load_image_list
-
-    root = tmp_path_factory.mktemp("tiny_dataset")
-    rng = np.random.default_rng(0)
-    lines = []
-    for label, count in enumerate((6, 4, 2)):
-        (root / "images" / str(label)).mkdir(parents=True)
-        for k in range(count):
-            relative = f"images/{label}/{k}.png"
-            pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / relative)
-            lines.append(f"{relative} {label}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    (root / "classnames.txt").write_text("zero\none\ntwo\n")
-    return load_image_list(root / "train.txt")
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny_dataset"))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _cases import make_features, tiny_config
+from _cases import make_features, tiny_config, write_tiny_dataset
 from PIL import Image
 
 from vlmkd.cli import run_command
@@ -24,20 +24,11 @@ BATCH = 6
 @pytest.fixture(scope="module")
 def vlmkd_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 2-epoch VLM-KD run (learnable temperature) on 12 tiny images, one record per step."""
-    from vlmkd.data import load_image_list
     from vlmkd.train.config import resolve_config
     from vlmkd.train.trainer import train
 
     root = tmp_path_factory.mktemp("curves")
-    rng = np.random.default_rng(0)
-    lines = []
-    for label, count in enumerate((6, 4, 2)):
-        (root / "images" / str(label)).mkdir(parents=True)
-        for k in range(count):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"images/{label}/{k}.png")
-            lines.append(f"images/{label}/{k}.png {label}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    dataset = load_image_list(root / "train.txt")
+    dataset = write_tiny_dataset(root, size=8)
     features = make_features(dataset, root)
     config = tiny_config(dataset, root / "run", features=str(features), vlmkd_weight=1.0, batch_size=BATCH, epochs=2)
     train(resolve_config({}, {**config.to_dict(), "learn_temperature": True}))  # fixed by default
