@@ -142,10 +142,10 @@ def write_report(results: list[dict], size, data, diversity: dict[str, int], rep
         "balanced test split of 100 digits per class. Many > 100, Few < 20 training images.",
         f"- Model: CIFAR-style ResNet-32 at width {size.width} ({size.image_size} px), randomly initialised; "
         f"{size.epochs} epochs, batch {size.batch_size}, SGD + warmup + cosine; task loss {size.task_loss}.",
-        f"- VLM-KD: lambda = {size.vlmkd_weight}, the library's defaults for everything else (see docs/training.md: "
-        "text features centred per prompt and scaled, image features standardised over the batch, temperature "
-        "fixed at 0.07, one prompt sampled per image per step); instance positives (same-label positives in "
-        "`-classpos`).",
+        f"- VLM-KD: lambda = {size.vlmkd_weight}, the library's defaults for everything else (docs/training.md: "
+        "text features centred per prompt and scaled, image features centred over the batch and projected, no "
+        "adaptor bias, temperature fixed at 0.07, one prompt sampled per image per step); instance positives "
+        "(same-label positives in `-classpos`).",
         "- Text sources, all encoded by all-MiniLM-L6-v2: **captions** from a tiny *randomly initialised* BLIP "
         "(no real VLM weights exist offline) with the default prompts G, T1-T4; **control**: one short class "
         'description per image ("a handwritten digit three", 4 templates), imported with `vlmkd caption import`; '

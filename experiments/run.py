@@ -134,9 +134,7 @@ def text_term(run: Path) -> dict[str, float]:
     return {k: last[k] for k in ("vlmkd_loss", "vlmkd_fraction", "temperature") if k in last}
 
 
-def run_arm(
-    arm: Arm, seed: int, out: Path, data: DemoDataset, features: dict[str, Path], size: ExperimentSize, probe=None
-) -> dict:
+def run_arm(arm: Arm, seed: int, out: Path, data: DemoDataset, features: dict[str, Path], size: ExperimentSize) -> dict:
     """Train and evaluate one (arm, seed); the result is cached in `result.json` and reused on a rerun."""
     from vlmkd.evaluate.run import evaluate_checkpoint
     from vlmkd.train.config import read_config_file, resolve_config
@@ -173,11 +171,24 @@ def run_arm(
     }
     if arm.source is not None:
         result["text_term"] = text_term(run)
-    if arm.name == POSITIVE_CONTROL and probe is not None:
-        result["positive_control"] = probe.measure(run, out / "runs" / f"baseline-seed{seed}", seed)
     result["seconds"] = time.perf_counter() - started
     result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def measure_positive_control(result: dict, out: Path, probe) -> dict:
+    """Add the positive control's retrieval and probes to a finished vlmkd-attributes result (cached beside it).
+
+    Measured after training, once the same seed's baseline exists (its features are the retrieval null), so
+    arms can be trained by separate processes.
+    """
+    run, baseline = (out / "runs" / f"{name}-seed{result['seed']}" for name in (POSITIVE_CONTROL, "baseline"))
+    cache = run / "positive_control.json"
+    if not cache.is_file():
+        if not (baseline / "model.safetensors").is_file():
+            return result
+        cache.write_text(json.dumps(probe.measure(run, baseline, result["seed"]), indent=2))
+    return result | {"positive_control": json.loads(cache.read_text())}
 
 
 def caption_diversity(captions: Path) -> dict[str, int]:
@@ -234,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; arms are {', '.join(ARM_NAMES)}")
     chosen = [arm for arm in ARMS if arm.name in wanted]
-    if any(arm.name == POSITIVE_CONTROL for arm in chosen) and "baseline" not in wanted:
-        raise InputError(f"--arms: {POSITIVE_CONTROL} needs the baseline arm (its retrieval null)")
     out, report = Path(args.out), Path(args.report)
     torch.set_num_threads(size.threads)
     _claim(out, size)
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in range(size.seeds):  # seed-major: an interrupted experiment still has whole seeds
         for arm in chosen:
-            result = run_arm(arm, seed, out, data, features, size, probe)
+            result = run_arm(arm, seed, out, data, features, size)
             results.append(result)
             top1, term = result["top1"], result.get("text_term", {})
             text = f" vlmkd {term['vlmkd_fraction']:.2f} x chance" if "vlmkd_fraction" in term else ""
@@ -253,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"({result['seconds']:.0f} s)",
                 flush=True,
             )
+    if probe is not None:
+        results = [measure_positive_control(r, out, probe) if r["arm"] == POSITIVE_CONTROL else r for r in results]
     diversity = caption_diversity(out / "captions") if "captions" in features else {}
     text = write_report(results, size, data, diversity, report)
     print(text)

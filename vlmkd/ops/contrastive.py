@@ -191,15 +191,38 @@ def vlmkd_contrastive_loss(
     return _FusedContrastive.apply(v, t, weight, bias, logit_scale, labels, class_positives, name)
 
 
+class BatchCentering(nn.Module):
+    """v minus its batch mean (training; a running mean in eval mode): what every image shares is removed.
+
+    Unlike standardising, it never divides by a dimension's spread, so the gradient reaching the encoder is
+    a projection of the loss's gradient, never an amplified one.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(dim))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return v - self.running_mean.to(v.dtype)
+        mean = v.mean(dim=0)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+        return v - mean
+
+
 class VlmkdContrastiveLoss(nn.Module):
     """VLM-KD loss with its text adaptor and learnable temperature: forward(v, t, labels) -> loss.
 
-    The adaptor maps text features (Dt) to the image-feature width (Dv): a Linear with bias (fused path), or
-    with `hidden_dim` a 2-layer MLP (Linear, GELU, Linear), whose first layer needs gradients through t, so
-    that variant runs on the reference backend. The adaptor's (last) bias starts at zero, so at step 0 the
-    adapted captions differ exactly as much as the captions do. `logit_scale` starts at log(1 / init_temperature).
-    `image_standardize` standardises v per dimension over the batch first (BatchNorm1d without affine) and
-    `image_projection` adds a learnt Linear (Dv -> Dv, initialised to the identity) on the image side.
+    The adaptor maps text features (Dt) to the image-feature width (Dv): a Linear (fused path), or with
+    `hidden_dim` a 2-layer MLP (Linear, GELU, Linear), whose first layer needs gradients through t, so that
+    variant runs on the reference backend. Its (last) bias starts at zero; `adaptor_bias=False` drops it, so
+    that with centred text features captions that are all the same give an exactly constant loss and no
+    gradient. `logit_scale` starts at log(1 / init_temperature). On the image side, `image_center` subtracts
+    the batch mean of v (a running mean in eval mode), `image_standardize` standardises v per dimension
+    instead (BatchNorm1d without affine), and `image_projection` adds a learnt Linear (Dv -> Dv, initialised
+    to the identity).
     """
 
     def __init__(
@@ -213,6 +236,8 @@ class VlmkdContrastiveLoss(nn.Module):
         hidden_dim: int | None = None,
         image_projection: bool = False,
         image_standardize: bool = False,
+        image_center: bool = False,
+        adaptor_bias: bool = True,
         backend: str | None = None,
     ) -> None:
         super().__init__()
@@ -221,11 +246,14 @@ class VlmkdContrastiveLoss(nn.Module):
         if not init_temperature > 0:
             raise InputError(f"init_temperature must be > 0, got {init_temperature}")
         if hidden_dim is None:
-            self.adaptor: nn.Module = nn.Linear(text_dim, image_dim)
+            self.adaptor: nn.Module = nn.Linear(text_dim, image_dim, bias=adaptor_bias)
         else:
-            self.adaptor = nn.Sequential(nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, image_dim))
-        # A random bias would be a direction shared by every caption: start without one.
-        nn.init.zeros_((self.adaptor if hidden_dim is None else self.adaptor[-1]).bias)
+            self.adaptor = nn.Sequential(
+                nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, image_dim, bias=adaptor_bias)
+            )
+        last = self.adaptor if hidden_dim is None else self.adaptor[-1]
+        if last.bias is not None:  # a random bias would be a direction shared by every caption: start without one
+            nn.init.zeros_(last.bias)
         self.image_projection: nn.Module | None = None
         if image_projection:
             self.image_projection = nn.Linear(image_dim, image_dim)
@@ -234,7 +262,13 @@ class VlmkdContrastiveLoss(nn.Module):
                 self.image_projection.bias.zero_()
         # Pooled ReLU features are all positive and nearly parallel; standardising each dimension over the
         # batch (running statistics in eval mode) makes their differences what the contrast sees.
-        self.image_norm = nn.BatchNorm1d(image_dim, affine=False) if image_standardize else None
+        # (Standardising also divides by each dimension's spread, which amplifies the gradient into nearly
+        # constant dimensions: measured, it costs the classifier 20-40 points; centring does not.)
+        self.image_norm: nn.Module | None = None
+        if image_standardize:
+            self.image_norm = nn.BatchNorm1d(image_dim, affine=False)
+        elif image_center:
+            self.image_norm = BatchCentering(image_dim)
         logit_scale = torch.tensor(math.log(1.0 / init_temperature))
         if learn_temperature:
             self.logit_scale = nn.Parameter(logit_scale)

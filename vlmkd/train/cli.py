@@ -46,6 +46,8 @@ HELP = {
     "temperature_lr": "learning rate of the logit scale, its own parameter group (default: --lr)",
     "adaptor_lr": "learning rate of the text adaptor and image projection (default: --lr)",
     "adaptor_hidden": "hidden width of a 2-layer MLP text adaptor",
+    "adaptor_bias": "give the text adaptor a bias (with centred text it only adds a direction all captions share)",
+    "image_center": "subtract the (global) batch mean of the image features before the contrast",
     "image_standardize": "standardise image features per dimension over the (global) batch before the contrast",
     "image_projection": "a learnt linear map of the image features before the contrast (CLIP's image projection)",
     "contrastive_backend": "backend of the fused VLM-KD loss",

@@ -86,7 +86,9 @@ class TrainConfig(StageConfig):
     adaptor_hidden: int | None = field(
         default=None, metadata=in_range(ge=1)
     )  # 2-layer MLP adaptor of this width (default: linear)
-    image_standardize: bool = True  # standardise image features per dimension over the batch before the contrast
+    adaptor_bias: bool = False  # a bias in the text adaptor (redundant once text features are centred)
+    image_center: bool = True  # subtract the batch mean of the image features before the contrast
+    image_standardize: bool = False  # standardise them per dimension instead (hurts the classifier: docs)
     image_projection: bool = True  # a learnt linear map of the image features before the contrast
     contrastive_backend: str | None = None  # a name in vlmkd.backends(); default: the fastest usable
     teacher: Path | None = None  # a vlmkd classifier checkpoint: frozen vision teacher

@@ -51,5 +51,7 @@ def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.
         hidden_dim=config.adaptor_hidden,
         image_projection=config.image_projection,
         image_standardize=config.image_standardize,
+        image_center=config.image_center,
+        adaptor_bias=config.adaptor_bias,
         backend=config.contrastive_backend,
     )
