@@ -34,8 +34,12 @@ def claim(shard_file: Path) -> bool:
                 return False
             lock.unlink(missing_ok=True)  # its process died: take the shard over
             continue
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+        except OSError:  # a full disk: leave no empty lock behind (nobody could tell whose it was)
+            lock.unlink(missing_ok=True)
+            raise
         return not shard_file.exists()  # published by another process in the meantime: nothing to do
     return False
 
