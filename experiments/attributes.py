@@ -31,6 +31,11 @@ TEMPLATES = (
 )
 
 
+# The same captions naming the digit too, as a real VLM's would: the class words then agree with the labels,
+# and the attributes are what two captions of one class still differ in.
+CLASS_TEMPLATES = tuple(t.replace("handwritten digit", "handwritten {digit}", 1) for t in TEMPLATES)
+
+
 def load_pixels(dataset: ImageList) -> np.ndarray:
     """(N, H, W) float32 in [0, 1]: every image of `dataset` as grayscale."""
     return np.stack(
@@ -82,15 +87,20 @@ def attribute_levels(dataset: ImageList) -> dict[str, np.ndarray]:
     }
 
 
-def caption(levels: dict[str, int], template: str) -> str:
-    """One caption: `template` with each attribute's words for its level."""
-    return template.format(**{name: ATTRIBUTES[name][level] for name, level in levels.items()})
+def caption(levels: dict[str, int], template: str, digit: str = "digit") -> str:
+    """One caption: `template` with each attribute's words for its level (and `digit` for `{digit}`)."""
+    return template.format(digit=digit, **{name: ATTRIBUTES[name][level] for name, level in levels.items()})
 
 
-def attribute_captions(levels: dict[str, np.ndarray], templates: Sequence[str] = TEMPLATES) -> list[list[str]]:
-    """captions[i][p]: image i's attributes worded with template p."""
+def attribute_captions(
+    levels: dict[str, np.ndarray], templates: Sequence[str] = TEMPLATES, digits: Sequence[str] | None = None
+) -> list[list[str]]:
+    """captions[i][p]: image i's attributes worded with template p (naming `digits[i]` where it asks)."""
     count = len(next(iter(levels.values())))
-    return [[caption({name: int(v[i]) for name, v in levels.items()}, t) for t in templates] for i in range(count)]
+    names = digits if digits is not None else ["digit"] * count
+    return [
+        [caption({name: int(v[i]) for name, v in levels.items()}, t, names[i]) for t in templates] for i in range(count)
+    ]
 
 
 def write_attribute_captions(dataset: ImageList, out: Path, templates: Sequence[str] = TEMPLATES) -> Path:

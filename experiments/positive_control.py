@@ -16,16 +16,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.attributes import ATTRIBUTES, TEMPLATES, attribute_captions, attribute_levels, load_pixels
+from experiments.attributes import (
+    ATTRIBUTES,
+    CLASS_TEMPLATES,
+    TEMPLATES,
+    attribute_captions,
+    attribute_levels,
+    load_pixels,
+)
 from experiments.probes import TextAdaptor, encoder_features, linear_probe, run_features
 from vlmkd.data import ImageList
 
 PROMPT_IDS = tuple(f"A{k + 1}" for k in range(len(TEMPLATES)))
 
 
-def write_caption_file(dataset: ImageList, path: Path) -> Path:
-    """A JSONL caption file (image_index, prompt_id, caption) of every image under every template."""
-    captions = attribute_captions(attribute_levels(dataset), TEMPLATES)
+def write_caption_file(dataset: ImageList, path: Path, with_class: bool = False) -> Path:
+    """A JSONL caption file (image_index, prompt_id, caption) of every image under every template; with
+    `with_class` the captions also name the digit ("a ... handwritten digit three ...")."""
+    if with_class:
+        digits = [dataset.classnames[label] for label in dataset.labels().tolist()]
+        captions = attribute_captions(attribute_levels(dataset), CLASS_TEMPLATES, digits)
+    else:
+        captions = attribute_captions(attribute_levels(dataset), TEMPLATES)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for index, texts in enumerate(captions):
@@ -34,11 +46,11 @@ def write_caption_file(dataset: ImageList, path: Path) -> Path:
     return path
 
 
-def import_attribute_captions(dataset: ImageList, out: Path) -> Path:
+def import_attribute_captions(dataset: ImageList, out: Path, with_class: bool = False) -> Path:
     """The positive control's caption store at `out` (made once; a rerun reuses it)."""
     from vlmkd.caption.transfer import import_captions
 
-    source = write_caption_file(dataset, out.with_name(out.name + ".jsonl"))
+    source = write_caption_file(dataset, out.with_name(out.name + ".jsonl"), with_class)
     return import_captions(source, dataset, out, progress=False).store.path
 
 

@@ -103,14 +103,18 @@ def plot(results: list[dict], table: dict, arms: list[str], prompt_ablation: dic
     bottom_left.set_ylabel("final VLM-KD loss / log(batch)")
     bottom_left.set_title("Does the text term learn? (1 = chance)")
     bottom_left.legend(fontsize=8)
-    measured = [r["positive_control"] for r in results if "positive_control" in r]
-    if measured:
+    arms_measured = sorted({r["arm"] for r in results if "positive_control" in r})
+    if arms_measured:
         names = list(ATTRIBUTES)
         positions = np.arange(len(names))
-        for offset, key, colour, label in ((-0.2, "retrieval", "C2", "VLM-KD"),
-                                           (0.2, "retrieval_null", "C7", "null (baseline features)")):  # fmt: skip
+        bars = [(arm, "retrieval", arm) for arm in arms_measured]
+        bars.append((arms_measured[0], "retrieval_null", "null: same adaptor, baseline features"))
+        width = 0.8 / len(bars)
+        for k, (arm, key, label) in enumerate(bars):
+            measured = [r["positive_control"] for r in results if r["arm"] == arm and "positive_control" in r]
             values = [[m[key][n] for m in measured] for n in names]
-            bottom_right.bar(positions + offset, [np.mean(v) for v in values], width=0.4, color=colour, label=label,
+            bottom_right.bar(positions - 0.4 + width * (k + 0.5), [np.mean(v) for v in values], width=width,
+                             label=label, color=f"C{k + 2}" if key == "retrieval" else "C7",
                              yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values], capsize=3)  # fmt: skip
         bottom_right.axhline(100 / 3, color="k", linestyle="--", linewidth=1, label="chance (3 levels)")
         bottom_right.set_xticks(positions, names)
@@ -125,7 +129,7 @@ def plot(results: list[dict], table: dict, arms: list[str], prompt_ablation: dic
 
 def write_report(results: list[dict], size, data, diversity: dict[str, int], report: Path) -> str:
     """Write `report` (markdown), `results.png` and `results.json` beside it; return the markdown."""
-    from experiments.run import ARM_NAMES, POSITIVE_CONTROL, PROMPT_ABLATION
+    from experiments.run import ARM_NAMES, POSITIVE_CONTROLS, PROMPT_ABLATION
 
     arms = [a for a in ARM_NAMES if any(r["arm"] == a for r in results)]
     table = summarise(results, arms)
@@ -185,18 +189,20 @@ def write_report(results: list[dict], size, data, diversity: dict[str, int], rep
         *text_term_rows(results, arms),
         "",
     ]
-    control = positive_control_lines(results, POSITIVE_CONTROL)
-    if control:
+    measured_arms = [arm for arm in POSITIVE_CONTROLS if positive_control_lines(results, arm)]
+    if measured_arms:
         lines += [
             "## Positive control: did the caption attributes reach the encoder?",
             "",
             "Retrieval: each test digit's attribute level is picked as the closest (through the run's adaptor) of "
             "the mean training captions of the three levels; the null applies the same adaptor to the baseline's "
-            "features (same seed). Attribute levels are within-class terciles, so chance is 33.3%.",
-            "",
-            *control,
+            "features (same seed). Attribute levels are within-class terciles, so chance is 33.3%. "
+            "`vlmkd-attributes`: captions state slant and thickness only; `vlmkd-attributes-class`: the same "
+            'captions also name the digit ("a ... handwritten three ..."), as a real VLM\'s would.',
             "",
         ]
+        for arm in measured_arms:
+            lines += [f"### {arm}", "", *positive_control_lines(results, arm), ""]
     lines += [
         f"![results]({figure.name})",
         "",

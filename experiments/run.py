@@ -53,10 +53,12 @@ ARMS = (
     Arm("vlmkd-captions-p2", "captions", ("G", "T1")),
     Arm("vlmkd-captions-p3", "captions", ("G", "T1", "T2")),
     Arm("vlmkd-attributes", "attributes"),  # the positive control
+    Arm("vlmkd-attributes-class", "attributes_class"),  # ... with captions that also name the digit
 )
 ARM_NAMES = tuple(arm.name for arm in ARMS)
 PROMPT_ABLATION = {1: "vlmkd-captions-p1", 2: "vlmkd-captions-p2", 3: "vlmkd-captions-p3", 5: "vlmkd-captions"}
 POSITIVE_CONTROL = "vlmkd-attributes"
+POSITIVE_CONTROLS = (POSITIVE_CONTROL, "vlmkd-attributes-class")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ def prepare_text(out: Path, size: ExperimentSize, sources: set[str]) -> tuple[De
         stores["control"] = import_captions(source, data.train, out / "captions_control", progress=False).store.path
     if "attributes" in sources:
         stores["attributes"] = import_attribute_captions(data.train, out / "captions_attributes")
+    if "attributes_class" in sources:
+        stores["attributes_class"] = import_attribute_captions(
+            data.train, out / "captions_attributes_class", with_class=True
+        )
     features = {
         name: encode_captions(store, out / f"features_{name}", encoder=encoder, progress=False).path
         for name, store in stores.items()
@@ -182,7 +188,7 @@ def measure_positive_control(result: dict, out: Path, probe) -> dict:
     Measured after training, once the same seed's baseline exists (its features are the retrieval null), so
     arms can be trained by separate processes.
     """
-    run, baseline = (out / "runs" / f"{name}-seed{result['seed']}" for name in (POSITIVE_CONTROL, "baseline"))
+    run, baseline = (out / "runs" / f"{name}-seed{result['seed']}" for name in (result["arm"], "baseline"))
     cache = run / "positive_control.json"
     if not cache.is_file():
         if not (baseline / "model.safetensors").is_file():
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(size.threads)
     _claim(out, size)
     data, features = prepare_text(out, size, {arm.source for arm in chosen if arm.source})
-    probe = AttributeProbe(data.train, data.test) if any(arm.name == POSITIVE_CONTROL for arm in chosen) else None
+    probe = AttributeProbe(data.train, data.test) if any(a.name in POSITIVE_CONTROLS for a in chosen) else None
     results = []
     for seed in range(size.seeds):  # seed-major: an interrupted experiment still has whole seeds
         for arm in chosen:
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if probe is not None:
-        results = [measure_positive_control(r, out, probe) if r["arm"] == POSITIVE_CONTROL else r for r in results]
+        results = [measure_positive_control(r, out, probe) if r["arm"] in POSITIVE_CONTROLS else r for r in results]
     diversity = caption_diversity(out / "captions") if "captions" in features else {}
     text = write_report(results, size, data, diversity, report)
     print(text)
