@@ -58,6 +58,9 @@ def verdicts(results: list[dict], arms: Sequence[str], alpha: float = 0.05) -> l
             if n < 2:
                 parts.append(f"{split}: too few seeds")
                 continue
+            if mean == 0 and not np.isfinite(t):
+                parts.append(f"{split} +0.0 (identical to the baseline on every seed)")
+                continue
             where = "outside" if p < alpha else "within"
             parts.append(f"{split} {mean:+.1f} (t = {t:.2f}, p = {p:.3f}, {where} seed noise)")
         lines.append(f"- {arm}: " + "; ".join(parts))
