@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.pop("resume", None)
     print_only = args.pop("print_config", False)
     config = resolve_config(read_config_file(config_file) if config_file else {}, args)
-    config.check_paths()
-    if print_only:
+    if print_only:  # shows the settings without needing the files yet; `train` checks every path first
         import torch
         import yaml
 
