@@ -142,3 +142,13 @@ def test_a_temperature_lr_for_a_fixed_temperature_is_warned_about(tiny_dataset, 
     assert "# warning: --temperature-lr has no effect: the temperature is fixed (add --learn-temperature)\n" in out
     assert vlmkd_main([*argv, "--learn-temperature", "--print-config"]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_two_value_crop_flags_parse_and_the_mnist_preset_does_not_crop(tiny_dataset, tmp_path, capsys):
+    argv = [*train_argv(tiny_dataset, tmp_path / "run"), "--crop-scale", "0.5", "1", "--print-config"]
+    assert vlmkd_main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["crop_scale"] == [0.5, 1.0] and printed["crop_ratio"] == [1.0, 1.0]  # the rest: the preset's
+    with pytest.raises(SystemExit):
+        vlmkd_main([*train_argv(tiny_dataset, tmp_path / "run"), "--crop-scale", "0.5"])
+    assert "--crop-scale: expected 2 arguments" in capsys.readouterr().err

@@ -44,3 +44,26 @@ def test_a_run_opens_its_feature_store_once(tiny_dataset, tmp_path, monkeypatch)
     monkeypatch.setattr(FeatureStore, "open", classmethod(counting))
     train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=4, epochs=2, features=str(features), vlmkd_weight=1.0))
     assert len(opened) == 1, opened
+
+
+def test_crop_settings_reach_the_training_loader(tiny_dataset, tmp_path) -> None:
+    from vlmkd.data.loaders import build_loader
+
+    # A full square crop without flips is the eval view: every training image equals its eval pixels.
+    config = tiny_config(tiny_dataset, tmp_path / "run", batch_size=4, flip=False, crop_scale=[1, 1], crop_ratio=[1, 1])
+    run = build_run(config, init_distributed("cpu"))
+    eval_batches = build_loader(
+        tiny_dataset, train=False, batch_size=4, image_size=config.image_size, num_workers=0,
+        mean=config.mean, std=config.std,
+    )  # fmt: skip
+    by_index = {int(i): x for images, _, indices in eval_batches for i, x in zip(indices, images, strict=True)}
+    seen = 0
+    for images, _, indices in run.loader:
+        for i, x in zip(indices.tolist(), images, strict=True):
+            torch.testing.assert_close(x, by_index[i], atol=1e-5, rtol=0)
+            seen += 1
+    assert seen == len(run.loader) * 4
+    # The default zooms: some training view differs from its eval pixels.
+    zooming = build_run(config.replace(output=tmp_path / "zoom", crop_scale=[0.35, 1.0]), init_distributed("cpu"))
+    images, _, indices = next(iter(zooming.loader))
+    assert any(not torch.allclose(x, by_index[int(i)], atol=1e-3) for x, i in zip(images, indices, strict=True))

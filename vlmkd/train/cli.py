@@ -31,6 +31,8 @@ HELP = {
     "channels_last": "keep weights and image batches in channels-last (NHWC) memory order, for faster convolutions",
     "compile": "torch.compile the backbone (the first steps pay the compilation; checkpoints are unchanged)",
     "flip": "random horizontal flips",
+    "crop_scale": "random-resized-crop area fraction range, 2 values (1 1: no zoom)",
+    "crop_ratio": "random-resized-crop aspect-ratio range, 2 values (1 1: square crops)",
     "mean": "normalisation mean, 3 values",
     "std": "normalisation std, 3 values",
     "task_loss": "classification loss",
@@ -116,7 +118,7 @@ def build_parser() -> ArgumentParser:
         elif spec.name == "prompts":
             kwargs |= {"type": lambda text: [p for p in text.split(",") if p], "metavar": "ID,ID"}
         elif typing.get_origin(kind) is list:
-            kwargs |= {"type": typing.get_args(kind)[0], "nargs": 3, "metavar": "X"}
+            kwargs |= {"type": typing.get_args(kind)[0], "nargs": spec.metadata.get("length", "+"), "metavar": "X"}
         else:
             kwargs |= {"type": kind, "choices": choices(spec.name)}
         parser.add_argument(flag, dest=spec.name, **kwargs)

@@ -67,6 +67,10 @@ class TrainConfig(StageConfig):
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata={"length": 3})
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=in_range(gt=0, length=3))
     flip: bool = True
+    # random-resized-crop: area fraction and aspect-ratio range of the crop (a zoom changes stroke widths and
+    # sizes that captions may state: docs/training.md)
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0], metadata=in_range(gt=0, le=1, length=2))
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3], metadata=in_range(gt=0, length=2))
     loader: str = "torch"
     num_workers: int = field(default=2, metadata=in_range(ge=0))
     # objective
@@ -79,7 +83,7 @@ class TrainConfig(StageConfig):
     prompts: list[str] | None = None  # prompt ids to use; None = all in the store
     text_center: str = "prompt"  # subtract the training set's mean text feature: per prompt, over all, or none
     text_whiten: bool = False  # also ZCA-whiten the centred text features
-    temperature: float = field(default=0.07, metadata=in_range(gt=0))
+    temperature: float = field(default=0.5, metadata=in_range(gt=0))  # measured: docs/training.md
     learn_temperature: bool = False  # fixed by default: learnt at the backbone's lr it runs away (docs/training.md)
     temperature_lr: float | None = field(default=None, metadata=in_range(ge=0))  # logit scale's own lr (default: lr)
     adaptor_lr: float | None = field(default=None, metadata=in_range(ge=0))  # text adaptor's lr (default: lr)
@@ -133,6 +137,10 @@ class TrainConfig(StageConfig):
         # Ranges of single settings are field metadata (`in_range`), checked with the types; these involve two.
         if self.warmup_epochs > self.epochs:
             raise InputError(f"warmup_epochs ({self.warmup_epochs:g}) must be at most epochs ({self.epochs})")
+        for name in ("crop_scale", "crop_ratio"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise InputError(f"{name} must be [low, high] with low <= high; got [{low:g}, {high:g}]")
         if self.vlmkd_weight > 0 and self.batch_size < 2:
             raise InputError(
                 f"the VLM-KD term needs a global batch_size of at least 2 (the other captions of a batch are its "

@@ -249,6 +249,8 @@ def build_run(config: TrainConfig, ctx: Dist) -> Run:
         mean=config.mean,
         std=config.std,
         flip=config.flip,
+        scale=tuple(config.crop_scale),
+        ratio=tuple(config.crop_ratio),
     )
     if len(loader) == 0:
         raise InputError(f"{config.train}: {len(dataset)} images make no full batch of {config.batch_size}")
@@ -354,7 +356,8 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
 
 
 def save_epoch_checkpoint(run: Run, progress: Progress) -> Path:
-    """Write `epoch_NNNN/` for the epochs finished so far: classifier, optimizer, objective, scaler, RNG."""
+    """Write `epoch_NNNN/` for the epochs finished so far: classifier, optimizer, objective, scaler, RNG, and the
+    text conditioning the adaptor was trained behind."""
     train_state = {
         "optimizer": run.optimizer.state_dict(),
         "objective": run.objective.state_dict(),
@@ -362,6 +365,10 @@ def save_epoch_checkpoint(run: Run, progress: Progress) -> Path:
         "rng": {"torch": torch.get_rng_state()},
     }
     info = {"step": progress.step, "skipped_steps": progress.skipped, "config": run.config.to_dict(), **run.identity}
+    conditioning = getattr(run.text, "conditioning", None)
+    if conditioning is not None:  # the text side of the adaptor: what it was trained on, for probing it later
+        train_state["text_conditioning"] = {k: torch.from_numpy(v) for k, v in conditioning.arrays().items()}
+        info["text_conditioning"] = conditioning.summary()
     return save_checkpoint(
         run.output,
         progress.epoch,
