@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from vlmkd.data import ImageList
-from vlmkd.encode.conditioning import text_conditioning
 from vlmkd.encode.store import FeatureStore
 from vlmkd.evaluate.metrics import predict
 from vlmkd.models import Classifier
@@ -45,7 +44,7 @@ class TextAdaptor:
     """A run's learnt text side, rebuilt from its last checkpoint: conditioning and the VLM-KD loss module."""
 
     def __init__(self, run: Path) -> None:
-        from vlmkd.train.text import build_contrastive
+        from vlmkd.train.text import build_contrastive, saved_conditioning
 
         checkpoint = latest_checkpoint(run)
         if checkpoint is None:
@@ -57,9 +56,10 @@ class TextAdaptor:
         self.loss = build_contrastive(TrainConfig(**self.config), self.store.dim, state["adaptor.weight"].shape[0])
         self.loss.load_state_dict({k: v for k, v in state.items()})
         self.loss.eval()
-        self.conditioning = text_conditioning(
-            self.store.features, self.config.get("text_center", "none"), self.config.get("text_whiten", False)
-        )
+        conditioning = saved_conditioning(train_state, info)  # the map the adaptor was trained behind
+        if conditioning is None:
+            raise FileNotFoundError(f"{checkpoint}: no text conditioning (trained without it, or by an older vlmkd)")
+        self.conditioning = conditioning
 
     @torch.no_grad()
     def level_prototypes(self, levels: np.ndarray) -> torch.Tensor:

@@ -102,3 +102,27 @@ def test_an_epoch_checkpoint_gives_that_epochs_loss_module_and_a_baseline_none(v
     assert "without the VLM-KD term" in saved.manifest["vlmkd_loss_missing"]
     assert not (tmp_path / "e0" / "features" / "vlmkd_loss.safetensors").exists()
     assert saved.image_features.shape[0] == len(tiny_dataset)
+
+
+def test_the_text_conditioning_travels_with_the_checkpoint_and_the_saved_features(vlmkd_run, tiny_dataset, tmp_path):
+    """The adaptor only means something behind the map it was trained with: both are saved, and the saved map
+    is the one computed from the feature store (recomputed here, in float64 numpy, outside vlmkd)."""
+    from vlmkd.encode.store import FeatureStore
+    from vlmkd.evaluate import evaluate_checkpoint
+
+    features = np.asarray(FeatureStore.open(vlmkd_run.parent / "features").features, dtype=np.float64)  # (N, P, D)
+    mean = features.mean(axis=0)  # each prompt's own mean
+    scale = 1.0 / np.sqrt(((features - mean) ** 2).sum(axis=2).mean())
+    results = evaluate_checkpoint(vlmkd_run, tiny_dataset.source, tmp_path / "e", plots=False, num_workers=0,
+                                  save_features=True)  # fmt: skip
+    saved = load_eval_features(results["features"])
+    conditioning = saved.text_conditioning
+    assert conditioning is not None and conditioning.center == "prompt" and conditioning.whitening is None
+    np.testing.assert_allclose(conditioning.mean, mean, rtol=0, atol=1e-6)
+    assert conditioning.scale == pytest.approx(scale, rel=1e-6)
+    assert saved.manifest["vlmkd_loss"]["text_conditioning"]["file"] == "text_conditioning.safetensors"
+    # Applying it gives what training fed the adaptor: centred per prompt, root-mean-square norm 1.
+    last = features.shape[1] - 1
+    columns = np.full(len(features), last, dtype=np.int64)
+    conditioned = conditioning.apply(features[:, last].astype(np.float32), columns)
+    np.testing.assert_allclose(conditioned, (features[:, last] - mean[last]) * scale, rtol=0, atol=1e-5)

@@ -47,6 +47,26 @@ class TextConditioning:
             out = out @ self.whitening
         return out * np.float32(self.scale)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The map as arrays (`mean`, `scale`, and `whitening` when on), as checkpoints store it."""
+        arrays = {"mean": self.mean, "scale": np.array([self.scale], dtype=np.float64)}
+        if self.whitening is not None:
+            arrays["whitening"] = self.whitening
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], summary: dict) -> TextConditioning:
+        """The conditioning that `arrays()` and `summary()` describe (read back from a checkpoint)."""
+        whitening = arrays.get("whitening")
+        return cls(
+            center=str(summary["text_center"]),
+            mean=np.asarray(arrays["mean"], dtype=np.float32),
+            whitening=None if whitening is None else np.asarray(whitening, dtype=np.float32),
+            scale=float(np.asarray(arrays["scale"]).reshape(-1)[0]),
+            mean_cosine_before=float(summary.get("text_cosine_before", float("nan"))),
+            mean_cosine_after=float(summary.get("text_cosine_after", float("nan"))),
+        )
+
     def summary(self) -> dict[str, float | str | bool]:
         """What a run records about its conditioning (metrics.jsonl)."""
         return {

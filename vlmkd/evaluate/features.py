@@ -7,12 +7,16 @@ Layout of `OUT/features/` (every file written atomically, `features.json` last):
     predicted.npy             int64 (N,)      predicted labels
     vlmkd_loss.safetensors    the VLM-KD loss module's state (text adaptor, temperature...), when a
                               training checkpoint of a run with the VLM-KD term is found
+    text_conditioning.safetensors  the fixed map the run applied to caption features before the adaptor
+                              (`mean` (P, D) per prompt, `scale`, `whitening` when on), with that state
     features.json             what the files are: checkpoint, dataset, shapes, image paths, the run's
                               VLM-KD settings and temperature, the checkpoint it came from
 
 The loss module's state is the `contrastive` part of the objective that `vlmkd-train` stores in each
 checkpoint's `train_state.safetensors` (the deployable classifier has none): keys as in
-`VlmkdContrastiveLoss.state_dict()` (e.g. `adaptor.weight`, `adaptor.bias`, `logit_scale`).
+`VlmkdContrastiveLoss.state_dict()` (e.g. `adaptor.weight`, `adaptor.bias`, `logit_scale`). To compare new
+text with the saved image features, condition its caption features with the saved map
+(`EvalFeatures.text_conditioning.apply`) before `VlmkdContrastiveLoss.embed_text`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from vlmkd.atomic_files import write_bytes_atomic, write_json_atomic
 from vlmkd.bounded_read import read_json_file
 from vlmkd.data import ImageList
+from vlmkd.encode.conditioning import TextConditioning
 from vlmkd.errors import InputError
 from vlmkd.evaluate.metrics import Predictions
 
@@ -38,6 +43,7 @@ VERSION = 1
 DIRECTORY = "features"
 MANIFEST = "features.json"
 LOSS_STATE = "vlmkd_loss.safetensors"
+CONDITIONING_STATE = "text_conditioning.safetensors"
 LOSS_PREFIX = "contrastive."  # the VLM-KD loss module inside the objective's state dict
 ARRAYS = {"image_features": "image_features.npy", "labels": "labels.npy", "predicted": "predicted.npy"}
 LOSS_SETTINGS = ("vlmkd_weight", "positives", "temperature", "learn_temperature", "adaptor_hidden", "caption_mix",
@@ -53,6 +59,7 @@ class EvalFeatures:
     predicted: np.ndarray
     vlmkd_loss_state: dict[str, torch.Tensor] | None
     manifest: dict[str, Any]
+    text_conditioning: TextConditioning | None = None
 
 
 def save_eval_features(
@@ -71,10 +78,15 @@ def save_eval_features(
     found, reason = find_training_state(Path(checkpoint))
     vlmkd: dict[str, Any] | None = None
     if found is not None:
-        epoch_dir, state, info = found
+        epoch_dir, state, info, conditioning = found
         from safetensors.torch import save
 
         write_bytes_atomic(directory / LOSS_STATE, save(state), durable=False)
+        if conditioning is not None:
+            tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in conditioning.arrays().items()}
+            write_bytes_atomic(directory / CONDITIONING_STATE, save(tensors), durable=False)
+        else:
+            (directory / CONDITIONING_STATE).unlink(missing_ok=True)
         config = info.get("config", {})
         scale = next((v for k, v in state.items() if k.rsplit(".", 1)[-1] == "logit_scale"), None)
         vlmkd = {
@@ -86,9 +98,13 @@ def save_eval_features(
             "temperature": None if scale is None else math.exp(-min(float(scale), math.log(100.0))),
             "settings": {name: config.get(name) for name in LOSS_SETTINGS if name in config},
             "features_fingerprint": info.get("features_fingerprint"),
+            "text_conditioning": None
+            if conditioning is None
+            else {"file": CONDITIONING_STATE, **conditioning.summary()},
         }
     else:
-        (directory / LOSS_STATE).unlink(missing_ok=True)  # from an earlier save of another checkpoint
+        for stale in (LOSS_STATE, CONDITIONING_STATE):  # from an earlier save of another checkpoint
+            (directory / stale).unlink(missing_ok=True)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -122,23 +138,29 @@ def load_eval_features(directory: str | Path) -> EvalFeatures:
         arrays = {name: np.load(directory / file, allow_pickle=False) for name, file in manifest["files"].items()}
     except (OSError, ValueError, KeyError) as error:
         raise InputError(f"{directory}: unreadable saved features ({error})") from None
-    state = None
-    if manifest.get("vlmkd_loss"):
+    state = conditioning = None
+    loss = manifest.get("vlmkd_loss")
+    if loss:
         from safetensors.torch import load_file
 
-        state = load_file(str(directory / manifest["vlmkd_loss"]["file"]))
-    return EvalFeatures(arrays["image_features"], arrays["labels"], arrays["predicted"], state, manifest)
+        state = load_file(str(directory / loss["file"]))
+        if loss.get("text_conditioning"):
+            arrays_of_map = {k: v.numpy() for k, v in load_file(str(directory / CONDITIONING_STATE)).items()}
+            conditioning = TextConditioning.from_arrays(arrays_of_map, loss["text_conditioning"])
+    return EvalFeatures(arrays["image_features"], arrays["labels"], arrays["predicted"], state, manifest, conditioning)
 
 
 def find_training_state(
     checkpoint: Path,
-) -> tuple[tuple[Path, dict[str, torch.Tensor], dict[str, Any]] | None, str | None]:
-    """The VLM-KD loss state of the training checkpoint behind `checkpoint`, or None and why not.
+) -> tuple[tuple[Path, dict[str, torch.Tensor], dict[str, Any], TextConditioning | None] | None, str | None]:
+    """The VLM-KD loss state (and text conditioning) of the training checkpoint behind `checkpoint`, or None
+    and why not.
 
     An `epoch_NNNN` directory is used as is; for a run directory, its latest epoch checkpoint, provided
     that checkpoint holds the same classifier weights as the run's final model.
     """
     from vlmkd.train.checkpoint import MODEL_WEIGHTS, STATE_META, latest_checkpoint, load_checkpoint
+    from vlmkd.train.text import saved_conditioning
 
     directory = checkpoint.parent if checkpoint.is_file() else checkpoint
     if (directory / STATE_META).is_file():
@@ -154,7 +176,7 @@ def find_training_state(
     state = {k.removeprefix(LOSS_PREFIX): v for k, v in objective.items() if k.startswith(LOSS_PREFIX)}
     if not state:
         return None, f"{epoch_dir.name} was trained without the VLM-KD term (no loss module state)"
-    return (epoch_dir, state, info), None
+    return (epoch_dir, state, info, saved_conditioning(train_state, info)), None
 
 
 def _digest(path: Path) -> str | None:

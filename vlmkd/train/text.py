@@ -11,6 +11,7 @@ from vlmkd.data import ImageList
 from vlmkd.train.config import TrainConfig
 
 if TYPE_CHECKING:
+    from vlmkd.encode.conditioning import TextConditioning
     from vlmkd.encode.store import FeatureStore
 
 
@@ -55,3 +56,13 @@ def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.
         adaptor_bias=config.adaptor_bias,
         backend=config.contrastive_backend,
     )
+
+
+def saved_conditioning(train_state: dict, info: dict) -> TextConditioning | None:
+    """The text conditioning a training checkpoint stored (None: trained without it, or saved before it was)."""
+    from vlmkd.encode.conditioning import TextConditioning
+
+    arrays = train_state.get("text_conditioning")
+    if not arrays or "text_conditioning" not in info:
+        return None
+    return TextConditioning.from_arrays({k: v.numpy() for k, v in arrays.items()}, info["text_conditioning"])
