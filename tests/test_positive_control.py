@@ -3,8 +3,9 @@
 Each digit's slant and stroke thickness (within-class terciles, measured from its pixels) are worded with
 long shared templates (raw caption cosine ~0.98: the hard case), imported with `import_captions`, encoded
 by the real all-MiniLM-L6-v2, and trained with the library's VLM-KD defaults. The test fails if the term is
-inert: its loss must end below chance (log batch) and the adaptor must retrieve the stroke thickness of
-held-out digits better than the same adaptor applied to a baseline's features. 400 digits, 20 epochs.
+inert: its loss must end below 0.85 x chance (log batch) and the adaptor must retrieve the stroke thickness of
+held-out digits by more than 20 points above the same adaptor applied to a baseline's features. 400 digits,
+20 epochs, no random crops (a zoom changes stroke widths).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from experiments.positive_control import AttributeProbe, import_attribute_captio
 
 SMALL = {
     "arch": "resnet32", "width": 0.5, "image_size": 16, "epochs": 20, "batch_size": 32, "num_workers": 0,
-    "threads": 1, "progress": False, "flip": False, "task_loss": "balanced_softmax", "log_every": 5,
+    "threads": 1, "progress": False, "flip": False, "crop_scale": [1, 1], "crop_ratio": [1, 1],
+    "task_loss": "balanced_softmax", "log_every": 5,
     "mean": [0.1307] * 3, "std": [0.3081] * 3,
 }  # fmt: skip
 
@@ -41,10 +43,10 @@ def test_attribute_captions_reach_the_encoder_through_the_text_term(tmp_path) ->
     train(resolve_config({}, {**common, "output": str(run), "features": str(features), "vlmkd_weight": 1.0}))
 
     last = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"][-1]
-    # An inert term cannot end below chance (with identical captions it is exactly at it); measured here: 0.969.
-    assert last["vlmkd_fraction"] < 0.99, f"the text term did not learn: {last['vlmkd_fraction']:.3f} x chance"
+    # An inert term cannot end below chance (with identical captions it is exactly at it); measured here: 0.753.
+    assert last["vlmkd_fraction"] < 0.85, f"the text term did not learn: {last['vlmkd_fraction']:.3f} x chance"
     measured = AttributeProbe(data.train, data.test).measure(run, tmp_path / "baseline", seed=0)
     found, null = measured["retrieval"]["thickness"], measured["retrieval_null"]["thickness"]
-    # Measured: 55% vs a 37% null (chance 33%). Slant does not reach the encoder at this size (28% vs 32%),
-    # nor reliably at the experiment's (experiments/RESULTS.md), so it is reported there, not asserted here.
-    assert found - null > 8, f"thickness: retrieval {found:.1f}% through the adaptor vs {null:.1f}% null"
+    # Measured: 71.5% vs a 33.5% null (chance 33%). Slant reaches the encoder at the experiment's 28 px and 16
+    # epochs (experiments/RESULTS.md) but barely at this test's 16 px (39.5% vs 32.0%), so it is not asserted.
+    assert found - null > 20, f"thickness: retrieval {found:.1f}% through the adaptor vs {null:.1f}% null"

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from vlmkd.data import ImageList
 from vlmkd.errors import InputError
 from vlmkd.train.checkpoint import flatten_state, latest_checkpoint, load_checkpoint, unflatten_state
-from vlmkd.train.config import read_config_file, resolve_config
+from vlmkd.train.config import TrainConfig, read_config_file, resolve_config
 from vlmkd.train.metrics_log import read_metrics
 from vlmkd.train.trainer import NonFiniteLossError, train
 
@@ -245,7 +245,7 @@ def test_text_term_logs_its_fraction_of_chance_and_temperature(tiny_dataset, tmp
     assert records[0]["text_cosine_before"] > records[0]["text_cosine_after"]
     for record in (r for r in records if r["kind"] in ("step", "epoch")):
         assert record["vlmkd_fraction"] == pytest.approx(record["vlmkd_loss"] / np.log(4), rel=1e-5)
-        assert record["temperature"] == pytest.approx(0.07)  # fixed by default
+        assert record["temperature"] == pytest.approx(TrainConfig().temperature)  # fixed by default
 
 
 def test_a_text_term_stuck_at_chance_is_reported_in_one_line(tiny_dataset, tmp_path, capsys) -> None:
