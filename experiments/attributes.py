@@ -8,7 +8,6 @@ images' captions share most of their words (the hard, realistic case for a sente
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -101,27 +100,3 @@ def attribute_captions(
     return [
         [caption({name: int(v[i]) for name, v in levels.items()}, t, names[i]) for t in templates] for i in range(count)
     ]
-
-
-def write_attribute_captions(dataset: ImageList, out: Path, templates: Sequence[str] = TEMPLATES) -> Path:
-    """A caption store at `out` whose prompt p holds every image's attributes worded with template p."""
-    from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
-
-    captions = attribute_captions(attribute_levels(dataset), templates)
-    prompt_ids = [f"A{p + 1}" for p in range(len(templates))]
-    rows = [
-        (i, str(dataset.samples[i].path), prompt_ids[p], text)
-        for i, texts in enumerate(captions)
-        for p, text in enumerate(texts)
-    ]
-    manifest = make_manifest(
-        dataset_fingerprint=dataset.fingerprint(),
-        num_images=len(dataset),
-        prompt_set=prompt_set_record("digit-attributes", dict(zip(prompt_ids, templates, strict=True))),
-        engine="control",
-        model_id="pixel-attributes",
-    )
-    store = CaptionStore.create(out, manifest)
-    if store.missing_shards():
-        store.write_shard(0, rows)
-    return out

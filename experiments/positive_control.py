@@ -54,6 +54,30 @@ def import_attribute_captions(dataset: ImageList, out: Path, with_class: bool = 
     return import_captions(source, dataset, out, progress=False).store.path
 
 
+def text_variance_shares(features: Path, dataset: ImageList) -> dict[str, float]:
+    """Share (%) of the conditioned caption features' variance that each grouping explains: the class and each
+    attribute's level (between-group over total sum of squares, per prompt, pooled), conditioned as training
+    conditions them by default. Where the text's differences are is what the contrast can learn first."""
+    from vlmkd.encode.conditioning import text_conditioning
+    from vlmkd.encode.store import FeatureStore
+    from vlmkd.train.config import TrainConfig
+
+    raw = np.asarray(FeatureStore.open(features).features, dtype=np.float32)  # (N, P, D)
+    conditioning = text_conditioning(raw, TrainConfig().text_center)
+    num_images, num_prompts, _ = raw.shape
+    groupings = {"class": dataset.labels(), **attribute_levels(dataset)}
+    total, between = 0.0, dict.fromkeys(groupings, 0.0)
+    for prompt in range(num_prompts):
+        x = conditioning.apply(raw[:, prompt], np.full(num_images, prompt)).astype(np.float64)
+        x -= x.mean(axis=0)
+        total += float((x**2).sum())
+        for name, groups in groupings.items():
+            for group in np.unique(groups):
+                members = groups == group
+                between[name] += float(members.sum() * (x[members].mean(axis=0) ** 2).sum())
+    return {name: 100.0 * value / total for name, value in between.items()}
+
+
 class AttributeProbe:
     """Attribute levels of both splits and the probes that do not depend on a run (pixels), computed once."""
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from experiments.attributes import ATTRIBUTES
 from experiments.statistics import SPLITS, summarise, verdicts
+from vlmkd.train.config import TrainConfig
 
 PROBES = ("pixels", "untrained", "baseline", "vlmkd")
 
@@ -145,8 +146,18 @@ def plot(results: list[dict], table: dict, arms: list[str], prompt_ablation: dic
     return path
 
 
-def write_report(results: list[dict], size, data, diversity: dict[str, int], report: Path) -> str:
-    """Write `report` (markdown), `results.png` and `results.json` beside it; return the markdown."""
+def write_report(
+    results: list[dict],
+    size,
+    data,
+    diversity: dict[str, int],
+    report: Path,
+    text_shares: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """Write `report` (markdown), `results.png` and `results.json` beside it; return the markdown.
+
+    `text_shares[source]` is the share (%) of that text source's conditioned caption variance each grouping
+    (class, attribute levels) explains (`experiments.positive_control.text_variance_shares`)."""
     from experiments.run import ARM_NAMES, POSITIVE_CONTROLS, PROMPT_ABLATION
 
     arms = [a for a in ARM_NAMES if any(r["arm"] == a for r in results)]
@@ -163,10 +174,12 @@ def write_report(results: list[dict], size, data, diversity: dict[str, int], rep
         f"- Data: MNIST-LT, imbalance factor 100, training counts per class {counts} ({sum(counts)} images); "
         "balanced test split of 100 digits per class. Many > 100, Few < 20 training images.",
         f"- Model: CIFAR-style ResNet-32 at width {size.width} ({size.image_size} px), randomly initialised; "
-        f"{size.epochs} epochs, batch {size.batch_size}, SGD + warmup + cosine; task loss {size.task_loss}.",
+        f"{size.epochs} epochs, batch {size.batch_size}, SGD + warmup + cosine, no random crop or flip (the "
+        f"`mnist_lt` preset); task loss {size.task_loss}.",
         f"- VLM-KD: lambda = {size.vlmkd_weight}, the library's defaults for everything else (docs/training.md: "
         "text features centred per prompt and scaled, image features centred over the batch and projected, no "
-        "adaptor bias, temperature fixed at 0.07, one prompt sampled per image per step); instance positives "
+        f"adaptor bias, temperature fixed at {TrainConfig().temperature:g}, one prompt sampled per image per "
+        "step); instance positives "
         "(same-label positives in `-classpos`).",
         "- Text sources, all encoded by all-MiniLM-L6-v2: **captions** from a tiny *randomly initialised* BLIP "
         "(no real VLM weights exist offline) with the default prompts G, T1-T4; **control**: one short class "
@@ -219,6 +232,20 @@ def write_report(results: list[dict], size, data, diversity: dict[str, int], rep
             'captions also name the digit ("a ... handwritten three ..."), as a real VLM\'s would.',
             "",
         ]
+        if text_shares:
+            names = list(next(iter(text_shares.values())))
+            lines += [
+                "Where the captions differ: share (%) of each text source's conditioned caption features' variance "
+                "explained by the class and by each attribute's level (what the contrast can pick up first):",
+                "",
+                "| text | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+                *(
+                    f"| {source} | " + " | ".join(f"{shares[n]:.1f}" for n in names) + " |"
+                    for source, shares in text_shares.items()
+                ),
+                "",
+            ]
         lines += ["Targets of the positive control (computed):", ""]
         for arm in measured_arms:
             lines += target_lines(results, arm)
