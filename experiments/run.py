@@ -40,6 +40,7 @@ class Arm:
     source: str | None  # "captions", "control", "attributes" or None (baseline)
     prompts: tuple[str, ...] | None = None
     positives: str = "instance"
+    negatives: str = "batch"
 
 
 ARMS = (
@@ -54,11 +55,13 @@ ARMS = (
     Arm("vlmkd-captions-p3", "captions", ("G", "T1", "T2")),
     Arm("vlmkd-attributes", "attributes"),  # the positive control
     Arm("vlmkd-attributes-class", "attributes_class"),  # ... with captions that also name the digit
+    # ... contrasted only within each class: the class words then cannot lower the loss, the attributes must.
+    Arm("vlmkd-attributes-class-within", "attributes_class", negatives="class"),
 )
 ARM_NAMES = tuple(arm.name for arm in ARMS)
 PROMPT_ABLATION = {1: "vlmkd-captions-p1", 2: "vlmkd-captions-p2", 3: "vlmkd-captions-p3", 5: "vlmkd-captions"}
 POSITIVE_CONTROL = "vlmkd-attributes"
-POSITIVE_CONTROLS = (POSITIVE_CONTROL, "vlmkd-attributes-class")
+POSITIVE_CONTROLS = (POSITIVE_CONTROL, "vlmkd-attributes-class", "vlmkd-attributes-class-within")
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ def run_arm(arm: Arm, seed: int, out: Path, data: DemoDataset, features: dict[st
     if arm.source is not None:
         overrides |= {"features": str(features[arm.source]), "vlmkd_weight": size.vlmkd_weight}
         overrides |= {"prompts": list(arm.prompts) if arm.prompts else None, "positives": arm.positives}
+        overrides |= {"negatives": arm.negatives}
     started = time.perf_counter()
     train(resolve_config(read_config_file("mnist_lt"), overrides), resume="auto")
     evaluation = evaluate_checkpoint(run, data.test_list, run / "eval", plots=False, num_workers=size.num_workers)

@@ -59,6 +59,7 @@ def test_unknown_name_is_one_line_with_the_choices_and_a_suggestion(value: objec
         ({"task_loss": "focal"}, r"^task_loss must be one of ce, balanced_softmax, logit_adjust, got 'focal'$"),
         ({"contrastive_backend": "ref"}, r"got 'ref' \(did you mean 'reference'\?\)$"),
         ({"epochs": 0}, r"^TrainConfig: epochs must be at least 1; got 0$"),
+        ({"positives": "class", "negatives": "class"}, r"^positives 'class' with negatives 'class' leaves"),
         ({"crop_scale": [0.5, 1.5]}, r"^TrainConfig: crop_scale must be greater than 0 and at most 1; got 1\.5$"),
         ({"crop_ratio": [1.2, 0.8]}, r"^crop_ratio must be \[low, high\] with low <= high; got \[1\.2, 0\.8\]$"),
     ],

@@ -201,3 +201,16 @@ def test_objective_reports_the_chance_level_of_the_text_term() -> None:
     parts = objective(logits, torch.randn(6, 5, dtype=torch.float64), labels, text=torch.randn(6, 3).double())
     assert parts["vlmkd_chance"].item() == pytest.approx(math.log(6))
     assert VlmkdObjective(TaskLoss("ce"))(logits, torch.zeros(6, 5), labels)["vlmkd_chance"].item() == 0.0
+
+
+def test_objective_reports_the_within_class_chance_level_for_negatives_within_the_class() -> None:
+    from vlmkd.ops import VlmkdContrastiveLoss
+
+    logits, labels = _batch(12)
+    contrastive = VlmkdContrastiveLoss(3, 5, negatives="class").double()
+    parts = VlmkdObjective(TaskLoss("ce"), contrastive, vlmkd_weight=1.0)(
+        logits, torch.randn(6, 5, dtype=torch.float64), labels, text=torch.randn(6, 3).double()
+    )
+    counts = torch.bincount(labels)[labels].double()
+    expected = counts[counts >= 2].log().mean().item() if (counts >= 2).any() else 0.0
+    assert parts["vlmkd_chance"].item() == pytest.approx(expected)

@@ -46,8 +46,8 @@ LOSS_STATE = "vlmkd_loss.safetensors"
 CONDITIONING_STATE = "text_conditioning.safetensors"
 LOSS_PREFIX = "contrastive."  # the VLM-KD loss module inside the objective's state dict
 ARRAYS = {"image_features": "image_features.npy", "labels": "labels.npy", "predicted": "predicted.npy"}
-LOSS_SETTINGS = ("vlmkd_weight", "positives", "temperature", "learn_temperature", "adaptor_hidden", "caption_mix",
-                 "prompts", "features")  # fmt: skip
+LOSS_SETTINGS = ("vlmkd_weight", "positives", "negatives", "temperature", "learn_temperature", "adaptor_hidden",
+                 "caption_mix", "prompts", "features")  # fmt: skip
 
 
 @dataclass(frozen=True)

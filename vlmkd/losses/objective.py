@@ -20,16 +20,20 @@ def _no_gather(
     return features, text, labels
 
 
-def contrast_chance(labels: torch.Tensor, positives: str) -> torch.Tensor:
+def contrast_chance(labels: torch.Tensor, positives: str, negatives: str = "batch") -> torch.Tensor:
     """The VLM-KD loss of a contrast that tells nothing apart (all similarities equal) for this batch.
 
-    log B for instance positives; for class positives the mean over anchors of log(B / same-label count).
-    In float64, so that a logged fraction of chance is exact.
+    log B for instance positives; for class positives the mean over anchors of log(B / same-label count); with
+    negatives only within each class, the mean over anchors in classes of n >= 2 images of log n (0 when there
+    is none). In float64, so that a logged fraction of chance is exact.
     """
     batch = labels.shape[0]
+    same = (labels[:, None] == labels[None, :]).sum(dim=1).double()
+    if negatives == "class":
+        counted = same[same >= 2]
+        return counted.log().mean() if counted.numel() else same.new_zeros(())
     if positives != "class":
         return torch.tensor(math.log(batch), dtype=torch.float64, device=labels.device)
-    same = (labels[:, None] == labels[None, :]).sum(dim=1).double()
     return (math.log(batch) - same.log()).mean()
 
 
@@ -81,7 +85,9 @@ class VlmkdObjective(nn.Module):
                 raise ValueError("the VLM-KD term needs text features for the batch")
             v, t, y = self.gather(features.float(), text.float(), labels)
             vlmkd_loss = self.contrastive(v, t, y)
-            chance = contrast_chance(y, getattr(self.contrastive, "positives", "instance"))
+            chance = contrast_chance(
+                y, getattr(self.contrastive, "positives", "instance"), getattr(self.contrastive, "negatives", "batch")
+            )
         if self.kd_weight > 0:
             if teacher_logits is None:
                 raise ValueError("kd_weight > 0 needs teacher logits")

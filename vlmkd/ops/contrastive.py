@@ -22,6 +22,7 @@ from vlmkd.errors import InputError
 from vlmkd.ops.reference import contrastive_ref
 
 REFERENCE = "reference"
+NEGATIVES = ("batch", "class")  # every other caption of the batch, or only those of the same class
 
 
 @functools.cache
@@ -219,7 +220,10 @@ class VlmkdContrastiveLoss(nn.Module):
     `hidden_dim` a 2-layer MLP (Linear, GELU, Linear), whose first layer needs gradients through t, so that
     variant runs on the reference backend. Its (last) bias starts at zero; `adaptor_bias=False` drops it, so
     that with centred text features captions that are all the same give an exactly constant loss and no
-    gradient. `logit_scale` starts at log(1 / init_temperature). On the image side, `image_center` subtracts
+    gradient. `negatives="class"` contrasts each image only with the captions of its own class (one InfoNCE per
+    class of the batch, averaged over their images; classes with one image in the batch add nothing), so the
+    term tells apart images of one class and never pulls or pushes two classes. `logit_scale` starts at
+    log(1 / init_temperature). On the image side, `image_center` subtracts
     the batch mean of v (a running mean in eval mode), `image_standardize` standardises v per dimension
     instead (BatchNorm1d without affine), and `image_projection` adds a learnt Linear (Dv -> Dv, initialised
     to the identity).
@@ -231,6 +235,7 @@ class VlmkdContrastiveLoss(nn.Module):
         image_dim: int,
         *,
         positives: str = "instance",
+        negatives: str = "batch",
         init_temperature: float = 0.07,
         learn_temperature: bool = True,
         hidden_dim: int | None = None,
@@ -243,6 +248,10 @@ class VlmkdContrastiveLoss(nn.Module):
         super().__init__()
         if positives not in ("instance", "class"):
             raise InputError(f"positives must be 'instance' or 'class', got {positives!r}")
+        if negatives not in NEGATIVES:
+            raise InputError(f"negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
+        if positives == "class" and negatives == "class":
+            raise InputError("positives='class' with negatives='class' leaves no negative: every pair is positive")
         if not init_temperature > 0:
             raise InputError(f"init_temperature must be > 0, got {init_temperature}")
         if hidden_dim is None:
@@ -275,10 +284,12 @@ class VlmkdContrastiveLoss(nn.Module):
         else:
             self.register_buffer("logit_scale", logit_scale)
         self.positives = positives
+        self.negatives = negatives
         self.backend = backend
 
     def forward(self, v: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Loss between image features v (B, Dv) and text features t (B, Dt); labels for positives="class"."""
+        """Loss between image features v (B, Dv) and text features t (B, Dt); labels for positives="class" and
+        negatives="class"."""
         if self.image_norm is not None:
             v = self.image_norm(v)
         if self.image_projection is not None:
@@ -287,9 +298,28 @@ class VlmkdContrastiveLoss(nn.Module):
             last, backend = self.adaptor, self.backend
         else:
             last, t, backend = self.adaptor[-1], self.adaptor[:-1](t), REFERENCE
+        if self.negatives == "class":
+            return self._within_classes(v, t, last, labels, backend)
         return vlmkd_contrastive_loss(
             v, t, last.weight, last.bias, self.logit_scale, labels, self.positives, backend=backend
         )
+
+    def _within_classes(
+        self, v: torch.Tensor, t: torch.Tensor, last: nn.Linear, labels: torch.Tensor | None, backend: str | None
+    ) -> torch.Tensor:
+        """The mean over the batch's images (in classes of two or more) of their class's own InfoNCE."""
+        if labels is None:
+            raise InputError("labels are required when negatives='class'")
+        total, count = v.new_zeros(()), 0
+        for label in torch.unique(labels):
+            members = torch.nonzero(labels == label).squeeze(1)
+            if members.numel() < 2:
+                continue
+            loss = vlmkd_contrastive_loss(
+                v[members], t[members], last.weight, last.bias, self.logit_scale, backend=backend
+            )
+            total, count = total + members.numel() * loss, count + members.numel()
+        return total / max(count, 1)
 
     def embed_images(self, v: torch.Tensor) -> torch.Tensor:
         """Unit-norm image embeddings (B, Dv) as the loss compares them (eval mode: running statistics)."""
@@ -304,4 +334,4 @@ class VlmkdContrastiveLoss(nn.Module):
         return torch.nn.functional.normalize(self.adaptor(t), dim=1)
 
     def extra_repr(self) -> str:
-        return f"positives={self.positives!r}, backend={self.backend!r}"
+        return f"positives={self.positives!r}, negatives={self.negatives!r}, backend={self.backend!r}"

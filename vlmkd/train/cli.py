@@ -39,6 +39,7 @@ HELP = {
     "la_tau": "tau of logit adjustment",
     "vlmkd_weight": "lambda, weight of the VLM-KD contrastive term (0: off)",
     "positives": "contrastive positives: the image's own caption, or every caption of its class",
+    "negatives": "contrastive negatives: every other caption of the batch, or only those of the image's class",
     "caption_mix": "per step, one random prompt per image (sample) or the mean over prompts",
     "prompts": "prompt ids to use, comma-separated",
     "text_center": "subtract the training set's mean text feature (per prompt, over all prompts, or not)",

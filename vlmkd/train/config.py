@@ -16,6 +16,7 @@ BACKBONE_STRIDES = {"resnet32": 4, "resnet50": 32, "resnext50": 32}
 CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("batch", "group"),
     "positives": ("instance", "class"),
+    "negatives": ("batch", "class"),
     "caption_mix": ("sample", "mean"),
     "text_center": ("none", "all", "prompt"),
     "optimizer": ("sgd", "adamw"),
@@ -79,6 +80,7 @@ class TrainConfig(StageConfig):
     # lambda; None: DEFAULT_VLMKD_WEIGHT with features, else 0 (off)
     vlmkd_weight: float | None = field(default=None, metadata=in_range(ge=0))
     positives: str = "instance"
+    negatives: str = "batch"  # contrast each image with every caption of the batch, or only its class's
     caption_mix: str = "sample"
     prompts: list[str] | None = None  # prompt ids to use; None = all in the store
     text_center: str = "prompt"  # subtract the training set's mean text feature: per prompt, over all, or none
@@ -141,6 +143,11 @@ class TrainConfig(StageConfig):
             low, high = getattr(self, name)
             if low > high:
                 raise InputError(f"{name} must be [low, high] with low <= high; got [{low:g}, {high:g}]")
+        if self.positives == "class" and self.negatives == "class":
+            raise InputError(
+                "positives 'class' with negatives 'class' leaves the contrast no negative (every pair is a "
+                "positive); use one of them"
+            )
         if self.vlmkd_weight > 0 and self.batch_size < 2:
             raise InputError(
                 f"the VLM-KD term needs a global batch_size of at least 2 (the other captions of a batch are its "
@@ -210,8 +217,9 @@ class TrainConfig(StageConfig):
 
 # Settings of the VLM-KD term and of logit KD: inert while their term is off.
 VLMKD_SETTINGS = (
-    "positives", "caption_mix", "prompts", "text_center", "text_whiten", "temperature", "learn_temperature",
-    "temperature_lr", "adaptor_lr", "adaptor_hidden", "image_standardize", "image_projection", "contrastive_backend",
+    "positives", "negatives", "caption_mix", "prompts", "text_center", "text_whiten", "temperature",
+    "learn_temperature", "temperature_lr", "adaptor_lr", "adaptor_hidden", "image_standardize", "image_projection",
+    "contrastive_backend",
 )  # fmt: skip
 KD_SETTINGS = ("kd_temperature",)
 DEFAULT_VLMKD_WEIGHT = 1.0  # lambda when --features is given without --vlmkd-weight

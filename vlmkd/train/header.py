@@ -21,7 +21,8 @@ def run_header(config: TrainConfig, *, threads: int, device: str, processes: int
         prompts = ",".join(config.prompts) if config.prompts else "all prompts"
         lines.append(
             f"  VLM-KD:    on, weight {config.vlmkd_weight}, features {config.features} ({prompts}, caption mix "
-            f"{config.caption_mix}, {config.positives} positives, {temperature}, {adaptor})"
+            f"{config.caption_mix}, {config.positives} positives, {_negatives(config.negatives)}, {temperature}, "
+            f"{adaptor})"
         )
     else:
         lines.append(f"  VLM-KD:    off ({'--vlmkd-weight 0' if config.features else 'no --features'})")
@@ -37,3 +38,7 @@ def run_header(config: TrainConfig, *, threads: int, device: str, processes: int
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' if number != 1 else ''}"
+
+
+def _negatives(negatives: str) -> str:
+    return "negatives within each class" if negatives == "class" else "in-batch negatives"

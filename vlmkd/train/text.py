@@ -47,6 +47,7 @@ def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.
         text_dim,
         image_dim,
         positives=config.positives,
+        negatives=config.negatives,
         init_temperature=config.temperature,
         learn_temperature=config.learn_temperature,
         hidden_dim=config.adaptor_hidden,

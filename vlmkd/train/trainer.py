@@ -480,10 +480,17 @@ def _warn_if_inert(run: Run, sums: torch.Tensor, counted: int) -> None:
     if chance > 0 and loss / chance > INERT_FRACTION:
         tqdm.write(
             f"warning: the text term is not learning: after a quarter of training vlmkd_loss={loss:.3f} is "
-            f"{loss / chance:.3f} x its chance level {chance:.3f} (log batch); captions that barely differ between "
-            "images (or one caption for all) cannot teach anything; see docs/training.md, 'When the text term does "
-            "not learn'"
+            f"{loss / chance:.3f} x its chance level {chance:.3f} ({_chance_name(run.config)}); captions that barely "
+            "differ between images (or one caption for all) cannot teach anything; see docs/training.md, 'When the "
+            "text term does not learn'"
         )
+
+
+def _chance_name(config: TrainConfig) -> str:
+    """What the text term's chance level is, in words (`vlmkd.losses.objective.contrast_chance`)."""
+    if config.negatives == "class":
+        return "mean log of the class count in the batch"
+    return "mean log(batch / same-label count)" if config.positives == "class" else "log batch"
 
 
 def _temperature(run: Run) -> dict[str, float]:
