@@ -259,3 +259,17 @@ def test_a_text_term_stuck_at_chance_is_reported_in_one_line(tiny_dataset, tmp_p
     assert len(warnings) == 1 and "x its chance level 1.386 (log batch)" in warnings[0]
     epochs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert all(r["vlmkd_fraction"] >= 1.0 - 1e-6 for r in epochs)
+
+
+def test_negatives_within_the_class_train_and_log_the_fraction_of_their_own_chance(tiny_dataset, tmp_path) -> None:
+    features = make_features(tiny_dataset, tmp_path)
+    batch = len(tiny_dataset)  # one step per epoch over the whole dataset: the batch's classes are known
+    config = tiny_config(
+        tiny_dataset, tmp_path / "run", features=str(features), vlmkd_weight=1.0, batch_size=batch, negatives="class"
+    )
+    train(config)
+    counts = np.bincount(tiny_dataset.labels())
+    chance = float((counts * np.log(counts)).sum() / counts.sum())  # every class here has >= 2 images
+    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps and all(r["vlmkd_fraction"] == pytest.approx(r["vlmkd_loss"] / chance, rel=1e-5) for r in steps)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["negatives"] == "class"
