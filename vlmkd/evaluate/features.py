@@ -37,6 +37,7 @@ from vlmkd.data import ImageList
 from vlmkd.encode.conditioning import TextConditioning
 from vlmkd.errors import InputError
 from vlmkd.evaluate.metrics import Predictions
+from vlmkd.train.text import conditioning_from_tensors, conditioning_tensors, saved_conditioning
 
 FORMAT = "vlmkd-eval-features"
 VERSION = 1
@@ -83,8 +84,7 @@ def save_eval_features(
 
         write_bytes_atomic(directory / LOSS_STATE, save(state), durable=False)
         if conditioning is not None:
-            tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in conditioning.arrays().items()}
-            write_bytes_atomic(directory / CONDITIONING_STATE, save(tensors), durable=False)
+            write_bytes_atomic(directory / CONDITIONING_STATE, save(conditioning_tensors(conditioning)), durable=False)
         else:
             (directory / CONDITIONING_STATE).unlink(missing_ok=True)
         config = info.get("config", {})
@@ -145,8 +145,9 @@ def load_eval_features(directory: str | Path) -> EvalFeatures:
 
         state = load_file(str(directory / loss["file"]))
         if loss.get("text_conditioning"):
-            arrays_of_map = {k: v.numpy() for k, v in load_file(str(directory / CONDITIONING_STATE)).items()}
-            conditioning = TextConditioning.from_arrays(arrays_of_map, loss["text_conditioning"])
+            conditioning = conditioning_from_tensors(
+                load_file(str(directory / CONDITIONING_STATE)), loss["text_conditioning"]
+            )
     return EvalFeatures(arrays["image_features"], arrays["labels"], arrays["predicted"], state, manifest, conditioning)
 
 
@@ -160,7 +161,6 @@ def find_training_state(
     that checkpoint holds the same classifier weights as the run's final model.
     """
     from vlmkd.train.checkpoint import MODEL_WEIGHTS, STATE_META, latest_checkpoint, load_checkpoint
-    from vlmkd.train.text import saved_conditioning
 
     directory = checkpoint.parent if checkpoint.is_file() else checkpoint
     if (directory / STATE_META).is_file():

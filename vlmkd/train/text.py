@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,11 +60,21 @@ def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.
     )
 
 
-def saved_conditioning(train_state: dict, info: dict) -> TextConditioning | None:
-    """The text conditioning a training checkpoint stored (None: trained without it, or saved before it was)."""
+def conditioning_tensors(conditioning: TextConditioning) -> dict[str, torch.Tensor]:
+    """The conditioning's arrays as CPU tensors, the form checkpoints and `--save-features` store."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in conditioning.arrays().items()}
+
+
+def conditioning_from_tensors(tensors: dict[str, torch.Tensor], summary: dict) -> TextConditioning:
+    """Inverse of `conditioning_tensors`, given the conditioning's `summary()`."""
     from vlmkd.encode.conditioning import TextConditioning
 
-    arrays = train_state.get("text_conditioning")
-    if not arrays or "text_conditioning" not in info:
+    return TextConditioning.from_arrays({k: v.numpy() for k, v in tensors.items()}, summary)
+
+
+def saved_conditioning(train_state: dict, info: dict) -> TextConditioning | None:
+    """The text conditioning a training checkpoint stored (None: trained without it, or saved before it was)."""
+    tensors = train_state.get("text_conditioning")
+    if not tensors or "text_conditioning" not in info:
         return None
-    return TextConditioning.from_arrays({k: v.numpy() for k, v in arrays.items()}, info["text_conditioning"])
+    return conditioning_from_tensors(tensors, info["text_conditioning"])

@@ -38,7 +38,7 @@ from vlmkd.train.record_fields import FRACTION
 from vlmkd.train.run_dir import check_run_directory
 from vlmkd.train.schedule import build_optimizer, lr_at
 from vlmkd.train.tensorboard_log import TensorBoardLog
-from vlmkd.train.text import TextSource, build_contrastive, open_text_source
+from vlmkd.train.text import TextSource, build_contrastive, conditioning_tensors, open_text_source
 
 LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
 METRIC_KEYS = (*LOSS_KEYS, "vlmkd_chance")  # averaged per step; the chance level gives the VLM-KD fraction
@@ -367,7 +367,7 @@ def save_epoch_checkpoint(run: Run, progress: Progress) -> Path:
     info = {"step": progress.step, "skipped_steps": progress.skipped, "config": run.config.to_dict(), **run.identity}
     conditioning = getattr(run.text, "conditioning", None)
     if conditioning is not None:  # the text side of the adaptor: what it was trained on, for probing it later
-        train_state["text_conditioning"] = {k: torch.from_numpy(v) for k, v in conditioning.arrays().items()}
+        train_state["text_conditioning"] = conditioning_tensors(conditioning)
         info["text_conditioning"] = conditioning.summary()
     return save_checkpoint(
         run.output,
