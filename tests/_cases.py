@@ -41,6 +41,21 @@ def write_tiny_dataset(root: Path, size: int = 32) -> ImageList:
     return load_image_list(root / "train.txt")
 
 
+def write_flat_dataset(directory: Path, count: int, list_name: str = "train.txt", size: int = 8) -> Path:
+    """`count` random RGB PNGs of `size` px directly in `directory` (image k has label k % 3), listed in
+    `directory/list_name`; returns that list file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(directory / f"{k}.png")
+        lines.append(f"{k}.png {k % 3}")
+    (directory / list_name).write_text("\n".join(lines) + "\n")
+    return directory / list_name
+
+
 def class_captions(dataset: ImageList, out: Path) -> CaptionStore:
     """A one-prompt caption store whose caption of each image describes its class (templates by index),
     imported the public way (`vlmkd caption import`) from a JSONL file written beside `out`."""

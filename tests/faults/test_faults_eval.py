@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from _cases import write_flat_dataset
 
 from vlmkd.cli import main as vlmkd_main
 
@@ -23,13 +22,7 @@ POINTS = (KillPoint(1), KillPoint(2))
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch tiny run on 24 small PNGs in 3 classes, evaluated once into `eval/`."""
     work = tmp_path_factory.mktemp("eval-faults")
-    rng = np.random.default_rng(0)
-    (work / "data").mkdir()
-    lines = []
-    for k in range(24):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(work / "data" / f"{k}.png")
-        lines.append(f"{k}.png {k % 3}")
-    (work / "data" / "list.txt").write_text("\n".join(lines) + "\n")
+    write_flat_dataset(work / "data", 24, "list.txt")
     argv = ["train", "--train", str(work / "data" / "list.txt"), "--output", str(work / "run"), "--arch", "resnet32",
             "--width", "0.25", "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--num-workers", "0",
             "--threads", "1", "--no-progress", "--device", "cpu"]  # fmt: skip

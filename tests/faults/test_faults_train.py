@@ -6,9 +6,8 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from _cases import write_flat_dataset
 
 from vlmkd.errors import InputError
 
@@ -33,13 +32,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vlmkd.encode import encode_captions
 
     work = tmp_path_factory.mktemp("train-faults")
-    rng = np.random.default_rng(0)
-    (work / "data").mkdir()
-    lines = []
-    for k in range(18):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(work / "data" / f"{k}.png")
-        lines.append(f"{k}.png {k % 3}")
-    (work / "data" / "train.txt").write_text("\n".join(lines) + "\n")
+    write_flat_dataset(work / "data", 18)
     (work / "data" / "classnames.txt").write_text("zero\none\ntwo\n")
     dataset = load_image_list(work / "data" / "train.txt")
     prompt_set = prompt_set_record("faults", PROMPTS)
