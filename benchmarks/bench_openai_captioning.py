@@ -39,9 +39,9 @@ from PIL import Image
 
 import vlmkd
 from vlmkd.caption import GenerationSettings
-from vlmkd.caption.engines.dispatch import Dispatcher, RetryPolicy
-from vlmkd.caption.engines.http11 import Endpoint
-from vlmkd.caption.engines.openai_client import request_body_parts
+from vlmkd.caption.engines.openai.dispatch import Dispatcher, RetryPolicy
+from vlmkd.caption.engines.openai.engine import request_body_parts
+from vlmkd.caption.engines.openai.http11 import Endpoint
 from vlmkd.data import ImageList, load_image_list
 
 RESULTS = Path(__file__).parent / "results" / "openai_captioning.md"

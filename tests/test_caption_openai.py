@@ -15,8 +15,8 @@ from PIL import Image
 
 import vlmkd
 from vlmkd.caption import CaptionStore, GenerationSettings, Request
-from vlmkd.caption.engines.dispatch import RetryPolicy
-from vlmkd.caption.engines.openai_client import OpenAIEngine, request_body_parts, sendable_image
+from vlmkd.caption.engines.openai.dispatch import RetryPolicy
+from vlmkd.caption.engines.openai.engine import OpenAIEngine, request_body_parts, sendable_image
 from vlmkd.caption.openai_stub import (
     Delay,
     Drop,
@@ -167,8 +167,8 @@ def test_requests_go_to_the_server_with_the_fewest_in_flight(tiny_dataset, tmp_p
 def test_the_least_busy_live_server_is_chosen_and_ties_take_turns():
     import asyncio
 
-    from vlmkd.caption.engines.dispatch import Dispatcher
-    from vlmkd.caption.engines.http11 import Endpoint
+    from vlmkd.caption.engines.openai.dispatch import Dispatcher
+    from vlmkd.caption.engines.openai.http11 import Endpoint
 
     dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{9000 + k}/v1") for k in range(4)], concurrency=8,
                             headers={}, policy=FAST, log=lambda m: None, redact=str)  # fmt: skip
@@ -512,8 +512,8 @@ def _completion_bytes(text: str) -> bytes:
 def _post_all(port: int, count: int) -> list:
     import asyncio
 
-    from vlmkd.caption.engines.dispatch import Dispatcher
-    from vlmkd.caption.engines.http11 import Endpoint
+    from vlmkd.caption.engines.openai.dispatch import Dispatcher
+    from vlmkd.caption.engines.openai.http11 import Endpoint
 
     async def go():
         dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{port}/v1")], concurrency=1, headers={},
@@ -555,8 +555,8 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced_without_a_retry()
     try:
         import asyncio
 
-        from vlmkd.caption.engines.dispatch import Dispatcher
-        from vlmkd.caption.engines.http11 import Endpoint
+        from vlmkd.caption.engines.openai.dispatch import Dispatcher
+        from vlmkd.caption.engines.openai.http11 import Endpoint
 
         async def go():
             dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{server.port}/v1")], concurrency=1,

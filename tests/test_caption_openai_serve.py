@@ -16,7 +16,7 @@ import pytest
 
 import vlmkd
 from vlmkd.caption import build_tiny_llava
-from vlmkd.caption.engines.dispatch import RetryPolicy
+from vlmkd.caption.engines.openai.dispatch import RetryPolicy
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,8 @@ from pathlib import Path
 from vlmkd.arguments import ArgumentParser
 from vlmkd.caption.config import CaptionConfig
 from vlmkd.caption.engines import ENGINES, GenerationSettings
-from vlmkd.caption.engines.dispatch import RetryPolicy
 from vlmkd.caption.engines.hf import DTYPES
-from vlmkd.caption.engines.openai_client import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY
+from vlmkd.caption.engines.openai import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
 from vlmkd.caption.gallery import GalleryOptions, gallery_summary, write_gallery
 from vlmkd.caption.prompts import shipped_prompt_sets
 from vlmkd.caption.runner import DEFAULT_SHARD_SIZE, REFUSED_PREFIX, CaptionReport, run_captioning

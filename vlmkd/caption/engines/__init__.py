@@ -20,7 +20,7 @@ ENGINES.register("hf", "vlmkd.caption.engines.hf:HFEngine", "transformers image-
 ENGINES.register("trt", "vlmkd.caption.engines.trt:TRTEngine", "TensorRT-LLM's LLM API on a GPU")
 ENGINES.register(
     "openai",
-    "vlmkd.caption.engines.openai_client:OpenAIEngine",
+    "vlmkd.caption.engines.openai:OpenAIEngine",
     "OpenAI-compatible chat servers given by --api-base (trtllm-serve, vllm serve, SGLang, transformers serve)",
 )
 

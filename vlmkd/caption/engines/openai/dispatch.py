@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlmkd.caption.engines.http11 import Connection, Endpoint, ProtocolError, Response
+from vlmkd.caption.engines.openai.http11 import Connection, Endpoint, ProtocolError, Response
 from vlmkd.errors import ServiceError
 
 TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})

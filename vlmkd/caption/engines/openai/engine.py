@@ -5,7 +5,7 @@ One chat request per (image, prompt): a user turn with the image as a data URL (
 is a JPEG or an 8-bit PNG, a lossless PNG of the decoded image otherwise) followed by the prompt text, and
 every decoding setting sent explicitly (`temperature` 0 for greedy, `top_p`, `max_tokens`, `seed`, `n`), so
 no server default changes the captions. Requests run on an asyncio loop of the engine's own thread and are
-spread by `vlmkd.caption.engines.dispatch.Dispatcher`. The API key comes from an environment variable and
+spread by `vlmkd.caption.engines.openai.dispatch.Dispatcher`. The API key comes from an environment variable and
 is scrubbed from every message the engine produces; it is never stored.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vlmkd.caption.engines.base import Caption, CaptionEngine, GenerationSettings, Request, RequestFailure
-from vlmkd.caption.engines.dispatch import Completed, Dispatcher, RetryPolicy
-from vlmkd.caption.engines.http11 import Endpoint
+from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher, RetryPolicy
+from vlmkd.caption.engines.openai.http11 import Endpoint
 from vlmkd.errors import InputError, ServiceError
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
