@@ -20,9 +20,9 @@ from _common import load_average, machine, seconds_series
 
 from vlmkd.caption.engines import GenerationSettings, Request, load_engine
 from vlmkd.caption.prompts import load_prompt_set
-from vlmkd.caption.tiny_models import make_tiny_vlm
 from vlmkd.data import load_rgb
 from vlmkd.data.demo import make_demo_dataset
+from vlmkd.testing.tiny_models import make_tiny_vlm
 
 IMAGES = 32
 BATCH = 16

@@ -1,6 +1,6 @@
 """Captioning throughput (images/s) of vlmkd's batched `hf` engine against a one-image-at-a-time loop.
 
-Model: the tiny random-init BLIP of `vlmkd.caption.build_tiny_blip` (real architecture and `generate`, no
+Model: the tiny random-init BLIP of `vlmkd.testing.build_tiny_blip` (real architecture and `generate`, no
 real weights exist offline), greedy, 32 new tokens, one prompt per image (so images/s = captions/s).
 Rows, all reading the same PNG files:
 - loop: plain transformers, decode + processor + `generate` for one image at a time (the baseline);
@@ -29,11 +29,12 @@ import torch
 from _common import Series, load_average, machine, rate_series, seconds_series
 from PIL import Image
 
-from vlmkd.caption import CaptionConfig, GenerationSettings, build_tiny_blip, load_engine, run_captioning
+from vlmkd.caption import CaptionConfig, GenerationSettings, load_engine, run_captioning
 from vlmkd.caption.engines.hf import HFEngine
 from vlmkd.caption.prompts import parse_prompt_set
 from vlmkd.data import ImageList, load_image_list
 from vlmkd.data.images import load_rgb
+from vlmkd.testing import build_tiny_blip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPT = "Describe this image in detail."

@@ -2,7 +2,7 @@
 
 A GPU server running LLaVA-7B is estimated near 100 captions/s, so the client must sustain >= 1,000 captions/s
 from one process to keep a 10-GPU fleet busy, with the store's share of wall time <= 3%. The servers here are
-the loopback stub (`python -m vlmkd.caption.openai_stub --instant TEXT`) in a process of its own: it answers
+the loopback stub (`python -m vlmkd.testing.openai_stub --instant TEXT`) in a process of its own: it answers
 every request at once without reading its JSON, so what is measured is the client: reading and base64-encoding
 224 px JPEGs, building requests, HTTP, spreading, collecting captions in order and writing shards.
 
@@ -88,7 +88,7 @@ def make_images(folder: Path, count: int) -> ImageList:
 def start_stubs(count: int) -> tuple[subprocess.Popen, list[str]]:
     """One stub process serving `count` ports; returns it and the servers' base URLs."""
     ports = [arg for _ in range(count) for arg in ("--port", "0")]
-    command = [sys.executable, "-m", "vlmkd.caption.openai_stub", *ports, "--instant", CAPTION]
+    command = [sys.executable, "-m", "vlmkd.testing.openai_stub", *ports, "--instant", CAPTION]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     urls = [process.stdout.readline().strip() for _ in range(count)]
     if not all(url.startswith("http://") for url in urls):

@@ -125,7 +125,7 @@ def prepare_text(out: Path, size: ExperimentSize, sources: set[str]) -> tuple[De
 
 def _tiny_vlm_captions(train: ImageList, out: Path, size: ExperimentSize) -> Path:
     from vlmkd.caption import CaptionConfig, GenerationSettings, run_captioning
-    from vlmkd.caption.tiny_models import make_tiny_vlm
+    from vlmkd.testing.tiny_models import make_tiny_vlm
 
     vlm = out / "tiny_blip"
     if not (vlm / "config.json").is_file():

@@ -290,7 +290,7 @@ def test_class_name_file_that_does_not_match_the_image_folder_is_one_line(tmp_pa
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 8-image dataset, a tiny BLIP, its caption store (through `vlmkd caption`) and features (`vlmkd encode`)."""
-    from vlmkd.caption import build_tiny_blip
+    from vlmkd.testing import build_tiny_blip
 
     root = tmp_path_factory.mktemp("bad-input-pipeline")
     rng = np.random.default_rng(1)

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from vlmkd.caption import CaptionStore, build_tiny_llava
+from vlmkd.caption import CaptionStore
 from vlmkd.cli import main
+from vlmkd.testing import build_tiny_llava
 
 TWO_PROMPTS = "prompts:\n  - {id: G, template: Describe this image.}\n  - {id: T2, template: 'Describe the {label}.'}\n"
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmkd.caption import GenerationSettings, Request, build_tiny_blip, build_tiny_llava, load_engine
+from vlmkd.caption import GenerationSettings, Request, load_engine
 from vlmkd.caption.engines import check_engine, model_fingerprint
 from vlmkd.caption.engines.trt import TRTEngine, sampling_kwargs
-from vlmkd.caption.tiny_models import build_tiny_smolvlm
 from vlmkd.errors import InputError, MissingDependencyError
+from vlmkd.testing import build_tiny_blip, build_tiny_llava, build_tiny_smolvlm
 
 SETTINGS = GenerationSettings(max_new_tokens=6)
 

@@ -1,4 +1,4 @@
-"""The `openai` engine against loopback stub servers of the tests' own (`vlmkd.caption.openai_stub`): requests
+"""The `openai` engine against loopback stub servers of the tests' own (`vlmkd.testing.openai_stub`): requests
 as sent, captions in dataset order, spreading over servers, store identity, the API key, and every fault the
 real servers will not produce on demand (429/503 bursts, hangs, dropped connections, a killed server, 400s)."""
 
@@ -17,7 +17,10 @@ import vlmkd
 from vlmkd.caption import CaptionStore, GenerationSettings, Request
 from vlmkd.caption.engines.openai.dispatch import RetryPolicy
 from vlmkd.caption.engines.openai.engine import OpenAIEngine, request_body_parts, sendable_image
-from vlmkd.caption.openai_stub import (
+from vlmkd.caption.prompts import load_prompt_set
+from vlmkd.data import load_rgb
+from vlmkd.errors import InputError, ServiceError, StoreMismatchError
+from vlmkd.testing.openai_stub import (
     Delay,
     Drop,
     Error,
@@ -29,9 +32,6 @@ from vlmkd.caption.openai_stub import (
     request_image_bytes,
     request_prompt,
 )
-from vlmkd.caption.prompts import load_prompt_set
-from vlmkd.data import load_rgb
-from vlmkd.errors import InputError, ServiceError, StoreMismatchError
 
 # Retries in milliseconds, not seconds: the faults below would otherwise cost minutes.
 FAST = RetryPolicy(backoff_base_s=0.002, backoff_max_s=0.02, request_timeout_s=1.0, connect_timeout_s=1.0,

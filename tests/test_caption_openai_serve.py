@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import vlmkd
-from vlmkd.caption import build_tiny_llava
 from vlmkd.caption.engines.openai.dispatch import RetryPolicy
+from vlmkd.testing import build_tiny_llava
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,9 @@ import time
 import pytest
 
 import vlmkd
-from vlmkd.caption import Assignment, build_tiny_blip, build_tiny_llava
+from vlmkd.caption import Assignment
 from vlmkd.errors import InputError, StoreMismatchError
+from vlmkd.testing import build_tiny_blip, build_tiny_llava
 
 PROMPT_IDS = ["G", "T1", "T2", "T3", "T4"]
 TWO_PROMPTS = "prompts:\n  - {id: G, template: Describe this image.}\n  - {id: T2, template: 'Describe the {label}.'}\n"

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import vlmkd.threads
-from vlmkd.caption import CaptionConfig, build_tiny_llava, run_captioning
+from vlmkd.caption import CaptionConfig, run_captioning
 from vlmkd.cli import main
+from vlmkd.testing import build_tiny_llava
 
 
 @pytest.fixture(scope="module")

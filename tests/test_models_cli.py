@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from vlmkd.caption import CaptionStore, tiny_models
+from vlmkd.caption import CaptionStore
 from vlmkd.cli import main
 from vlmkd.errors import InputError
+from vlmkd.testing import tiny_models
 
 TWO_PROMPTS = "prompts:\n  - {id: G, template: Describe this image.}\n  - {id: T2, template: 'Describe the {label}.'}\n"
 

@@ -338,7 +338,7 @@ def _add_remote_code(model_dir: Path, sentinel: Path, auto_class: str) -> None:
 
 @pytest.fixture(scope="module")
 def remote_code_blip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from vlmkd.caption import build_tiny_blip
+    from vlmkd.testing import build_tiny_blip
 
     root = tmp_path_factory.mktemp("remote-code")
     model = build_tiny_blip(root / "blip")

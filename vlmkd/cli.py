@@ -41,7 +41,7 @@ COMMANDS: dict[str, Command] = {
     "data": Command("vlmkd.data.cli:main", "build datasets: the embedded MNIST-LT demo, long-tail cuts, inspect"),
     "caption": Command("vlmkd.caption.cli:main", "caption every training image with a VLM; or import/export captions"),
     "caption-info": Command("vlmkd.caption.cli:info_main", "summarise a caption store"),
-    "models": Command("vlmkd.caption.models_cli:main", "make a tiny VLM with random weights to try the CLI offline"),
+    "models": Command("vlmkd.testing.models_cli:main", "make a tiny VLM with random weights to try the CLI offline"),
     "encode": Command("vlmkd.encode.cli:main", "encode captions into a fp16 feature store"),
     "train": Command("vlmkd.train.cli:main", "train a long-tail classifier with VLM-KD"),
     "plot": Command("vlmkd.train.curves:main", "draw a run's curves (loss terms, VLM-KD vs chance, temperature, lr)"),

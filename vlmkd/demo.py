@@ -42,10 +42,10 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
 
     from vlmkd.caption import CaptionConfig, GenerationSettings, run_captioning
     from vlmkd.caption.prompts import PromptSet, load_prompt_set
-    from vlmkd.caption.tiny_models import make_tiny_vlm
     from vlmkd.data.demo import make_demo_dataset
     from vlmkd.encode.runner import encode_captions
     from vlmkd.evaluate.run import evaluate_checkpoint
+    from vlmkd.testing.tiny_models import make_tiny_vlm
     from vlmkd.train.config import read_config_file, resolve_config
     from vlmkd.train.trainer import train
 

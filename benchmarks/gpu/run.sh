@@ -119,7 +119,7 @@ for amp in bf16 fp16; do
 done
 
 # 5. Captioning on CUDA in bf16 with a tiny random LLaVA (its tokenizer is trained locally: nothing to download).
-step tiny_vlm 40 "$PYTHON" -c "from vlmkd.caption.tiny_models import build_tiny_llava; build_tiny_llava('$WORK/llava')"
+step tiny_vlm 40 "$PYTHON" -c "from vlmkd.testing.tiny_models import build_tiny_llava; build_tiny_llava('$WORK/llava')"
 step caption 60 "$PYTHON" -m vlmkd caption "$LOGS/amp/data/train.txt" --model "$WORK/llava" --out "$LOGS/captions" \
     --device cuda --dtype bfloat16 --batch-size 32 --max-new-tokens 16 --no-progress
 

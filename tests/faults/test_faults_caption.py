@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vlmkd.caption import CaptionStore, build_tiny_blip
+from vlmkd.caption import CaptionStore
 from vlmkd.errors import InputError
+from vlmkd.testing import build_tiny_blip
 
 from ._kill import KillPoint, kill_chain, killed, run_and_kill, tree_bytes, unit_seconds
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from vlmkd.caption import CaptionStore
-from vlmkd.caption.openai_stub import echo_caption
 from vlmkd.errors import InputError
+from vlmkd.testing.openai_stub import echo_caption
 
 from ._kill import KillPoint, environment, kill_chain, killed, run_and_kill, tree_bytes, unit_seconds
 
@@ -44,7 +44,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(work: Path):
     """The stub in a subprocess answering after 20 ms (so a kill lands mid-shard); its URL. Killed by PID."""
-    command = [sys.executable, "-m", "vlmkd.caption.openai_stub", "--port", "0", "--delay", "0.02"]
+    command = [sys.executable, "-m", "vlmkd.testing.openai_stub", "--port", "0", "--delay", "0.02"]
     process = subprocess.Popen(command, cwd=work, env=environment(), stdout=subprocess.PIPE, text=True)
     try:
         url = process.stdout.readline().strip()  # printed once it listens

@@ -31,7 +31,7 @@ STAGES = ("caption", "encode", "train", "eval")
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """8 PNGs in 2 classes, a tiny BLIP, their caption store and feature store, and a trained run."""
-    from vlmkd.caption import build_tiny_blip
+    from vlmkd.testing import build_tiny_blip
 
     root = tmp_path_factory.mktemp("disk-faults")
     rng = np.random.default_rng(0)

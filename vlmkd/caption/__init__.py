@@ -6,7 +6,6 @@ from vlmkd.caption.engines import CaptionEngine, GenerationSettings, Request, lo
 from vlmkd.caption.prompts import Prompt, PromptSet, load_prompt_set
 from vlmkd.caption.runner import Assignment, CaptionReport, run_captioning
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
-from vlmkd.caption.tiny_models import build_tiny_blip, build_tiny_llava, build_tiny_smolvlm
 from vlmkd.caption.transfer import ImportReport, export_captions, import_captions
 
 __all__ = [
@@ -20,9 +19,6 @@ __all__ = [
     "Prompt",
     "PromptSet",
     "Request",
-    "build_tiny_blip",
-    "build_tiny_llava",
-    "build_tiny_smolvlm",
     "export_captions",
     "import_captions",
     "load_engine",

@@ -4,7 +4,7 @@ Real servers (trtllm-serve, vLLM, `transformers serve`) will not produce 429/503
 connection dropped mid-body on demand; this stub does, for vlmkd's tests and its captioning benchmark, and it
 can stand in for a fleet when trying out `vlmkd-caption --engine openai` without GPUs:
 
-    python -m vlmkd.caption.openai_stub --port 8001 --port 8002    # two instant servers on 127.0.0.1
+    python -m vlmkd.testing.openai_stub --port 8001 --port 8002    # two instant servers on 127.0.0.1
 
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for `GET /v1/models`, `GET /health` and
 `POST /v1/chat/completions`. Its caption names what it was sent: the SHA-256 of the image bytes inside the
@@ -278,8 +278,8 @@ def _completion(model: str, text: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m vlmkd.caption.openai_stub --port P [--port P2 ...]`: instant echo servers until killed."""
-    parser = argparse.ArgumentParser(prog="python -m vlmkd.caption.openai_stub", description=__doc__.splitlines()[0])
+    """`python -m vlmkd.testing.openai_stub --port P [--port P2 ...]`: instant echo servers until killed."""
+    parser = argparse.ArgumentParser(prog="python -m vlmkd.testing.openai_stub", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, action="append", default=None, help="port to serve (repeatable; 0: free)")
     parser.add_argument("--model", default="stub-model", help="the model name GET /v1/models reports")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each chat answer (default 0)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmkd.arguments import ArgumentParser
-from vlmkd.caption.tiny_models import _ARCHITECTURES, RANDOM_WEIGHTS_NOTICE, TINY_VLMS, make_tiny_vlm
+from vlmkd.testing.tiny_models import _ARCHITECTURES, RANDOM_WEIGHTS_NOTICE, TINY_VLMS, make_tiny_vlm
 
 
 def _parser() -> ArgumentParser:
