@@ -42,7 +42,7 @@ def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path: Path) -> 
     code = (
         "import numpy as np, matplotlib\n"
         "from pathlib import Path\n"
-        "from vlmkd.evaluate.plots import plot_per_class_accuracy\n"
+        "from vlmkd.reporting.eval_plots import plot_per_class_accuracy\n"
         f"out = Path({str(tmp_path)!r}) / 'p.png'\n"
         "plot = plot_per_class_accuracy(np.array([50.0, 0.0]), np.array([30, 2]), ['a', 'b'], out)\n"
         "import sys\n"

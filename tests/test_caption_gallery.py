@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmkd.caption.diversity import mean_pairwise_cosine
-from vlmkd.caption.gallery import GalleryOptions, write_gallery
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.cli import run_command
 from vlmkd.data import ImageList, load_image_list
 from vlmkd.errors import InputError, StoreMismatchError
+from vlmkd.reporting.diversity import mean_pairwise_cosine
+from vlmkd.reporting.gallery import GalleryOptions, write_gallery
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 requires_chromium = pytest.mark.skipif(

@@ -1,5 +1,5 @@
 """The package layout keeps its promises: the library never imports its test and demo fixtures (`vlmkd.testing`)
-except from the entry points that exist to use them."""
+except from the entry points that exist to use them, and the reports (`vlmkd.reporting`) sit above the stages."""
 
 from __future__ import annotations
 
@@ -36,3 +36,8 @@ def modules_importing(prefix: str) -> set[str]:
 def test_only_the_demo_imports_the_testing_fixtures():
     # `vlmkd models make-tiny` reaches vlmkd.testing.models_cli through the CLI's command table, by name
     assert modules_importing("vlmkd.testing") == {"demo.py"}
+
+
+def test_reporting_is_imported_only_by_the_caption_cli_and_the_evaluation_that_returns_figures():
+    # the evaluate stage's result holds its figures (`EvalResult.figures`); `vlmkd plot` names its module by string
+    assert modules_importing("vlmkd.reporting") == {"caption/cli.py", "evaluate/run.py"}

@@ -44,7 +44,9 @@ COMMANDS: dict[str, Command] = {
     "models": Command("vlmkd.testing.models_cli:main", "make a tiny VLM with random weights to try the CLI offline"),
     "encode": Command("vlmkd.encode.cli:main", "encode captions into a fp16 feature store"),
     "train": Command("vlmkd.train.cli:main", "train a long-tail classifier with VLM-KD"),
-    "plot": Command("vlmkd.train.curves:main", "draw a run's curves (loss terms, VLM-KD vs chance, temperature, lr)"),
+    "plot": Command(
+        "vlmkd.reporting.training_curves:main", "draw a run's curves (loss terms, VLM-KD vs chance, temperature, lr)"
+    ),
     "eval": Command("vlmkd.evaluate.cli:main", "Many/Medium/Few/All top-1, per-class accuracy and t-SNE plots"),
     "demo": Command("vlmkd.demo:main", "run the whole pipeline on the embedded MNIST-LT with a tiny VLM"),
     "experiment": Command(

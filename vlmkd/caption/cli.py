@@ -12,11 +12,11 @@ from vlmkd.caption.config import CaptionConfig
 from vlmkd.caption.engines import ENGINES, GenerationSettings
 from vlmkd.caption.engines.hf import DTYPES
 from vlmkd.caption.engines.openai import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
-from vlmkd.caption.gallery import GalleryOptions, gallery_summary, write_gallery
 from vlmkd.caption.prompts import shipped_prompt_sets
 from vlmkd.caption.runner import DEFAULT_SHARD_SIZE, REFUSED_PREFIX, CaptionReport, run_captioning
 from vlmkd.caption.store import CaptionStore
 from vlmkd.data import load_image_list
+from vlmkd.reporting.gallery import GalleryOptions, gallery_summary, write_gallery
 
 FAILURES_SHOWN = 20
 SUBCOMMANDS = {"import": "import_main", "export": "export_main"}  # in vlmkd.caption.transfer_cli

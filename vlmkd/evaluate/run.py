@@ -21,9 +21,9 @@ from vlmkd.data import ImageList, load_image_list
 from vlmkd.errors import InputError
 from vlmkd.evaluate.config import EvalConfig
 from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
-from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, Plot, plot_per_class_accuracy, plot_tsne
 from vlmkd.folder_kind import EVAL, refuse_unless
 from vlmkd.models.speed import apply_speed_settings
+from vlmkd.reporting.eval_plots import MIN_DISTINCT_CAPTIONS, Plot, plot_per_class_accuracy, plot_tsne
 from vlmkd.train.checkpoint import load_classifier
 
 RESULTS_FILE = "metrics.json"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlmkd.cli import run_command
 from vlmkd.errors import InputError
-from vlmkd.train.curves import DPI, draw_figures, read_records, read_run
+from vlmkd.reporting.training_curves import DPI, draw_figures, read_records, read_run
 
 BATCH = 6
 
@@ -112,7 +112,7 @@ def test_a_torn_last_line_is_dropped_and_a_bad_line_elsewhere_is_named(tmp_path:
 
 @pytest.mark.slow
 def test_importing_the_plot_module_leaves_matplotlibs_backend_alone() -> None:
-    code = "import matplotlib, vlmkd.train.curves; print(matplotlib.get_backend())"
+    code = "import matplotlib, vlmkd.reporting.training_curves; print(matplotlib.get_backend())"
     env = {**os.environ, "MPLBACKEND": "svg"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "svg"

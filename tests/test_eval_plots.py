@@ -12,7 +12,7 @@ import numpy as np
 from _cases import make_features, tiny_config
 
 from vlmkd.evaluate.cli import main as eval_main
-from vlmkd.evaluate.plots import MIN_DISTINCT_CAPTIONS, plot_per_class_accuracy, plot_tsne
+from vlmkd.reporting.eval_plots import MIN_DISTINCT_CAPTIONS, plot_per_class_accuracy, plot_tsne
 from vlmkd.train.trainer import train
 
 ACCURACY = np.array([90.0, 0.0, 40.0, 0.0, np.nan])

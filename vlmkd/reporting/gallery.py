@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmkd.atomic_files import write_bytes_atomic
-from vlmkd.caption.diversity import PromptDiversity, caption_diversity
 from vlmkd.caption.store import CaptionStore
 from vlmkd.errors import InputError
+from vlmkd.reporting.diversity import PromptDiversity, caption_diversity
 
 if TYPE_CHECKING:
     import pyarrow as pa
