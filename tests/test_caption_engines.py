@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmkd.caption import GenerationSettings, Request, load_engine
+from vlmkd.caption import GenerationSettings, ImageRequest, load_engine
 from vlmkd.caption.engines import check_engine, model_fingerprint
 from vlmkd.caption.engines.trt import TRTEngine, sampling_kwargs
 from vlmkd.errors import InputError, MissingDependencyError
@@ -36,11 +36,12 @@ MIXED_PROMPTS = ["Describe this image in detail.", "What is it?", "Describe the 
 
 
 @pytest.mark.parametrize("arch", ["blip", "llava"])
-def test_hf_engine_returns_one_string_per_request_deterministically(tiny_models, arch):
+def test_hf_engine_returns_one_string_per_image_and_prompt_deterministically(tiny_models, arch):
     engine = load_engine("hf", tiny_models[arch], SETTINGS)
-    requests = [Request(image, MIXED_PROMPTS[k % 3]) for k, image in enumerate(images(5))]
+    requests = [ImageRequest(image, tuple(MIXED_PROMPTS[k % 3 :])) for k, image in enumerate(images(5))]
     first = engine.caption(requests)
-    assert len(first) == 5 and all(isinstance(text, str) for text in first)
+    assert [len(captions) for captions in first] == [3, 2, 1, 3, 2]
+    assert all(isinstance(text, str) for captions in first for text in captions)
     assert engine.caption(requests) == first
     assert engine.caption([]) == []
 
@@ -54,7 +55,7 @@ def test_llava_prompts_go_through_the_chat_template(tiny_models):
 def test_blip_has_no_chat_template_and_its_echoed_prompt_is_stripped(tiny_models):
     engine = load_engine("hf", tiny_models["blip"], SETTINGS)
     assert engine.model_text("What is it?") == "What is it?"
-    for caption in engine.caption([Request(image, "describe this image in detail.") for image in images(3)]):
+    for (caption,) in engine.caption([ImageRequest(image, ("describe this image in detail.",)) for image in images(3)]):
         assert not caption.startswith("describe this image")
 
 
@@ -146,12 +147,12 @@ def test_trt_engine_builds_multimodal_requests_and_reads_outputs_in_order(monkey
     log = fake_tensorrt_llm(monkeypatch)
     engine = load_engine("trt", tiny_models["llava"], GenerationSettings(max_new_tokens=9, dtype="bfloat16"))
     pictures = images(3)
-    captions = engine.caption([Request(image, f"prompt {k}") for k, image in enumerate(pictures)])
-    assert captions == ["caption of <image>prompt 0", "caption of <image>prompt 1", "caption of <image>prompt 2"]
+    captions = engine.caption([ImageRequest(image, (f"prompt {k}", "again")) for k, image in enumerate(pictures)])
+    assert captions == [[f"caption of <image>prompt {k}", "caption of <image>again"] for k in range(3)]
     loader = log["loader"]
     assert loader["model_type"] == "llava" and loader["modality"] == "image"
-    assert loader["prompts"] == ["prompt 0", "prompt 1", "prompt 2"]
-    assert [media[0] for media in loader["media"]] == pictures
+    assert loader["prompts"] == ["prompt 0", "again", "prompt 1", "again", "prompt 2", "again"]
+    assert [media[0] for media in loader["media"]] == [image for image in pictures for _ in range(2)]
     assert loader["model_dir"] == str(tiny_models["llava"]) and loader["tokenizer"] == "tok"
     assert log["llm"]["model"] == str(tiny_models["llava"]) and log["llm"]["dtype"] == "bfloat16"
     assert log["llm"]["trust_remote_code"] is False
@@ -193,7 +194,7 @@ def smolvlm(tmp_path_factory):
 
 def test_smolvlm2_captions_batches_of_several_requests_as_it_does_one_at_a_time(smolvlm):
     engine = load_engine("hf", smolvlm, SETTINGS)
-    requests = [Request(image, MIXED_PROMPTS[k % 3]) for k, image in enumerate(images(4))]
+    requests = [ImageRequest(image, tuple(MIXED_PROMPTS)) for image in images(4)]
     batched = engine.caption(requests)  # failed: "Found [1, 1, 1, 1] <image> tokens and [4] images per sample"
     assert batched == [engine.caption([request])[0] for request in requests]
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import vlmkd
-from vlmkd.caption import CaptionStore, GenerationSettings, Request
+from vlmkd.caption import CaptionStore, GenerationSettings, ImageRequest
 from vlmkd.caption.engines.openai.dispatch import RetryPolicy
 from vlmkd.caption.engines.openai.engine import OpenAIEngine, request_body_parts, sendable_image
 from vlmkd.caption.prompts import load_prompt_set
@@ -123,14 +123,14 @@ def test_jpeg_and_8bit_png_files_are_sent_as_they_are_other_images_as_lossless_p
     }
     for kind, path in files.items():
         image = load_rgb(path)
-        mime, data = sendable_image(Request(image, "p", path))
+        mime, data = sendable_image(ImageRequest(image, ("p",), path))
         if kind in ("jpeg", "png", "gray-png"):
             assert data == path.read_bytes(), kind
             assert mime == ("image/jpeg" if kind == "jpeg" else "image/png")
         else:
             assert mime == "image/png" and data != path.read_bytes(), kind
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(image)), kind
-    mime, data = sendable_image(Request(rgb, "p"))  # no file: the image itself, losslessly
+    mime, data = sendable_image(ImageRequest(rgb, ("p",)))  # no file: the image itself, losslessly
     assert mime == "image/png" and np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(rgb))
 
 

@@ -39,7 +39,7 @@ class EchoEngine(CaptionEngine):
         self.model_id, self.settings = str(model), settings
 
     def caption(self, requests):
-        return [f"{request.prompt} ({request.image.width}x{request.image.height})" for request in requests]
+        return [[f"{prompt} ({r.image.width}x{r.image.height})" for prompt in r.prompts] for r in requests]
 """
 
 # A minimal backend: the forward op computes the loss and, for an upstream gradient of 1, the four gradients

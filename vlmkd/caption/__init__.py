@@ -2,7 +2,7 @@
 
 from vlmkd._stage_module import make_callable
 from vlmkd.caption.config import CaptionConfig
-from vlmkd.caption.engines import CaptionEngine, GenerationSettings, Request, load_engine
+from vlmkd.caption.engines import CaptionEngine, GenerationSettings, ImageRequest, load_engine
 from vlmkd.caption.prompts import Prompt, PromptSet, load_prompt_set
 from vlmkd.caption.runner import Assignment, CaptionReport, run_captioning
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
@@ -15,10 +15,10 @@ __all__ = [
     "CaptionReport",
     "CaptionStore",
     "GenerationSettings",
+    "ImageRequest",
     "ImportReport",
     "Prompt",
     "PromptSet",
-    "Request",
     "export_captions",
     "import_captions",
     "load_engine",

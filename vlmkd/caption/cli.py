@@ -55,7 +55,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--root", type=Path, default=None, help="image root for a list file (default: its folder)")
     parser.add_argument("--classnames", type=Path, default=None, help="class names, one per line, in label order")
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--batch-size", type=int, default=16, help="(image, prompt) requests per generate call")
+    gen.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="captions per batch at most (batches hold whole images with all their prompts, at least one)",
+    )
     gen.add_argument("--max-new-tokens", type=int, default=32, help="caption length limit, in tokens")
     gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")

@@ -23,7 +23,8 @@ class CaptionConfig(StageConfig):
     engine: str = "hf"
     prompts: Path | None = None  # prompt-set YAML/JSON file or the name of a shipped set (None: the default)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    batch_size: int = field(default=16, metadata=in_range(ge=1))  # (image, prompt) requests per generate call
+    # captions per batch at most; batches hold whole images (all their prompts), at least one
+    batch_size: int = field(default=16, metadata=in_range(ge=1))
     device: str = "cpu"  # cpu, cuda (this rank's GPU under torchrun), cuda:N
     trust_remote_code: bool = False
     engine_options: dict[str, Any] = field(default_factory=dict)  # to the engine (openai: api_bases, concurrency...)

@@ -21,7 +21,7 @@ from vlmkd.caption.engines import (
     ENGINES,
     Caption,
     CaptionEngine,
-    Request,
+    ImageRequest,
     RequestFailure,
     check_engine,
     load_engine,
@@ -212,7 +212,7 @@ def _caption_shards(
     report: CaptionReport,
 ) -> None:
     """Caption `shards` in order, writing each once its last batch is back. Engines that wait on servers
-    get `engine.submit_ahead` more requests submitted while the runner waits for the oldest batch."""
+    get `engine.submit_ahead` more captions submitted while the runner waits for the oldest batch."""
     import pyarrow as pa
     import pyarrow.parquet  # noqa: F401 - imported once up front, not inside the first shard's write time
 
@@ -221,22 +221,27 @@ def _caption_shards(
 
     total = sum(len(store.shard_range(k)) for k in shards)
     bar = tqdm(total=total, unit="img", desc="captioning", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    depth = 1 + math.ceil(engine.submit_ahead / batch_size)
-    in_flight: deque[tuple[_ShardWork, list[tuple[int, str]], Future[list[Caption]]]] = deque()
-    last_prompt = prompt_set.prompts[-1].id
+    prompt_ids = [prompt.id for prompt in prompt_set.prompts]
+    in_flight: deque[tuple[_ShardWork, list[int], Future[list[list[Caption]]]]] = deque()
+    captions_in_flight = 0
 
     def write(work: _ShardWork) -> None:
         writer.submit(work.shard, *work.result(dataset))
         bar.set_postfix(shards=f"{len(report.shards_written)}/{len(shards)}", skipped=len(report.failed))
 
     def collect_oldest() -> None:
-        work, keys, future = in_flight.popleft()
+        nonlocal captions_in_flight
+        work, indices, future = in_flight.popleft()
         captions = future.result()
-        if len(captions) != len(keys):
-            raise RuntimeError(f"engine {engine.name} returned {len(captions)} captions for {len(keys)} requests")
-        for reason in work.add(keys, captions, dataset):
+        captions_in_flight -= len(indices) * len(prompt_ids)
+        if len(captions) != len(indices) or any(len(per_image) != len(prompt_ids) for per_image in captions):
+            raise RuntimeError(
+                f"engine {engine.name} returned {[len(c) for c in captions]} captions for {len(indices)} images "
+                f"of {len(prompt_ids)} prompts"
+            )
+        for reason in work.add(indices, prompt_ids, captions, dataset):
             bar.write(f"skipping {reason}", file=sys.stderr)
-        bar.update(sum(prompt_id == last_prompt for _, prompt_id in keys))  # images now complete
+        bar.update(len(indices))
         work.batches_in_flight -= 1
         if work.all_submitted and not work.batches_in_flight:
             write(work)
@@ -255,11 +260,12 @@ def _caption_shards(
                 continue
             held.add(shard)
             work = _ShardWork(shard)
-            for keys, requests in _shard_batches(store.shard_range(shard), dataset, prompt_set, batch_size, pool,
-                                                 work, bar):  # fmt: skip
-                in_flight.append((work, keys, engine.submit(requests)))
+            for indices, requests in _shard_batches(store.shard_range(shard), dataset, prompt_set, batch_size, pool,
+                                                    work, bar):  # fmt: skip
+                in_flight.append((work, indices, engine.submit(requests)))
+                captions_in_flight += len(indices) * len(prompt_ids)
                 work.batches_in_flight += 1
-                while len(in_flight) >= depth:
+                while in_flight and captions_in_flight > engine.submit_ahead:
                     collect_oldest()
             work.all_submitted = True
             if not work.batches_in_flight:
@@ -341,16 +347,23 @@ class _ShardWork:
     batches_in_flight: int = 0
     all_submitted: bool = False
 
-    def add(self, keys: Sequence[tuple[int, str]], captions: Sequence[Caption], dataset: ImageList) -> list[str]:
-        """Take a batch's answers; the reasons of images refused for the first time."""
+    def add(
+        self,
+        indices: Sequence[int],
+        prompt_ids: Sequence[str],
+        captions: Sequence[Sequence[Caption]],
+        dataset: ImageList,
+    ) -> list[str]:
+        """Take a batch's answers (per image, one per prompt); the reasons of images refused for the first time."""
         new = []
-        for (index, prompt_id), caption in zip(keys, captions, strict=True):
-            if isinstance(caption, RequestFailure):
-                if index not in self.refused:
-                    self.refused[index] = f"{REFUSED_PREFIX} (prompt {prompt_id}): {caption.reason}"
-                    new.append(f"{dataset.path(index)}: {self.refused[index]}")
-            else:
-                self.captions.append((index, prompt_id, caption))
+        for index, image_captions in zip(indices, captions, strict=True):
+            for prompt_id, caption in zip(prompt_ids, image_captions, strict=True):
+                if isinstance(caption, RequestFailure):
+                    if index not in self.refused:
+                        self.refused[index] = f"{REFUSED_PREFIX} (prompt {prompt_id}): {caption.reason}"
+                        new.append(f"{dataset.path(index)}: {self.refused[index]}")
+                else:
+                    self.captions.append((index, prompt_id, caption))
         return new
 
     def result(self, dataset: ImageList) -> tuple[list[Row], list[Failure]]:
@@ -368,27 +381,28 @@ def _shard_batches(
     pool: ThreadPoolExecutor,
     work: _ShardWork,
     bar: Any,
-) -> Iterator[tuple[list[tuple[int, str]], list[Request]]]:
-    """Batches of ((image index, prompt id), request) of one shard, unreadable images noted in `work`.
-    Batches run over image boundaries, always from the shard's start, so a rerun builds the same batches."""
-    keys: list[tuple[int, str]] = []
-    requests: list[Request] = []
-    for index, image in _prefetch(pool, dataset, indices, lookahead=2 * batch_size):
+) -> Iterator[tuple[list[int], list[ImageRequest]]]:
+    """Batches of (image indices, requests) of one shard, each image whole with all its prompts, at most
+    `batch_size` captions (at least one image); unreadable images noted in `work`. Batches always start at
+    the shard's start, so a rerun builds the same batches."""
+    images_per_batch = max(1, batch_size // len(prompt_set.prompts))
+    batch: list[int] = []
+    requests: list[ImageRequest] = []
+    for index, image in _prefetch(pool, dataset, indices, lookahead=2 * images_per_batch):
         if isinstance(image, InputError):
             work.unreadable.append((index, str(image)))
             bar.write(f"skipping unreadable image: {image}", file=sys.stderr)
             bar.update(1)
             continue
         label = dataset.classnames[dataset.samples[index].label]
-        path = dataset.path(index)
-        for prompt in prompt_set.prompts:
-            keys.append((index, prompt.id))
-            requests.append(Request(image, prompt.render(label), path))
-            if len(requests) == batch_size:
-                yield keys, requests
-                keys, requests = [], []
+        prompts = tuple(prompt.render(label) for prompt in prompt_set.prompts)
+        batch.append(index)
+        requests.append(ImageRequest(image, prompts, dataset.path(index)))
+        if len(requests) == images_per_batch:
+            yield batch, requests
+            batch, requests = [], []
     if requests:
-        yield keys, requests
+        yield batch, requests
 
 
 def _prefetch(

@@ -9,7 +9,7 @@ from vlmkd.caption.engines.base import (
     Caption,
     CaptionEngine,
     GenerationSettings,
-    Request,
+    ImageRequest,
     RequestFailure,
     model_fingerprint,
 )
@@ -51,7 +51,7 @@ __all__ = [
     "Caption",
     "CaptionEngine",
     "GenerationSettings",
-    "Request",
+    "ImageRequest",
     "RequestFailure",
     "check_engine",
     "load_engine",

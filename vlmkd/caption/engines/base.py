@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -22,16 +22,24 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".engine", ".npz", ".
 _FULL_HASH_BYTES = 16 << 20  # configs, tokenizers, chat templates: hashed in full
 
 
+# What `CaptionEngine.estimated_tokens` assumes of engines that know nothing better: an image as LLaVA-1.5's
+# 576 tokens, and about four characters of prompt text per token.
+DEFAULT_IMAGE_TOKENS = 576
+CHARACTERS_PER_TOKEN = 4
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Request:
-    """One caption to write: an RGB image and the rendered prompt text (before any chat template).
+class ImageRequest:
+    """One image to caption once per prompt: an RGB image and the rendered prompt texts (before any chat
+    template), in prompt-set order.
 
     `path` is the image's file when it came from one: engines that send images elsewhere (`openai`) send
     the file's own bytes instead of re-encoding `image`.
     """
 
     image: Image.Image
-    prompt: str
+    prompts: tuple[str, ...]
     path: Path | None = None
 
 
@@ -74,7 +82,8 @@ class GenerationSettings(StageConfig):
 
 
 class CaptionEngine(ABC):
-    """Turns batches of (image, prompt) requests into caption strings, in request order.
+    """Turns batches of images, each with all its prompts, into caption strings: one list per image, one
+    caption per prompt, in order.
 
     Engines are built as `Engine(model, settings, *, device, trust_remote_code)` by `load_engine`, after
     `Engine.check_available()` has raised if a dependency is missing (before any store is touched).
@@ -95,17 +104,27 @@ class CaptionEngine(ABC):
         """Raise `MissingDependencyError` (with the install hint) when this engine cannot run here."""
 
     @abstractmethod
-    def caption(self, requests: Sequence[Request]) -> list[Caption]:
-        """One caption per request, stripped of the prompt and surrounding whitespace; a `RequestFailure`
-        for a request the engine could not caption (in-process engines never return one)."""
+    def caption(self, requests: Sequence[ImageRequest]) -> list[list[Caption]]:
+        """For each request, one caption per prompt in order, stripped of the prompt and surrounding
+        whitespace; a `RequestFailure` for a prompt the engine could not caption (in-process engines never
+        return one)."""
 
-    def submit(self, requests: Sequence[Request]) -> Future[list[Caption]]:
+    def submit(self, requests: Sequence[ImageRequest]) -> Future[list[list[Caption]]]:
         """`caption(requests)` as a future. Engines that work elsewhere (servers) return at once, so the
-        runner can keep `submit_ahead` more requests going; the default computes before returning."""
+        runner can keep `submit_ahead` more captions going; the default computes before returning."""
         captions = self.caption(requests)
-        future: Future[list[Caption]] = Future()
+        future: Future[list[list[Caption]]] = Future()
         future.set_result(captions)
         return future
+
+    def estimated_tokens(self, request: ImageRequest) -> int:
+        """About how many tokens captioning `request` occupies (the runner fills batches up to a token
+        budget with it). The default prices every prompt as its own sequence: `DEFAULT_IMAGE_TOKENS`, the
+        prompt text at `CHARACTERS_PER_TOKEN`, and `max_new_tokens`; engines that know better override it."""
+        new_tokens = self.settings.max_new_tokens
+        return sum(
+            DEFAULT_IMAGE_TOKENS + len(prompt) // CHARACTERS_PER_TOKEN + 1 + new_tokens for prompt in request.prompts
+        )
 
     def model_fingerprint(self) -> str:
         return model_fingerprint(self.model_id)
@@ -137,6 +156,22 @@ def model_fingerprint(model: str | Path) -> str:
             handle.seek(max(size - _SAMPLE_BYTES, 0))
             digest.update(handle.read(_SAMPLE_BYTES))
     return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def per_prompt(requests: Sequence[ImageRequest]) -> list[tuple[ImageRequest, str]]:
+    """Every (request, prompt) pair of `requests`, image by image: for engines that caption prompts one by one."""
+    return [(request, prompt) for request in requests for prompt in request.prompts]
+
+
+def per_image(items: Sequence[T], requests: Sequence[ImageRequest]) -> list[list[T]]:
+    """`items` given one per (request, prompt) pair, in `per_prompt` order, grouped back into one list per request."""
+    if len(items) != sum(len(request.prompts) for request in requests):
+        raise RuntimeError(f"{len(items)} captions for {sum(len(r.prompts) for r in requests)} prompts")
+    grouped, start = [], 0
+    for request in requests:
+        grouped.append(list(items[start : start + len(request.prompts)]))
+        start += len(request.prompts)
+    return grouped
 
 
 def strip_prompt(text: str, prompt_text: str) -> str:

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, Request, strip_prompt
+from vlmkd.caption.engines.base import (
+    CaptionEngine,
+    GenerationSettings,
+    ImageRequest,
+    per_image,
+    per_prompt,
+    strip_prompt,
+)
 from vlmkd.errors import InputError, MissingDependencyError
 from vlmkd.quiet import transformers_bars_off
 
@@ -96,23 +103,24 @@ class HFEngine(CaptionEngine):
             self._texts[prompt] = text
         return text
 
-    def caption(self, requests: Sequence[Request]) -> list[str]:
+    def caption(self, requests: Sequence[ImageRequest]) -> list[list[str]]:
         import torch
 
         if not requests:
             return []
-        texts = [self.model_text(request.prompt) for request in requests]
-        # One image list per request: processors that take several images per prompt (SmolVLM2, Idefics3)
+        pairs = per_prompt(requests)
+        texts = [self.model_text(prompt) for _, prompt in pairs]
+        # One image list per prompt: processors that take several images per prompt (SmolVLM2, Idefics3)
         # read a flat list as one sample's images; the others give the same inputs either way.
         inputs = self.processor(
-            images=[[request.image] for request in requests], text=texts, return_tensors="pt", padding="longest"
+            images=[[request.image] for request, _ in pairs], text=texts, return_tensors="pt", padding="longest"
         )
         inputs = inputs.to(device=self.device, dtype=self.model.dtype)
         if self.settings.do_sample:
             torch.manual_seed(self.settings.seed)  # same batch, same captions
         with torch.inference_mode():
             output = self.model.generate(**inputs, **self._generate_kwargs)
-        return self._decode(inputs["input_ids"], output)
+        return per_image(self._decode(inputs["input_ids"], output), requests)
 
     def _decode(self, input_ids: Any, output: Any) -> list[str]:
         """Generated text only: decoder-only models echo the input ids, BLIP-style ones the prompt text."""

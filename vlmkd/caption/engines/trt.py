@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, Request
+from vlmkd.caption.engines.base import CaptionEngine, GenerationSettings, ImageRequest, per_image, per_prompt
 from vlmkd.errors import InputError, MissingDependencyError
 
 INSTALL_HINT = (
@@ -69,7 +69,7 @@ def llm_kwargs(model: str | Path, settings: GenerationSettings, kv_cache_config:
 
 
 def build_inputs(
-    requests: Sequence[Request],
+    requests: Sequence[ImageRequest],
     *,
     loader: Callable[..., list[dict[str, Any]]],
     tokenizer: Any,
@@ -77,20 +77,21 @@ def build_inputs(
     model_type: str,
     trust_remote_code: bool,
 ) -> list[dict[str, Any]]:
-    """Prompt dicts (`prompt` + `multi_modal_data`) for `LLM.generate`, one per request, in order."""
+    """Prompt dicts (`prompt` + `multi_modal_data`) for `LLM.generate`, one per (request, prompt), in order."""
+    pairs = per_prompt(requests)
     inputs = loader(
         tokenizer=tokenizer,
         model_dir=model_dir,
         model_type=model_type,
         modality="image",
-        prompts=[request.prompt for request in requests],
-        media=[[request.image] for request in requests],
+        prompts=[prompt for _, prompt in pairs],
+        media=[[request.image] for request, _ in pairs],
         image_data_format="pt",
         device="cuda",
         trust_remote_code=trust_remote_code,
     )
-    if len(inputs) != len(requests):
-        raise RuntimeError(f"TensorRT-LLM built {len(inputs)} inputs for {len(requests)} requests")
+    if len(inputs) != len(pairs):
+        raise RuntimeError(f"TensorRT-LLM built {len(inputs)} inputs for {len(pairs)} prompts")
     return inputs
 
 
@@ -127,7 +128,7 @@ class TRTEngine(CaptionEngine):
         self.sampling_params = trt.SamplingParams(**sampling_kwargs(settings))
         self._loader = default_multimodal_input_loader
 
-    def caption(self, requests: Sequence[Request]) -> list[str]:
+    def caption(self, requests: Sequence[ImageRequest]) -> list[list[str]]:
         if not requests:
             return []
         inputs = build_inputs(
@@ -139,7 +140,7 @@ class TRTEngine(CaptionEngine):
             trust_remote_code=self.trust_remote_code,
         )
         outputs = self.llm.generate(inputs, self.sampling_params, use_tqdm=False)
-        return parse_outputs(outputs, inputs)
+        return per_image(parse_outputs(outputs, inputs), requests)
 
     def close(self) -> None:
         shutdown = getattr(self.llm, "shutdown", None)

@@ -23,7 +23,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vlmkd.caption.engines.base import Caption, CaptionEngine, GenerationSettings, Request, RequestFailure
+from vlmkd.caption.engines.base import (
+    Caption,
+    CaptionEngine,
+    GenerationSettings,
+    ImageRequest,
+    RequestFailure,
+    per_image,
+)
 from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher, RetryPolicy
 from vlmkd.caption.engines.openai.http11 import Endpoint
 from vlmkd.errors import InputError, ServiceError
@@ -37,7 +44,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T = TypeVar("T")
 
 
-def sendable_image(request: Request) -> tuple[str, bytes]:
+def sendable_image(request: ImageRequest) -> tuple[str, bytes]:
     """(MIME type, bytes) to send for a request's image: the file itself when servers decode it exactly as
     vlmkd does (JPEG, 8-bit PNG), otherwise the decoded RGB image as PNG."""
     if request.path is not None:
@@ -206,29 +213,25 @@ class OpenAIEngine(CaptionEngine):
         return wanted
 
     # ------------------------------------------------------------------------------------ captioning
-    def caption(self, requests: Sequence[Request]) -> list[Caption]:
+    def caption(self, requests: Sequence[ImageRequest]) -> list[list[Caption]]:
         return self.submit(requests).result()
 
-    def submit(self, requests: Sequence[Request]) -> Future[list[Caption]]:
+    def submit(self, requests: Sequence[ImageRequest]) -> Future[list[list[Caption]]]:
         bodies = self._bodies(requests)
-        return asyncio.run_coroutine_threadsafe(self._caption_all(bodies), self._loop)
+        return asyncio.run_coroutine_threadsafe(self._caption_all(bodies, requests), self._loop)
 
-    def _bodies(self, requests: Sequence[Request]) -> list[bytes]:
-        """Request bodies, each image encoded once per batch however many prompts it comes with."""
+    def _bodies(self, requests: Sequence[ImageRequest]) -> list[bytes]:
+        """Request bodies, one per (image, prompt), each image encoded once however many prompts it has."""
         head, middle, tail = self._body_parts
-        urls: dict[int, bytes] = {}
         bodies = []
         for request in requests:
-            key = id(request.image)
-            url = urls.get(key)
-            if url is None:
-                mime, data = sendable_image(request)
-                url = urls[key] = b"data:" + mime.encode() + b";base64," + base64.b64encode(data)
-            bodies.append(b"".join((head, url, middle, json.dumps(request.prompt).encode(), tail)))
+            mime, data = sendable_image(request)
+            url = b"data:" + mime.encode() + b";base64," + base64.b64encode(data)
+            bodies += [b"".join((head, url, middle, json.dumps(prompt).encode(), tail)) for prompt in request.prompts]
         return bodies
 
-    async def _caption_all(self, bodies: list[bytes]) -> list[Caption]:
-        return list(await asyncio.gather(*(self._caption_one(body) for body in bodies)))
+    async def _caption_all(self, bodies: list[bytes], requests: Sequence[ImageRequest]) -> list[list[Caption]]:
+        return per_image(list(await asyncio.gather(*(self._caption_one(body) for body in bodies))), requests)
 
     async def _caption_one(self, body: bytes) -> Caption:
         outcome = await self.dispatcher.post(CHAT_PATH, body)
