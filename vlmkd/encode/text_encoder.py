@@ -159,17 +159,19 @@ def _resolve(name_or_path: str | None) -> tuple[str, str, bool]:
 
 
 def _hub_has_modules_json(repo_id: str) -> bool:
+    # EntryNotFoundError: the remote miss in huggingface_hub 1.x (RemoteEntryNotFoundError) and 0.x alike (which
+    # transformers 4.57 needs); LocalEntryNotFoundError, also a subclass of it in 0.x, is caught first.
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         hf_hub_download(repo_id, "modules.json")
-    except RemoteEntryNotFoundError:
-        return False  # the repository exists online without modules.json: a plain transformers model
     except LocalEntryNotFoundError:
         if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
             return False  # cached offline, without modules.json
         raise _not_found(repo_id) from None
+    except EntryNotFoundError:
+        return False  # the repository exists online without modules.json: a plain transformers model
     except Exception:  # unknown repository, network failure: all the same to the user
         raise _not_found(repo_id) from None
     return True
