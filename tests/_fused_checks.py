@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from vlmkd.ops.reference import contrastive_ref
+from vlmkd.ops.contrastive_reference import contrastive_ref
 
 # (B, Dt, Dv, positives): B=1 and 3 are single partial tiles, 41 and 257 span several row and column tiles
 # (and column splits of the LSE passes); Dv=65 leaves a ragged K chunk, Dv=512 several gradient blocks.

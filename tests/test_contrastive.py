@@ -16,7 +16,7 @@ from vlmkd import backends
 from vlmkd.errors import InputError
 from vlmkd.ops import VlmkdContrastiveLoss, contrastive_ref, vlmkd_contrastive_loss
 from vlmkd.ops.contrastive import BACKENDS, REFERENCE, resolve_backend
-from vlmkd.ops.reference import MAX_LOGIT_SCALE
+from vlmkd.ops.contrastive_reference import MAX_LOGIT_SCALE
 
 GRAD_LOSS = -1.7  # non-unit upstream gradient everywhere
 INIT_LOGIT_SCALE = math.log(1 / 0.07)

@@ -31,7 +31,7 @@ from _fused_checks import (
 )
 
 _cuda = pytest.importorskip("vlmkd._cuda", reason="the CUDA module was not built (no nvcc)")
-from vlmkd.ops import contrastive_cuda, flash_contrastive  # noqa: E402  (registers the ops)
+from vlmkd.ops import contrastive_cuda, contrastive_flash  # noqa: E402  (registers the ops)
 
 KERNELS = ("normalize_rows", "normalize_rows_backward", "lse_pass_splits", "lse_pass", "grad_pass")
 EMULATION = Path(__file__).parent / "cuda_emulation"
@@ -83,10 +83,10 @@ def emulated(monkeypatch: pytest.MonkeyPatch, emulated_kernels: EmulatedCuda):
     kernels = contrastive_cuda._KERNELS
 
     def forward(*args):
-        return flash_contrastive.forward(kernels, *args)
+        return contrastive_flash.forward(kernels, *args)
 
     def backward(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
-        return flash_contrastive.backward(kernels, grad_loss, v, t, logit_scale, labels, class_positives, saved)
+        return contrastive_flash.backward(kernels, grad_loss, v, t, logit_scale, labels, class_positives, saved)
 
     return forward, backward
 

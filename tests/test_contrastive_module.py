@@ -9,7 +9,7 @@ import torch
 
 from vlmkd.ops import VlmkdContrastiveLoss
 from vlmkd.ops.contrastive import BatchCentering
-from vlmkd.ops.reference import contrastive_ref
+from vlmkd.ops.contrastive_reference import contrastive_ref
 
 
 def test_batch_centering_removes_the_batch_mean_and_uses_its_running_mean_in_eval() -> None:

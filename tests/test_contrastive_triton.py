@@ -30,7 +30,7 @@ from _fused_checks import (
 from torch.profiler import ProfilerActivity, profile
 
 from vlmkd.ops import contrastive_triton  # registers the ops
-from vlmkd.ops.reference import contrastive_ref
+from vlmkd.ops.contrastive_reference import contrastive_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -116,7 +116,7 @@ def sm90_resource_report(dtype: str, precision: str) -> str:
 
     Needs real (not interpreted) Triton kernels: the test runs it in a subprocess without TRITON_INTERPRET.
     """
-    from vlmkd.ops import triton_kernels
+    from vlmkd.ops import contrastive_triton_kernels
 
     torch.set_float32_matmul_precision("highest" if precision == "ieee" else "high")
     tiling = contrastive_triton._tiling(torch.float64 if dtype == "fp64" else torch.float32, 512)
@@ -125,8 +125,8 @@ def sm90_resource_report(dtype: str, precision: str) -> str:
     lse = {**blocks, "BLOCK_K": tiling.lse_block_k}
     grad = {**blocks, "BLOCK_K": tiling.grad_block_k, "BLOCK_D": tiling.block_d, "WITH_DS_S": True}
     lines = [
-        _sm90_resource_usage(triton_kernels.lse_pass_kernel, f"*{dtype}", lse, tiling.lse_warps),
-        _sm90_resource_usage(triton_kernels.grad_pass_kernel, f"*{dtype}", grad, tiling.grad_warps),
+        _sm90_resource_usage(contrastive_triton_kernels.lse_pass_kernel, f"*{dtype}", lse, tiling.lse_warps),
+        _sm90_resource_usage(contrastive_triton_kernels.grad_pass_kernel, f"*{dtype}", grad, tiling.grad_warps),
     ]
     return "\n".join(lines)
 

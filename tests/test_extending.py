@@ -47,7 +47,7 @@ class EchoEngine(CaptionEngine):
 BACKEND_FILE = """
 import torch
 
-from vlmkd.ops.reference import contrastive_ref
+from vlmkd.ops.contrastive_reference import contrastive_ref
 
 
 @torch.library.custom_op("vlmkd::contrastive_forward_mine", mutates_args=(), device_types="cpu")

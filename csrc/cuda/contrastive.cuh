@@ -1,6 +1,6 @@
 // Fused VLM-KD contrastive loss on CUDA: the kernels behind torch.ops.vlmkd.contrastive_*_cuda.
 //
-// Same plan as the Triton backend (vlmkd/ops/triton_kernels.py): row normalisation forward/backward, and two
+// Same plan as the Triton backend (vlmkd/ops/contrastive_triton_kernels.py): row normalisation forward/backward, and two
 // flash-style passes over S = scale * A B^T that never store the B x B matrix. The column pass is the row
 // pass of S^T (the same kernel with A and B swapped). Every function takes device pointers to row-major,
 // contiguous buffers, launches on `stream` and returns the launch status; T is float or double, computed in

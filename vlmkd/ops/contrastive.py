@@ -19,7 +19,7 @@ from torch import nn
 
 from vlmkd.backends import BACKENDS, triton_interpret
 from vlmkd.errors import InputError
-from vlmkd.ops.reference import contrastive_ref
+from vlmkd.ops.contrastive_reference import contrastive_ref
 
 REFERENCE = "reference"
 NEGATIVES = ("batch", "class")  # every other caption of the batch, or only those of the same class

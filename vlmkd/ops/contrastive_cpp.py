@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vlmkd import _C
-from vlmkd.ops.reference import MAX_LOGIT_SCALE
+from vlmkd.ops.contrastive_reference import MAX_LOGIT_SCALE
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

@@ -1,6 +1,6 @@
 """CUDA C++ backend of the fused VLM-KD contrastive loss: ops `vlmkd::contrastive_{forward,backward}_cuda`.
 
-The same plan as the Triton backend (`flash_contrastive`), with the kernels of `csrc/cuda/contrastive.cu`
+The same plan as the Triton backend (`contrastive_flash`), with the kernels of `csrc/cuda/contrastive.cu`
 called through `vlmkd._cuda` on raw pointers and the current stream: t W^T and dW = du^T t stay on torch.mm,
 bias + normalisation is one kernel per side, two LSE passes and two gradient passes recompute S tiles, and
 nothing of size B x B is stored. Computes in the input dtype (float32 or float64) with FMA tiles; for float32
@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.library import custom_op
 
 from vlmkd import _cuda
-from vlmkd.ops import flash_contrastive
+from vlmkd.ops import contrastive_flash
 
 
 def _dtype(x: Tensor) -> str:
@@ -105,7 +105,7 @@ def _grad_pass(
     return grad
 
 
-_KERNELS = flash_contrastive.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
+_KERNELS = contrastive_flash.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
 
 
 @custom_op("vlmkd::contrastive_forward_cuda", mutates_args=(), device_types="cuda")
@@ -120,7 +120,7 @@ def contrastive_forward_cuda(
 ) -> list[Tensor]:
     """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
     with torch.cuda.device(v.device):
-        return flash_contrastive.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
+        return contrastive_flash.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
 
 
 @custom_op("vlmkd::contrastive_backward_cuda", mutates_args=(), device_types="cuda")
@@ -137,8 +137,8 @@ def contrastive_backward_cuda(
 ) -> list[Tensor]:
     """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
     with torch.cuda.device(v.device):
-        return flash_contrastive.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
+        return contrastive_flash.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
 
 
-contrastive_forward_cuda.register_fake(flash_contrastive.fake_forward)
-contrastive_backward_cuda.register_fake(flash_contrastive.fake_backward)
+contrastive_forward_cuda.register_fake(contrastive_flash.fake_forward)
+contrastive_backward_cuda.register_fake(contrastive_flash.fake_backward)

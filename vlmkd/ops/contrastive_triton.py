@@ -1,6 +1,6 @@
 """Triton backend of the fused VLM-KD contrastive loss: ops `vlmkd::contrastive_{forward,backward}_triton`.
 
-The plan (`flash_contrastive`, shared with the CUDA backend): u = t W^T on torch.mm, then one kernel per side
+The plan (`contrastive_flash`, shared with the CUDA backend): u = t W^T on torch.mm, then one kernel per side
 for bias + row normalisation, then a row pass and a column pass of online log-sum-exp over tiles of
 S = scale v_hat u_hat^T. Backward recomputes S tiles: one pass accumulates dv_hat = scale dS u_hat, the other
 du_hat = scale dS^T v_hat, then one kernel per side goes back through the normalisation and torch.mm gives
@@ -21,8 +21,8 @@ import triton
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from vlmkd.ops import flash_contrastive
-from vlmkd.ops import triton_kernels as kernels
+from vlmkd.ops import contrastive_flash
+from vlmkd.ops import contrastive_triton_kernels as kernels
 
 TARGET_PROGRAMS = 512  # LSE passes split their columns until they launch about this many programs
 
@@ -145,7 +145,7 @@ def _grad_pass(
     return grad
 
 
-_KERNELS = flash_contrastive.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
+_KERNELS = contrastive_flash.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
 
 
 @triton_op("vlmkd::contrastive_forward_triton", mutates_args=())
@@ -159,7 +159,7 @@ def contrastive_forward_triton(
     class_positives: bool,
 ) -> list[Tensor]:
     """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
-    return flash_contrastive.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
+    return contrastive_flash.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
 
 
 @triton_op("vlmkd::contrastive_backward_triton", mutates_args=())
@@ -175,8 +175,8 @@ def contrastive_backward_triton(
     saved: list[Tensor],
 ) -> list[Tensor]:
     """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
-    return flash_contrastive.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
+    return contrastive_flash.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
 
 
-contrastive_forward_triton.register_fake(flash_contrastive.fake_forward)
-contrastive_backward_triton.register_fake(flash_contrastive.fake_backward)
+contrastive_forward_triton.register_fake(contrastive_flash.fake_forward)
+contrastive_backward_triton.register_fake(contrastive_flash.fake_backward)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from vlmkd.ops.reference import MAX_LOGIT_SCALE
+from vlmkd.ops.contrastive_reference import MAX_LOGIT_SCALE
 
 
 class Kernels(NamedTuple):
