@@ -27,10 +27,9 @@ import torch
 from _common import Series, load_average, machine, seconds_series
 
 from vlmkd.backends import backends
-from vlmkd.losses import TaskLoss, VlmkdObjective
+from vlmkd.losses import TaskLoss, VlmkdContrastiveLoss, VlmkdObjective
 from vlmkd.models import ModelSpec, build_model
 from vlmkd.models.speed import apply_speed_settings, batch_layout
-from vlmkd.ops import VlmkdContrastiveLoss
 from vlmkd.train.schedule import build_optimizer
 from vlmkd.train.trainer import TrainStep
 

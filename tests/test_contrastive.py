@@ -14,7 +14,8 @@ import torch
 
 from vlmkd import backends
 from vlmkd.errors import InputError
-from vlmkd.ops import VlmkdContrastiveLoss, contrastive_ref, vlmkd_contrastive_loss
+from vlmkd.losses import VlmkdContrastiveLoss
+from vlmkd.ops import contrastive_ref, vlmkd_contrastive_loss
 from vlmkd.ops.contrastive import BACKENDS, REFERENCE, resolve_backend
 from vlmkd.ops.contrastive_reference import MAX_LOGIT_SCALE
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from vlmkd.ops import VlmkdContrastiveLoss
-from vlmkd.ops.contrastive import BatchCentering
+from vlmkd.losses import VlmkdContrastiveLoss
+from vlmkd.losses.contrastive import BatchCentering
 from vlmkd.ops.contrastive_reference import contrastive_ref
 
 

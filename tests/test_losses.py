@@ -204,7 +204,7 @@ def test_objective_reports_the_chance_level_of_the_text_term() -> None:
 
 
 def test_objective_reports_the_within_class_chance_level_for_negatives_within_the_class() -> None:
-    from vlmkd.ops import VlmkdContrastiveLoss
+    from vlmkd.losses import VlmkdContrastiveLoss
 
     logits, labels = _batch(12)
     contrastive = VlmkdContrastiveLoss(3, 5, negatives="class").double()

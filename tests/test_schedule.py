@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmkd.ops import VlmkdContrastiveLoss
+from vlmkd.losses import VlmkdContrastiveLoss
 from vlmkd.train.schedule import build_optimizer, lr_at
 
 

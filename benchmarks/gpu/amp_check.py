@@ -24,9 +24,8 @@ from PIL import Image
 from vlmkd.data import load_image_list
 from vlmkd.encode.store import FORMAT, VERSION
 from vlmkd.encode.writer import FeatureWriter
-from vlmkd.losses import TaskLoss, VlmkdObjective
+from vlmkd.losses import TaskLoss, VlmkdContrastiveLoss, VlmkdObjective
 from vlmkd.models import ModelSpec, build_model
-from vlmkd.ops import VlmkdContrastiveLoss
 
 CLASSES, PER_CLASS, SIZE, TEXT_DIM, STEPS, BATCH = 4, 24, 32, 384, 6, 32
 # Worst relative error allowed per step, against the reference under the same autocast: both round the same

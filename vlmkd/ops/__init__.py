@@ -1,6 +1,7 @@
-"""Operators of vlmkd: the fused VLM-KD contrastive loss, its module, and its plain-PyTorch reference."""
+"""Operators of vlmkd: the fused VLM-KD contrastive loss and its plain-PyTorch reference (its module,
+`VlmkdContrastiveLoss`, is in `vlmkd.losses`)."""
 
-from vlmkd.ops.contrastive import VlmkdContrastiveLoss, vlmkd_contrastive_loss
+from vlmkd.ops.contrastive import vlmkd_contrastive_loss
 from vlmkd.ops.contrastive_reference import contrastive_ref
 
-__all__ = ["VlmkdContrastiveLoss", "contrastive_ref", "vlmkd_contrastive_loss"]
+__all__ = ["contrastive_ref", "vlmkd_contrastive_loss"]

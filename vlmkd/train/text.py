@@ -42,7 +42,7 @@ def open_text_source(config: TrainConfig, dataset: ImageList, store: FeatureStor
 
 def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.Module:
     """The VLM-KD loss module: adaptor text_dim -> image_dim and the (fixed or learnable) temperature."""
-    from vlmkd.ops import VlmkdContrastiveLoss
+    from vlmkd.losses import VlmkdContrastiveLoss
 
     return VlmkdContrastiveLoss(
         text_dim,
