@@ -10,6 +10,7 @@ arguments by name and says there is no device instead of launching.
 from __future__ import annotations
 
 import ctypes
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,14 +82,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch, emulated_kernels: EmulatedCuda):
     monkeypatch.setattr(contrastive_cuda, "_cuda", emulated_kernels)
     monkeypatch.setattr(contrastive_cuda, "_stream", lambda: 0)
     kernels = contrastive_cuda._KERNELS
-
-    def forward(*args):
-        return contrastive_flash.forward(kernels, *args)
-
-    def backward(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
-        return contrastive_flash.backward(kernels, grad_loss, v, t, logit_scale, labels, class_positives, saved)
-
-    return forward, backward
+    return functools.partial(contrastive_flash.forward, kernels), functools.partial(contrastive_flash.backward, kernels)
 
 
 def test_module_exposes_the_kernels() -> None:

@@ -47,23 +47,26 @@ class EchoEngine(CaptionEngine):
 BACKEND_FILE = """
 import torch
 
+from vlmkd.ops.contrastive_backend import register_backend_ops
 from vlmkd.ops.contrastive_reference import contrastive_ref
 
 
-@torch.library.custom_op("vlmkd::contrastive_forward_mine", mutates_args=(), device_types="cpu")
-def forward(v: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor,
-            labels: torch.Tensor, class_positives: bool) -> list[torch.Tensor]:
+def forward(v, t, weight, bias, logit_scale, labels, class_positives):
     positives = "class" if class_positives else "instance"
     loss, vjp = torch.func.vjp(lambda *x: contrastive_ref(x[0], t, *x[1:], labels, positives), v, weight, bias,
                                logit_scale)
     return [loss, *vjp(torch.ones_like(loss))]
 
 
-@torch.library.custom_op("vlmkd::contrastive_backward_mine", mutates_args=(), device_types="cpu")
-def backward(grad_loss: torch.Tensor, v: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-             logit_scale: torch.Tensor, labels: torch.Tensor, class_positives: bool,
-             saved: list[torch.Tensor]) -> list[torch.Tensor]:
+def backward(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
     return [grad_loss * grad for grad in saved]
+
+
+def fake_forward(v, t, weight, bias, logit_scale, labels, class_positives):
+    return [v.new_empty(()), *(torch.empty_like(x) for x in (v, weight, bias, logit_scale))]
+
+
+register_backend_ops("mine", forward, backward, fake_forward, device_type="cpu")
 """
 
 

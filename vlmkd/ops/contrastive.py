@@ -2,9 +2,10 @@
 
 Backends (see `vlmkd.backends()`): "reference" (`contrastive_ref`, plain PyTorch autograd), "cpp" (C++/OpenMP on
 CPU), "triton" (GPU, or CPU under TRITON_INTERPRET=1) and "cuda". Each fused backend module registers
-`torch.ops.vlmkd.contrastive_forward_<b>` / `contrastive_backward_<b>`; this module checks the inputs once,
-brings them to one dtype (fp16/bf16 computed in fp32), and wraps the pair in an autograd.Function, which
-`torch.compile(fullgraph=True)` traces through.
+`torch.ops.vlmkd.contrastive_forward_<b>` / `contrastive_backward_<b>` (the contract of
+`vlmkd.ops.contrastive_backend`); this module checks the inputs once, brings them to one dtype (fp16/bf16
+computed in fp32), and wraps the pair in an autograd.Function, which `torch.compile(fullgraph=True)` traces
+through.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from vlmkd.backends import BACKENDS, triton_interpret
 from vlmkd.errors import InputError
+from vlmkd.ops.contrastive_backend import backend_ops
 from vlmkd.ops.contrastive_reference import contrastive_ref
 
 REFERENCE = "reference"
@@ -68,20 +70,12 @@ def resolve_backend(device_type: str, requested: str | None = None) -> str:
     return requested
 
 
-def _ops(backend: str) -> tuple[torch._ops.OpOverload, torch._ops.OpOverload]:
-    namespace = torch.ops.vlmkd
-    return (
-        getattr(namespace, f"contrastive_forward_{backend}").default,
-        getattr(namespace, f"contrastive_backward_{backend}").default,
-    )
-
-
 class _FusedContrastive(torch.autograd.Function):
     """Autograd around a backend's forward/backward ops; t and labels get no gradient."""
 
     @staticmethod
     def forward(ctx, v, t, weight, bias, logit_scale, labels, class_positives: bool, backend: str):
-        forward_op, _ = _ops(backend)
+        forward_op, _ = backend_ops(backend)
         with torch.autocast(v.device.type, enabled=False):
             loss, *saved = forward_op(v, t, weight, bias, logit_scale, labels, class_positives)
         ctx.save_for_backward(v, t, weight, bias, logit_scale, labels, *saved)
@@ -91,7 +85,7 @@ class _FusedContrastive(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         v, t, weight, bias, logit_scale, labels, *saved = ctx.saved_tensors
-        _, backward_op = _ops(ctx.backend)
+        _, backward_op = backend_ops(ctx.backend)
         with torch.autocast(v.device.type, enabled=False):
             grad_v, grad_weight, grad_bias, grad_logit_scale = backward_op(
                 grad_loss, v, t, weight, bias, logit_scale, labels, ctx.class_positives, saved

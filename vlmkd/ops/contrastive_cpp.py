@@ -1,7 +1,7 @@
 """C++/OpenMP backend of the contrastive loss: GEMMs on PyTorch's BLAS, everything else fused in `vlmkd._C`.
 
 Importing this module registers `torch.ops.vlmkd.contrastive_forward_cpp` and `contrastive_backward_cpp`
-(the backend contract of `vlmkd.ops.contrastive`). Forward: u = t W^T + b (addmm), both normalisations
+(the backend contract of `vlmkd.ops.contrastive_backend`). Forward: u = t W^T + b (addmm), both normalisations
 (v's folded with the scale), S = scale v^ u^T (mm), then one C++ call turns S into the loss and overwrites it
 with dL/dS, so a single B x B buffer lives from forward to backward. Backward: two mm's, the normalisation
 backward (with the bias gradient fused), one mm for the weight gradient.
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vlmkd import _C
+from vlmkd.ops.contrastive_backend import register_backend_ops
 from vlmkd.ops.contrastive_reference import MAX_LOGIT_SCALE
 
 
@@ -31,8 +32,7 @@ def _scale(logit_scale: torch.Tensor) -> tuple[float, bool]:
     return math.exp(min(float(value), MAX_LOGIT_SCALE)), clamped
 
 
-@torch.library.custom_op("vlmkd::contrastive_forward_cpp", mutates_args=(), device_types="cpu")
-def contrastive_forward_cpp(
+def _forward(
     v: torch.Tensor,
     t: torch.Tensor,
     weight: torch.Tensor,
@@ -54,8 +54,7 @@ def contrastive_forward_cpp(
     return [v.new_tensor(loss), grad_s, v_scaled, u_hat, v_norm, u_norm, grad_logit_scale]
 
 
-@contrastive_forward_cpp.register_fake
-def _(v, t, weight, bias, logit_scale, labels, class_positives):
+def _fake_forward(v, t, weight, bias, logit_scale, labels, class_positives):
     batch, dim = v.shape[0], weight.shape[0]
     scalar, rows = v.new_empty(()), v.new_empty(batch)
     return [
@@ -69,8 +68,7 @@ def _(v, t, weight, bias, logit_scale, labels, class_positives):
     ]
 
 
-@torch.library.custom_op("vlmkd::contrastive_backward_cpp", mutates_args=(), device_types="cpu")
-def contrastive_backward_cpp(
+def _backward(
     grad_loss: torch.Tensor,
     v: torch.Tensor,
     t: torch.Tensor,
@@ -95,6 +93,4 @@ def contrastive_backward_cpp(
     return [grad_v, grad_weight, grad_bias, grad_loss * grad_logit_scale]
 
 
-@contrastive_backward_cpp.register_fake
-def _(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
-    return [torch.empty_like(v), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(logit_scale)]
+register_backend_ops("cpp", _forward, _backward, _fake_forward, device_type="cpu")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.library import custom_op
 
 from vlmkd import _cuda
 from vlmkd.ops import contrastive_flash
@@ -106,39 +105,4 @@ def _grad_pass(
 
 
 _KERNELS = contrastive_flash.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
-
-
-@custom_op("vlmkd::contrastive_forward_cuda", mutates_args=(), device_types="cuda")
-def contrastive_forward_cuda(
-    v: Tensor,
-    t: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    logit_scale: Tensor,
-    labels: Tensor,
-    class_positives: bool,
-) -> list[Tensor]:
-    """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
-    with torch.cuda.device(v.device):
-        return contrastive_flash.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
-
-
-@custom_op("vlmkd::contrastive_backward_cuda", mutates_args=(), device_types="cuda")
-def contrastive_backward_cuda(
-    grad_loss: Tensor,
-    v: Tensor,
-    t: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    logit_scale: Tensor,
-    labels: Tensor,
-    class_positives: bool,
-    saved: list[Tensor],
-) -> list[Tensor]:
-    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
-    with torch.cuda.device(v.device):
-        return contrastive_flash.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
-
-
-contrastive_forward_cuda.register_fake(contrastive_flash.fake_forward)
-contrastive_backward_cuda.register_fake(contrastive_flash.fake_backward)
+contrastive_flash.register_gpu_backend("cuda", _KERNELS)

@@ -5,17 +5,19 @@ online log-sum-exp over tiles of S = scale v_hat u_hat^T. Backward recomputes S 
 dv_hat = scale dS u_hat (and sum_j dS_ij S_ij for the logit-scale gradient), the other du_hat = scale dS^T v_hat,
 then back through the normalisation and torch.mm gives dW = du^T t. Nothing of size B x B is stored: the saved
 state is [v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]. A backend supplies only `Kernels`,
-the four launchers; this module launches nothing itself.
+the four launchers, and declares its ops with `register_gpu_backend`; this module launches nothing itself.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from vlmkd.ops.contrastive_backend import register_backend_ops
 from vlmkd.ops.contrastive_reference import MAX_LOGIT_SCALE
 
 
@@ -66,12 +68,16 @@ def backward(
     grad_loss: Tensor,
     v: Tensor,
     t: Tensor,
+    weight: Tensor,
+    bias: Tensor,
     logit_scale: Tensor,
     labels: Tensor,
     class_positives: bool,
     saved: list[Tensor],
 ) -> list[Tensor]:
-    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
+    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives).
+
+    Takes the backward op's arguments; weight and bias are not needed again (`saved` holds the normalised rows)."""
     v_hat, u_hat, v_norm, u_norm, row_lse, col_lse = saved
     n = v.shape[0]
     scale = _scale(logit_scale)
@@ -92,6 +98,16 @@ def fake_forward(v, t, weight, bias, logit_scale, labels, class_positives):
     return [v.new_empty(())] + [v.new_empty(shape) for shape in (matrix, matrix, vector, vector, lse, lse)]
 
 
-def fake_backward(grad_loss, v, t, weight, bias, logit_scale, labels, class_positives, saved):
-    """Shapes of `backward`'s outputs, for the ops' register_fake."""
-    return [torch.empty_like(v), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(logit_scale)]
+def register_gpu_backend(name: str, kernels: Kernels, *, triton: bool = False) -> None:
+    """Declare `torch.ops.vlmkd.contrastive_{forward,backward}_<name>`: this plan run with `kernels`. Triton
+    kernels go through `triton_op`; others are CUDA custom ops called with the inputs' device current (their
+    raw launches use the current device and stream)."""
+    register_backend_ops(
+        name,
+        functools.partial(forward, kernels),
+        functools.partial(backward, kernels),
+        fake_forward,
+        device_type="cuda",
+        triton=triton,
+        device_guard=None if triton else torch.cuda.device,
+    )

@@ -5,7 +5,8 @@ for bias + row normalisation, then a row pass and a column pass of online log-su
 S = scale v_hat u_hat^T. Backward recomputes S tiles: one pass accumulates dv_hat = scale dS u_hat, the other
 du_hat = scale dS^T v_hat, then one kernel per side goes back through the normalisation and torch.mm gives
 dW = du^T t. Nothing of size B x B is ever stored: the saved state is v_hat, u_hat (B x Dv), their norms and
-four LSE vectors. This module holds the launchers (through wrap_triton) and the op registrations.
+four LSE vectors. This module holds only the launchers (through wrap_triton); `register_gpu_backend` declares
+the ops.
 
 Computes in the input dtype (float32 or float64). For float32, tl.dot uses TF32 tensor cores unless
 `torch.get_float32_matmul_precision()` is "highest" (the PyTorch default), which asks for IEEE fp32.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import triton
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from vlmkd.ops import contrastive_flash
 from vlmkd.ops import contrastive_triton_kernels as kernels
@@ -146,37 +147,4 @@ def _grad_pass(
 
 
 _KERNELS = contrastive_flash.Kernels(_normalize, _normalize_backward, _lse_pass, _grad_pass)
-
-
-@triton_op("vlmkd::contrastive_forward_triton", mutates_args=())
-def contrastive_forward_triton(
-    v: Tensor,
-    t: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    logit_scale: Tensor,
-    labels: Tensor,
-    class_positives: bool,
-) -> list[Tensor]:
-    """[loss, v_hat, u_hat, v_norm, u_norm, row_lse (2, B), col_lse (2, B)]."""
-    return contrastive_flash.forward(_KERNELS, v, t, weight, bias, logit_scale, labels, class_positives)
-
-
-@triton_op("vlmkd::contrastive_backward_triton", mutates_args=())
-def contrastive_backward_triton(
-    grad_loss: Tensor,
-    v: Tensor,
-    t: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    logit_scale: Tensor,
-    labels: Tensor,
-    class_positives: bool,
-    saved: list[Tensor],
-) -> list[Tensor]:
-    """[grad_v, grad_weight, grad_bias, grad_logit_scale] (the last is 0 from log 100 up, as torch.clamp gives)."""
-    return contrastive_flash.backward(_KERNELS, grad_loss, v, t, logit_scale, labels, class_positives, saved)
-
-
-contrastive_forward_triton.register_fake(contrastive_flash.fake_forward)
-contrastive_backward_triton.register_fake(contrastive_flash.fake_backward)
+contrastive_flash.register_gpu_backend("triton", _KERNELS, triton=True)
