@@ -1,12 +1,9 @@
-"""Caption engines: the hf engine on tiny random-init BLIP and LLaVA loaded back by path, and the trt engine's
-request building and output handling against a stand-in `tensorrt_llm` (the real package needs a GPU)."""
+"""Caption engines: the hf engine on tiny random-init BLIP and LLaVA loaded back by path (the trt engine:
+tests/test_caption_trt.py)."""
 
 from __future__ import annotations
 
 import shutil
-import sys
-import types
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ from PIL import Image
 
 from vlmkd.caption import GenerationSettings, ImageRequest, load_engine
 from vlmkd.caption.engines import check_engine, model_fingerprint
-from vlmkd.caption.engines.trt import TRTEngine, sampling_kwargs
 from vlmkd.errors import InputError, MissingDependencyError
 from vlmkd.testing import build_tiny_blip, build_tiny_llava, build_tiny_smolvlm
 
@@ -80,100 +76,6 @@ def test_unknown_engine_and_bad_model_directory_are_user_errors(tmp_path):
         check_engine("vllm")
     with pytest.raises(InputError, match="cannot load"):
         load_engine("hf", tmp_path, SETTINGS)
-
-
-# ------------------------------------------------------------------------------------------------- trt
-
-
-def test_trt_engine_without_tensorrt_llm_is_a_missing_dependency(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # import fails as if not installed
-    with pytest.raises(MissingDependencyError, match="pip install tensorrt-llm"):
-        check_engine("trt")
-
-
-@dataclass
-class _Completion:
-    text: str
-
-
-@dataclass
-class _RequestOutput:
-    outputs: list[_Completion]
-
-
-def fake_tensorrt_llm(monkeypatch) -> dict:
-    """Install a stand-in `tensorrt_llm` with the LLM-API surface the engine uses; return the call log."""
-    log: dict = {}
-
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            log["sampling"] = kwargs
-
-    class KvCacheConfig:
-        def __init__(self, **kwargs):
-            log["kv_cache"] = kwargs
-
-    class LLM:
-        def __init__(self, **kwargs):
-            log["llm"] = kwargs
-            self.tokenizer = "tok"
-
-        def generate(self, inputs, sampling_params, use_tqdm=True):
-            log["generate"] = inputs
-            return [_RequestOutput([_Completion(f"  caption of {item['prompt']} \n")]) for item in inputs]
-
-        def shutdown(self):
-            log["shutdown"] = True
-
-    def default_multimodal_input_loader(**kwargs):
-        log["loader"] = kwargs
-        return [
-            {"prompt": f"<image>{prompt}", "multi_modal_data": {"image": media}}
-            for prompt, media in zip(kwargs["prompts"], kwargs["media"], strict=True)
-        ]
-
-    root = types.ModuleType("tensorrt_llm")
-    root.LLM, root.SamplingParams = LLM, SamplingParams
-    llmapi = types.ModuleType("tensorrt_llm.llmapi")
-    llmapi.KvCacheConfig = KvCacheConfig
-    inputs = types.ModuleType("tensorrt_llm.inputs")
-    inputs.default_multimodal_input_loader = default_multimodal_input_loader
-    for name, module in {"tensorrt_llm": root, "tensorrt_llm.llmapi": llmapi, "tensorrt_llm.inputs": inputs}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return log
-
-
-def test_trt_engine_builds_multimodal_requests_and_reads_outputs_in_order(monkeypatch, tiny_models):
-    log = fake_tensorrt_llm(monkeypatch)
-    engine = load_engine("trt", tiny_models["llava"], GenerationSettings(max_new_tokens=9, dtype="bfloat16"))
-    pictures = images(3)
-    captions = engine.caption([ImageRequest(image, (f"prompt {k}", "again")) for k, image in enumerate(pictures)])
-    assert captions == [[f"caption of <image>prompt {k}", "caption of <image>again"] for k in range(3)]
-    loader = log["loader"]
-    assert loader["model_type"] == "llava" and loader["modality"] == "image"
-    assert loader["prompts"] == ["prompt 0", "again", "prompt 1", "again", "prompt 2", "again"]
-    assert [media[0] for media in loader["media"]] == [image for image in pictures for _ in range(2)]
-    assert loader["model_dir"] == str(tiny_models["llava"]) and loader["tokenizer"] == "tok"
-    assert log["llm"]["model"] == str(tiny_models["llava"]) and log["llm"]["dtype"] == "bfloat16"
-    assert log["llm"]["trust_remote_code"] is False
-    assert log["kv_cache"]["enable_block_reuse"] is False
-    assert log["sampling"] == {"max_tokens": 9, "n": 1}  # greedy: no top-k/top-p/temperature
-    assert engine.caption([]) == []
-    engine.close()
-    assert log["shutdown"]
-
-
-def test_trt_sampling_and_beam_settings_map_to_sampling_params():
-    sampled = sampling_kwargs(GenerationSettings(max_new_tokens=4, do_sample=True, temperature=0.7, top_p=0.9, seed=5))
-    assert sampled == {"max_tokens": 4, "n": 1, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 5}
-    beams = sampling_kwargs(GenerationSettings(num_beams=3))
-    assert beams["use_beam_search"] is True and beams["best_of"] == 3
-
-
-def test_trt_engine_needs_a_checkpoint_directory(monkeypatch, tmp_path):
-    fake_tensorrt_llm(monkeypatch)
-    with pytest.raises(InputError, match="config.json"):
-        TRTEngine(tmp_path, SETTINGS)
 
 
 # ------------------------------------------------------------------------------------- SmolVLM2

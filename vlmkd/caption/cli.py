@@ -68,8 +68,17 @@ def build_parser() -> ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="with --do-sample: each batch is seeded with it")
     gen.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy or sampled)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda (this rank's GPU under torchrun), cuda:N (hf only)")
-    gen.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights' dtype (auto: as saved)")
+    gen.add_argument(
+        "--dtype", choices=DTYPES, default=None,
+        help="model weights' dtype (auto: as saved; default float32, for --engine trt auto: TensorRT-LLM has no fp32)",
+    )  # fmt: skip
     gen.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    trt = parser.add_argument_group("TensorRT-LLM (--engine trt)")
+    trt.add_argument(
+        "--kv-cache-reuse", choices=("on", "off"), default=None,
+        help="KV-cache block reuse (default: on for the models TensorRT-LLM supports it for: LLaVA-NeXT, Qwen2-VL, "
+        "Qwen2.5-VL)",
+    )  # fmt: skip
     servers = parser.add_argument_group("servers (--engine openai)")
     servers.add_argument(
         "--api-base", action="append", default=[], metavar="URL",
@@ -121,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--engine {args.engine} needs --model")
     if args.engine != "openai" and args.api_base:
         parser.error("--api-base is for --engine openai")
+    if args.engine != "trt" and args.kv_cache_reuse:
+        parser.error("--kv-cache-reuse is for --engine trt")
+    if args.dtype is None:
+        args.dtype = "auto" if args.engine == "trt" else "float32"
     options = {}
+    if args.engine == "trt" and args.kv_cache_reuse:
+        options = {"kv_cache_reuse": args.kv_cache_reuse == "on"}
     if args.engine == "openai":
         policy = {"request_timeout_s": args.request_timeout, "dead_after_s": args.dead_after}
         options = {"api_bases": args.api_base, "concurrency": args.concurrency, "api_key_env": args.api_key_env,

@@ -27,6 +27,14 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
+# LLaVA-NeXT's own templates put the images before the text, whatever the order of the message's content items.
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] | selectattr('type', 'equalto', 'image') %}<image>{{ '\\n' }}{% endfor %}"
+    "{% for item in message['content'] | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
+    "{{ '\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
 # SmolVLM2-style turns; its processor expands each <image> into the global-image and image tokens itself.
 SMOLVLM_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}User:"
@@ -123,6 +131,50 @@ def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with transformers_bars_off():
+        model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llava_next(out_dir: Path, seed: int = 0) -> Path:
+    """A random-init `LlavaNextForConditionalGeneration` (model type `llava_next`, the LLaVA-NeXT that TensorRT-LLM
+    serves) with an anyres grid scaled down to 32-64 px tiles, `build_tiny_llava`'s tokenizer and a LLaVA-NeXT style
+    chat template (images first). Returns `out_dir`."""
+    import torch
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _bpe_tokenizer({"image_token": "<image>"})
+    grid = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE]]
+    config = LlavaNextConfig(
+        vision_config={**_tiny_vision_dims(), "model_type": "clip_vision_model", "projection_dim": 32},
+        text_config=_tiny_llama_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=grid,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=grid,
+    )  # fmt: skip
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     with transformers_bars_off():
