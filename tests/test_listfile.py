@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vlmkd.data import load_image_list
-from vlmkd.data.listfile import read_classnames, read_list_file, write_list_file
+from vlmkd.data.listfile import MAX_CLASSES, read_classnames, read_list_file, write_list_file
 from vlmkd.errors import InputError
 
 
@@ -85,7 +85,7 @@ segment = st.text(alphabet=string.ascii_letters + string.digits + "_-. ", min_si
     lambda s: s.strip() == s and s not in (".", "..")
 )
 relative_path = st.lists(segment, min_size=1, max_size=3).map("/".join)
-entries = st.dictionaries(relative_path, st.integers(0, 10**6), min_size=1, max_size=20).map(
+entries = st.dictionaries(relative_path, st.integers(0, MAX_CLASSES - 1), min_size=1, max_size=20).map(
     lambda d: sorted(d.items())
 )
 

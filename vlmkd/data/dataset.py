@@ -89,14 +89,23 @@ def load_image_list(spec: str | Path, root: Path | None = None, classnames: Path
 
 
 def _load_image_folder(directory: Path, classnames: Path | None) -> ImageList:
-    class_dirs = sorted(entry for entry in directory.iterdir() if entry.is_dir())
+    """Each visible subdirectory is a class, in sorted order. Hidden entries (names starting with a dot) are
+    not data: Jupyter's `.ipynb_checkpoints/` (empty, or holding copies of images) once became class 0 and
+    shifted every label, and macOS writes `._NAME.jpg` resource files beside images."""
+    class_dirs = sorted(entry for entry in directory.iterdir() if entry.is_dir() and not _hidden(entry.name))
     if not class_dirs:
-        raise InputError(f"{directory}: ImageFolder directory has no class subdirectories")
+        raise InputError(
+            f"{directory}: ImageFolder directory has no class subdirectories (hidden ones such as "
+            ".ipynb_checkpoints are not classes)"
+        )
     samples = []
     for label, class_dir in enumerate(class_dirs):
         for file in sorted(class_dir.rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
-                samples.append(Sample(file.relative_to(directory).as_posix(), label))
+            relative = file.relative_to(directory)
+            if any(_hidden(part) for part in relative.parts) or file.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if file.is_file():
+                samples.append(Sample(relative.as_posix(), label))
     if not samples:
         raise InputError(f"{directory}: no image files under its class subdirectories")
     names = [d.name for d in class_dirs]
@@ -106,3 +115,7 @@ def _load_image_folder(directory: Path, classnames: Path | None) -> ImageList:
             raise InputError(f"{classnames}: {len(given)} class names for {len(names)} class folders in {directory}")
         names = given
     return ImageList(root=directory, samples=tuple(samples), classnames=tuple(names), source=directory)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vlmkd.atomic_files import write_bytes_atomic, write_text_atomic
 from vlmkd.data.cifar import find_cifar, ldam_counts, ldam_indices
 from vlmkd.data.dataset import CLASSNAMES_FILE, ImageList, load_image_list
-from vlmkd.data.listfile import parse_list_line, safe_relative_path, write_classnames, write_list_file
+from vlmkd.data.listfile import lines_of, parse_list_line, safe_relative_path, write_classnames, write_list_file
 from vlmkd.errors import InputError
 
 RECIPE_FILE = "recipe.json"
@@ -253,7 +253,7 @@ def _read_split(path: Path) -> tuple[list[tuple[str, int]], dict[int, str]]:
     if path.suffix == ".json":
         return _read_coco_json(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = lines_of(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot read split file ({error})") from None
     entries = []

@@ -1,0 +1,180 @@
+"""Datasets as users really leave them, and inputs sized to hurt: each is read right or refused in one bounded
+line before anything large is allocated (docs/reliability.md, rule 5 and the round-three cases)."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmkd.cli import main as vlmkd_main
+from vlmkd.data import load_image_list, load_rgb
+from vlmkd.data.images import MAX_DECODE_BYTES, decode_bytes
+from vlmkd.data.listfile import MAX_CLASSES, read_list_file, write_list_file
+from vlmkd.errors import InputError
+
+MESSAGE_LIMIT = 600  # characters: a one-line error names the file and line, and quotes at most a few dozen
+
+
+def _png(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels)
+
+
+def one_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"vlmkd {command}: error: "), err[:2000]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------- ImageFolder datasets
+def test_hidden_folders_and_files_of_an_image_folder_are_not_classes_or_images(tmp_path: Path) -> None:
+    """Jupyter's `.ipynb_checkpoints/` (empty at the top, holding copies inside a class) and macOS `._` files:
+    once an empty hidden folder became class 0 and shifted every label by one."""
+    root = tmp_path / "folder"
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    for name in ("cat/1.png", "cat/2.png", "dog/3.png", "dog/.ipynb_checkpoints/3-checkpoint.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _png(pixels).save(root / name)
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "cat" / "._1.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    dataset = load_image_list(root)
+    assert dataset.classnames == ("cat", "dog")
+    assert [(s.path, s.label) for s in dataset.samples] == [("cat/1.png", 0), ("cat/2.png", 0), ("dog/3.png", 1)]
+
+
+def test_an_image_folder_of_hidden_folders_only_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "folder" / ".ipynb_checkpoints").mkdir(parents=True)
+    assert vlmkd_main(["data", "info", str(tmp_path / "folder")]) == 2
+    assert "no class subdirectories (hidden ones such as .ipynb_checkpoints" in one_line(capsys, "data")
+
+
+# ---------------------------------------------------------------------------------------------- list files
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x1c"])
+def test_a_file_name_holding_a_unicode_line_separator_is_one_entry(tmp_path: Path, separator: str) -> None:
+    """`str.splitlines` splits at U+2028 and other separators that are valid in file names: once such a name
+    was read as two lines (two broken entries)."""
+    name = f"images/a{separator}b.png"
+    (tmp_path / "images").mkdir()
+    _png(np.full((4, 4, 3), 200, dtype=np.uint8)).save(tmp_path / name, format="PNG")
+    _png(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    listing = tmp_path / "train.txt"
+    listing.write_text(f"{name} 0\r\nc.png 1\n", encoding="utf-8")
+    dataset = load_image_list(listing)
+    assert [(s.path, s.label) for s in dataset.samples] == [(name, 0), ("c.png", 1)]
+    assert np.asarray(load_rgb(dataset.path(0))).max() == 200
+    written = tmp_path / "again.txt"
+    write_list_file(written, [(s.path, s.label) for s in dataset.samples])  # and it round-trips
+    assert read_list_file(written) == [(name, 0), ("c.png", 1)]
+
+
+HUGE = "x" * 1_000_000
+HUGE_LINES = {
+    "path-too-long": f"{HUGE}.png 0\n",
+    "no-label": f"{HUGE}\n",
+    "label-of-a-million-digits": f"a.png {'9' * 1_000_000}\n",
+    "escapes-root": f"../{HUGE} 0\n",
+    "absolute": f"/{HUGE} 0\n",
+    "name-too-long": f"images/{'n' * 300}.png 0\n",
+    "label-beyond-the-class-limit": "a.png 1000000000000\n",
+}
+
+
+@pytest.mark.parametrize("case", HUGE_LINES)
+def test_a_huge_list_line_gives_a_bounded_one_line_error(tmp_path: Path, capsys, case: str) -> None:
+    """A 1 MB path once gave a one-line error 2 MB long; a label of 10^12 sized a list of 10^12 class names."""
+    listing = tmp_path / "train.txt"
+    listing.write_text(HUGE_LINES[case], encoding="utf-8")
+    assert vlmkd_main(["data", "info", str(listing)]) == 2
+    line = one_line(capsys, "data")
+    assert f"{listing}:1: " in line and len(line) < MESSAGE_LIMIT, line[:MESSAGE_LIMIT]
+
+
+def test_labels_up_to_the_class_limit_are_read(tmp_path: Path) -> None:
+    listing = tmp_path / "train.txt"
+    listing.write_text(f"a.png {MAX_CLASSES - 1}\n", encoding="utf-8")
+    assert read_list_file(listing) == [("a.png", MAX_CLASSES - 1)]
+
+
+# ------------------------------------------------------------------------------------------------- images
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def gray16_png(width: int, height: int) -> bytes:
+    """A valid, fully decodable 16-bit grayscale PNG of zeros: tiny on disk, `width * height * 2` bytes decoded."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + 2 * width)  # filter byte 0, then the row
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+
+
+def test_a_16_bit_image_under_the_pixel_limit_is_refused_by_its_decoded_bytes(tmp_path: Path, capsys) -> None:
+    """12000 x 12000 16-bit: 144 Mpx is under the pixel limit, but the 280 KB file once took 4.5 GB and 23 s
+    to decode (`vlmkd data load`). Refused from the header, by bytes per pixel."""
+    path = tmp_path / "images" / "big.png"
+    path.parent.mkdir()
+    path.write_bytes(gray16_png(12000, 12000))
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: image of 12000x12000 pixels in mode I;16 .* GiB"):
+        load_rgb(path)
+    (tmp_path / "train.txt").write_text("images/big.png 0\n")
+    assert vlmkd_main(["data", "load", str(tmp_path / "train.txt"), "--workers", "0", "--image-size", "8"]) == 2
+    assert "GiB to decode" in one_line(capsys, "data")
+
+
+def test_an_8_bit_rgb_image_at_the_pixel_limit_fits_the_decode_budget() -> None:
+    """The budget refuses nothing the pixel limit lets through in 8-bit RGB, the common case."""
+    from vlmkd.data.images import MAX_IMAGE_PIXELS
+
+    assert decode_bytes("RGB", MAX_IMAGE_PIXELS) <= MAX_DECODE_BYTES
+    assert decode_bytes("I;16", 12000 * 12000) > MAX_DECODE_BYTES
+
+
+_PEAK_SCRIPT = """
+import sys
+from pathlib import Path
+from vlmkd.data import load_rgb
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+before = status("VmRSS")
+image = load_rgb(Path(sys.argv[1]))
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16", "F"])
+def test_the_decode_estimate_bounds_the_real_peak_memory(tmp_path: Path, mode: str) -> None:
+    """`decode_bytes` is an upper bound of what decoding really takes (peak RSS growth, Linux's VmHWM)."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure a peak")
+    side = 2000
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"image.{'tiff' if mode == 'F' else 'png'}"
+    if mode == "I;16":
+        path.write_bytes(gray16_png(side, side))
+    elif mode == "F":
+        Image.fromarray(rng.random((side, side), dtype=np.float32), mode="F").save(path)
+    else:
+        shape = (side, side) if mode == "L" else (side, side, 3)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode == mode
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True, check=True)
+    peak = int(done.stdout.split()[-1])
+    estimate = decode_bytes(mode, side * side)
+    assert 0 < peak <= estimate, json.dumps({"mode": mode, "peak": peak, "estimate": estimate})
