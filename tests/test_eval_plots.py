@@ -34,6 +34,23 @@ def test_per_class_plot_labels_both_axes_and_lists_the_counts_line(tmp_path: Pat
     assert plot.path.stat().st_size > 1000
 
 
+MATHTEXT_NAMES = ["price $5 to $6", "x_1^2 $\\frac{a}{$", "plain", "$", "100% $ off $"]
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written_not_as_mathtext(tmp_path: Path) -> None:
+    """`price $5 to $6` once crashed the plots (and the evaluation) in matplotlib's mathtext parser."""
+    plot = plot_per_class_accuracy(ACCURACY, COUNTS, MATHTEXT_NAMES, tmp_path / "per_class.png")
+    plot.figure.canvas.draw()
+    shown = [label.get_text() for label in plot.figure.axes[0].get_xticklabels()]
+    assert shown == [MATHTEXT_NAMES[c] for c in np.argsort(-COUNTS, kind="stable")]
+    features = np.random.default_rng(0).normal(size=(60, 8))
+    labels = np.arange(60) % len(MATHTEXT_NAMES)
+    tsne = plot_tsne(features, labels, MATHTEXT_NAMES, tmp_path / "tsne.png", title="t-SNE", min_distinct=10)
+    tsne.figure.canvas.draw()
+    assert [text.get_text() for text in tsne.figure.axes[0].get_legend().get_texts()] == MATHTEXT_NAMES
+    assert plot.path.stat().st_size > 1000 and tsne.path.stat().st_size > 1000
+
+
 def test_per_class_legend_is_outside_the_bars(tmp_path: Path) -> None:
     plot = per_class(tmp_path)
     renderer = plot.figure.canvas.get_renderer()

@@ -7,6 +7,7 @@ a returned figure still shows inline in a notebook.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 
 from vlmkd.data.splits import class_splits
 
@@ -76,6 +78,7 @@ def plot_per_class_accuracy(
     ax.set_ylabel("test top-1 (%)")
     ax.set_xlabel("class (sorted by training images, most on the left)")
     ax.set_xticks(x, [classnames[c] for c in order], rotation=90 if len(order) > 12 else 40, ha="right", fontsize=8)
+    _as_written(ax.get_xticklabels())
     counts_ax = ax.twinx()
     (counts_line,) = counts_ax.plot(
         x, np.asarray(train_counts)[order], color="black", marker="o", markersize=3, linewidth=1
@@ -139,12 +142,20 @@ def plot_tsne(
         legend = ax.legend(fontsize=7, loc="best")
         for handle in legend.legend_handles:
             handle.set_sizes([24.0])  # one size in the legend, whatever the multiplicity of the first point
+        _as_written(legend.get_texts())
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
     return Plot(path, fig)
+
+
+def _as_written(texts: Iterable[Text]) -> None:
+    """Show class names as written: `price $5 to $6` is a name, not matplotlib mathtext (which once failed the
+    whole evaluation with a 79-line parse error)."""
+    for text in texts:
+        text.set_parse_math(False)
 
 
 def _message_figure(path: Path, title: str, message: str) -> Figure:
