@@ -41,7 +41,7 @@ import vlmkd
 from vlmkd.caption import GenerationSettings
 from vlmkd.caption.engines.openai.dispatch import Dispatcher, RetryPolicy
 from vlmkd.caption.engines.openai.engine import request_body_parts
-from vlmkd.caption.engines.openai.http11 import Endpoint
+from vlmkd.caption.engines.openai.transport import Endpoint, Transport, ssl_context
 from vlmkd.data import ImageList, load_image_list
 
 RESULTS = Path(__file__).parent / "results" / "openai_captioning.md"
@@ -147,11 +147,15 @@ def payloads(dataset: ImageList, count: int) -> list[bytes]:
 
 
 async def with_vlmkd(url: str, bodies: list[bytes], concurrency: int) -> None:
-    dispatcher = Dispatcher([Endpoint.parse(url)], concurrency=concurrency, headers={}, policy=RetryPolicy(),
+    policy = RetryPolicy()
+    transport = Transport(headers={"content-type": "application/json"}, ssl_context=ssl_context(None),
+                          request_timeout_s=policy.request_timeout_s,
+                          connect_timeout_s=policy.connect_timeout_s)  # fmt: skip
+    dispatcher = Dispatcher([Endpoint.parse(url)], transport=transport, concurrency=concurrency, policy=policy,
                             log=lambda m: None, redact=str)  # fmt: skip
     outcomes = await asyncio.gather(*(dispatcher.post("/chat/completions", body) for body in bodies))
     assert all(o.body["choices"][0]["message"]["content"] == CAPTION for o in outcomes)
-    dispatcher.close()
+    await dispatcher.close()
 
 
 async def with_httpx(url: str, bodies: list[bytes], concurrency: int) -> None:
@@ -186,7 +190,7 @@ async def with_openai_sdk(url: str, bodies: list[bytes], concurrency: int) -> No
 
 
 def run_clients(dataset: ImageList, rounds: int, count: int) -> dict[str, tuple[Series, list[float]]]:
-    clients = {"vlmkd (asyncio HTTP/1.1, its own)": with_vlmkd}
+    clients = {"vlmkd (aiohttp)": with_vlmkd}
     for module, name, function in (("httpx2", "httpx2 AsyncClient", with_httpx),
                                    ("openai", "openai AsyncOpenAI (SDK)", with_openai_sdk)):  # fmt: skip
         try:

@@ -4,6 +4,7 @@ real servers will not produce on demand (429/503 bursts, hangs, dropped connecti
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import random
@@ -11,15 +12,27 @@ import threading
 
 import numpy as np
 import pytest
+from _openai_cases import (
+    FAST,
+    PROMPTS,
+    caption,
+    captions_of,
+    completion_bytes,
+    dispatcher_for,
+    expected_rows,
+    post_all,
+    store_rows,
+    stub_fleet,
+)
 from PIL import Image
 
 import vlmkd
 from vlmkd.caption import CaptionStore, GenerationSettings, ImageRequest
 from vlmkd.caption.engines.openai.dispatch import RetryPolicy
 from vlmkd.caption.engines.openai.engine import OpenAIEngine, request_body_parts, sendable_image
-from vlmkd.caption.prompts import load_prompt_set
 from vlmkd.data import load_rgb
 from vlmkd.errors import InputError, ServiceError, StoreMismatchError
+from vlmkd.testing.network import RawServer
 from vlmkd.testing.openai_stub import (
     Delay,
     Drop,
@@ -28,56 +41,15 @@ from vlmkd.testing.openai_stub import (
     Reply,
     StubServer,
     echo,
-    echo_caption,
     request_image_bytes,
     request_prompt,
 )
 
-# Retries in milliseconds, not seconds: the faults below would otherwise cost minutes.
-FAST = RetryPolicy(backoff_base_s=0.002, backoff_max_s=0.02, request_timeout_s=1.0, connect_timeout_s=1.0,
-                   dead_after_s=0.3)  # fmt: skip
-PROMPTS = load_prompt_set(None)
-
 
 @pytest.fixture
-def servers(request):
-    """`servers(n, handler=..., **fields)`: n started stub servers, stopped after the test."""
-    started: list[StubServer] = []
-
-    def make(count: int = 1, handler=echo, **fields) -> list[StubServer]:
-        new = [StubServer(handler, **fields).start() for _ in range(count)]
-        started.extend(new)
-        return new
-
-    yield make
-    for server in started:
-        server.stop()
-
-
-def caption(dataset, out, servers, *, policy=FAST, concurrency=8, log=None, model=None, **kwargs):
-    options = {"api_bases": [s.url for s in servers], "concurrency": concurrency, "policy": policy,
-               "log": log if log is not None else (lambda message: None)}  # fmt: skip
-    kwargs.setdefault("max_new_tokens", 8)
-    return vlmkd.caption(
-        dataset=dataset, model=model, out=out, engine="openai", progress=False, engine_options=options, **kwargs
-    )
-
-
-def expected_rows(dataset, skip=()):
-    """(image index, prompt id, caption) the echo stub gives for every image's own file bytes and prompt."""
-    rows = []
-    for index, sample in enumerate(dataset.samples):
-        if index in skip:
-            continue
-        data = dataset.path(index).read_bytes()
-        for prompt in PROMPTS.prompts:
-            rows.append((index, prompt.id, echo_caption(data, prompt.render(dataset.classnames[sample.label]))))
-    return rows
-
-
-def store_rows(store):
-    table = store.read_table().to_pydict()
-    return list(zip(table["image_index"], table["prompt_id"], table["caption"], strict=True))
+def servers():
+    with stub_fleet() as make:
+        yield make
 
 
 def scrambled(payload, server):
@@ -165,13 +137,7 @@ def test_requests_go_to_the_server_with_the_fewest_in_flight(tiny_dataset, tmp_p
 
 
 def test_the_least_busy_live_server_is_chosen_and_ties_take_turns():
-    import asyncio
-
-    from vlmkd.caption.engines.openai.dispatch import Dispatcher
-    from vlmkd.caption.engines.openai.http11 import Endpoint
-
-    dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{9000 + k}/v1") for k in range(4)], concurrency=8,
-                            headers={}, policy=FAST, log=lambda m: None, redact=str)  # fmt: skip
+    dispatcher = dispatcher_for([f"http://127.0.0.1:{9000 + k}/v1" for k in range(4)], concurrency=8)
     a, b, c, d = dispatcher.servers
 
     def choose(avoid=None):
@@ -445,134 +411,38 @@ def test_cli_summary_counts_refused_images_and_a_lost_fleet_is_one_line(tiny_dat
 # ------------------------------------------------------------------------------------- HTTP framing
 
 
-class RawServer:
-    """A loopback server that answers every request with `replies` in turn (raw bytes), closing the connection
-    after each answer when `close_after` is set. Runs on its own thread; counts connections."""
-
-    def __init__(self, replies: list[bytes], close_after: bool = False) -> None:
-        import asyncio
-
-        self.replies, self.close_after, self.connections, self.answered = replies, close_after, 0, 0
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self.ready.wait(10)
-
-    def _run(self) -> None:
-        import asyncio
-
-        async def handle(reader, writer):
-            self.connections += 1
-            try:
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
-                                       if line.lower().startswith(b"content-length")), b"0"))  # fmt: skip
-                    await reader.readexactly(length)
-                    writer.write(self.replies[self.answered % len(self.replies)])
-                    self.answered += 1
-                    await writer.drain()
-                    if self.close_after:
-                        break
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.transport.abort()
-
-        async def start():
-            self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-            self.port = self.server.sockets[0].getsockname()[1]
-
-        self.loop.run_until_complete(start())
-        self.ready.set()
-        self.loop.run_forever()
-
-    def stop(self) -> None:
-        import asyncio
-
-        async def close():
-            self.server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-def _completion_bytes(text: str) -> bytes:
-    return json.dumps({"choices": [{"message": {"content": text}}]}).encode()
-
-
-def _post_all(port: int, count: int) -> list:
-    import asyncio
-
-    from vlmkd.caption.engines.openai.dispatch import Dispatcher
-    from vlmkd.caption.engines.openai.http11 import Endpoint
-
-    async def go():
-        dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{port}/v1")], concurrency=1, headers={},
-                                policy=FAST, log=lambda m: None, redact=str)  # fmt: skip
-        outcomes = [await dispatcher.post("/chat/completions", b"{}") for _ in range(count)]
-        dispatcher.close()
-        return outcomes
-
-    return asyncio.run(go())
-
-
 def test_chunked_and_close_delimited_answers_are_read_whole():
-    body = _completion_bytes("chunked caption")
+    body = completion_bytes("chunked caption")
     chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"%x\r\n" % 10 + body[:10] + b"\r\n"
                + b"%x;ext=1\r\n" % (len(body) - 10) + body[10:] + b"\r\n0\r\n\r\n")  # fmt: skip
-    server = RawServer([chunked])
-    try:
-        outcomes = _post_all(server.port, 3)
-        assert [o.body["choices"][0]["message"]["content"] for o in outcomes] == ["chunked caption"] * 3
+    with RawServer([chunked]) as server:
+        assert captions_of(post_all(f"http://127.0.0.1:{server.port}/v1", 3)) == ["chunked caption"] * 3
         assert server.connections == 1  # a chunked answer keeps the connection alive
-    finally:
-        server.stop()
-    close_delimited = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + _completion_bytes("until the end")
-    server = RawServer([close_delimited], close_after=True)
-    try:
-        outcomes = _post_all(server.port, 3)
-        assert [o.body["choices"][0]["message"]["content"] for o in outcomes] == ["until the end"] * 3
+    close_delimited = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + completion_bytes("until the end")
+    with RawServer([close_delimited], close_after=True) as server:
+        assert captions_of(post_all(f"http://127.0.0.1:{server.port}/v1", 3)) == ["until the end"] * 3
         assert server.connections == 3
-    finally:
-        server.stop()
 
 
 def test_a_keep_alive_connection_the_server_closed_is_replaced_without_a_retry():
     """A server that drops idle connections without saying so: the reused one fails before any answer, and
     the request goes out again at once on a new connection (no backoff, no retry counted)."""
-    body = _completion_bytes("fresh")
+    body = completion_bytes("fresh")
     reply = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
-    server = RawServer([reply], close_after=True)  # closes, but announces keep-alive (no `connection: close`)
-    try:
-        import asyncio
-
-        from vlmkd.caption.engines.openai.dispatch import Dispatcher
-        from vlmkd.caption.engines.openai.http11 import Endpoint
+    with RawServer([reply], close_after=True) as server:  # closes, but announces keep-alive
 
         async def go():
-            dispatcher = Dispatcher([Endpoint.parse(f"http://127.0.0.1:{server.port}/v1")], concurrency=1,
-                                    headers={}, policy=FAST, log=lambda m: None, redact=str)  # fmt: skip
+            dispatcher = dispatcher_for([f"http://127.0.0.1:{server.port}/v1"])
             outcomes = []
             for _ in range(4):
                 outcomes.append(await dispatcher.post("/chat/completions", b"{}"))
                 await asyncio.sleep(0.02)  # let the server's close arrive
-            dispatcher.close()
+            await dispatcher.close()
             return outcomes, dispatcher.retries
 
         outcomes, retries = asyncio.run(go())
-        assert [o.body["choices"][0]["message"]["content"] for o in outcomes] == ["fresh"] * 4
+        assert captions_of(outcomes) == ["fresh"] * 4
         assert retries == {} and server.connections == 4
-    finally:
-        server.stop()
 
 
 def test_engine_options_can_be_plain_data_as_in_a_yaml_stage_config(tiny_dataset, tmp_path, servers):

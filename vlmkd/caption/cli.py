@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -93,12 +94,21 @@ def build_parser() -> ArgumentParser:
         help=f"environment variable holding the API key, sent as a bearer token if set (default {DEFAULT_API_KEY_ENV})",
     )  # fmt: skip
     servers.add_argument(
-        "--request-timeout", type=float, default=RetryPolicy.request_timeout_s, metavar="S",
+        "--request-timeout", type=positive_seconds, default=RetryPolicy.request_timeout_s, metavar="S",
         help="seconds one attempt may take before it is retried",
     )  # fmt: skip
     servers.add_argument(
-        "--dead-after", type=float, default=RetryPolicy.dead_after_s, metavar="S",
+        "--dead-after", type=positive_seconds, default=RetryPolicy.dead_after_s, metavar="S",
         help="seconds a server may stay unreachable before the run gives up on it",
+    )  # fmt: skip
+    servers.add_argument(
+        "--header", action="append", default=[], type=header_setting, metavar="NAME=VALUE",
+        help="an HTTP header sent with every request, for gateways (e.g. api-key=...; repeatable); values of "
+        "secret-looking names (key, token, auth...) are masked in every message",
+    )  # fmt: skip
+    servers.add_argument(
+        "--ca-bundle", type=Path, default=None, metavar="PEM",
+        help="CA certificates to trust for https:// servers (default: the system's, or SSL_CERT_FILE)",
     )  # fmt: skip
     store = parser.add_argument_group("store")
     store.add_argument(
@@ -114,6 +124,25 @@ def build_parser() -> ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def positive_seconds(text: str) -> float:
+    """A duration flag: a finite number of seconds > 0 (`nan`, `inf` and `-5` are refused in one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def header_setting(text: str) -> tuple[str, str]:
+    """`NAME=VALUE` of a --header flag."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError("must be NAME=VALUE (e.g. api-key=...)")
+    return name.strip(), value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "openai":
         policy = {"request_timeout_s": args.request_timeout, "dead_after_s": args.dead_after}
         options = {"api_bases": args.api_base, "concurrency": args.concurrency, "api_key_env": args.api_key_env,
-                   "policy": policy}  # fmt: skip
+                   "policy": policy, "headers": dict(args.header),
+                   "ca_bundle": str(args.ca_bundle) if args.ca_bundle else None}  # fmt: skip
     generation = GenerationSettings.from_namespace(args)
     config = CaptionConfig.from_namespace(
         args, generation=generation, engine_options=options, progress=not args.no_progress

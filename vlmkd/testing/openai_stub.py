@@ -6,8 +6,9 @@ can stand in for a fleet when trying out `vlmkd-caption --engine openai` without
 
     python -m vlmkd.testing.openai_stub --port 8001 --port 8002    # two instant servers on 127.0.0.1
 
-It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for `GET /v1/models`, `GET /health` and
-`POST /v1/chat/completions`. Its caption names what it was sent: the SHA-256 of the image bytes inside the
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies, gzip'd answers when asked to) for
+`GET /v1/models`, `GET /health` and `POST /v1/chat/completions`, over TLS when given a context, or redirects
+everything elsewhere. Its caption names what it was sent: the SHA-256 of the image bytes inside the
 data URL and the prompt text (see `echo_caption`), so a test can check every caption against its image file.
 """
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -113,17 +116,23 @@ class StubServer:
     instant_text: str | None = None  # when set, every chat request gets this caption, its body left unparsed
     requests: list[dict[str, Any]] = field(default_factory=list)  # every chat payload received, in order
     keep_payloads: bool = False
+    headers_seen: list[dict[str, str]] = field(default_factory=list)  # each chat request's headers (keep_payloads)
+    queries: list[str] = field(default_factory=list)  # every request's query string (keep_payloads)
+    tls: ssl.SSLContext | None = None  # serve https:// with this context
+    gzip: bool = False  # gzip every answer whose request accepts it
+    redirect_to: str | None = None  # answer every request 307 to this base URL + the path after /v1
     chat_requests: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _compressing: set[asyncio.StreamWriter] = field(default_factory=set)  # connections whose answers are gzip'd
     _instant_reply: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}/v1"
 
     def start(self) -> StubServer:
         ready = threading.Event()
@@ -143,7 +152,7 @@ class StubServer:
     async def serve(self) -> None:
         """Start listening on the current event loop (for callers that run their own loop)."""
         self._instant_reply = _completion(self.model, self.instant_text or "")
-        self._server = await asyncio.start_server(self._connection, HOST, self.port, backlog=1024)
+        self._server = await asyncio.start_server(self._connection, HOST, self.port, backlog=1024, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
@@ -182,37 +191,50 @@ class StubServer:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                method, path, headers = _parse_head(head)
+                method, target, headers = _parse_head(head)
+                path, _, query = target.partition("?")
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if self.gzip and "gzip" in headers.get("accept-encoding", ""):
+                    self._compressing.add(writer)
                 given = headers.get("authorization")
+                if self.redirect_to is not None:
+                    where = self.redirect_to.rstrip("/") + path.split("/v1", 1)[-1]
+                    await self._send(writer, 307, "moved", (("location", where),))
+                    continue
                 if self.api_key is not None and given != f"Bearer {self.api_key}":
                     # echo what was sent, as careless servers do: clients must scrub it from their messages
-                    await _send(writer, 401, {"error": {"message": f"invalid authorization {given!r}"}})
+                    await self._send(writer, 401, {"error": {"message": f"invalid authorization {given!r}"}})
                     continue
+                if self.keep_payloads:
+                    with self._lock:
+                        self.queries.append(query)
+                        if method == "POST":
+                            self.headers_seen.append(headers)
                 if not await self._respond(method, path, body, writer):
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
+            return  # the client went away, or the server is stopping
         finally:
             self._writers.discard(writer)
+            self._compressing.discard(writer)
             writer.transport.abort()
 
     async def _respond(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         if method == "GET" and path.endswith("/models"):
             data = {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "vlmkd-stub"}]}
-            return await _send(writer, 200, data)
+            return await self._send(writer, 200, data)
         if method == "GET" and path.endswith("/health"):
-            return await _send(writer, 200, "ok")
+            return await self._send(writer, 200, "ok")
         if method != "POST" or not path.endswith("/chat/completions"):
-            return await _send(writer, 404, {"error": {"message": f"no route {method} {path}"}})
+            return await self._send(writer, 404, {"error": {"message": f"no route {method} {path}"}})
         if self.instant_text is not None:  # the cheapest answer: benchmarks measure the client, not the stub
             self.chat_requests += 1
-            return await _send(writer, 200, self._instant_reply)
+            return await self._send(writer, 200, self._instant_reply)
         try:
             payload = json.loads(body)
         except ValueError:
-            return await _send(writer, 400, {"error": {"message": "body is not JSON"}})
+            return await self._send(writer, 400, {"error": {"message": "body is not JSON"}})
         with self._lock:
             self.chat_requests += 1
             if self.keep_payloads:
@@ -229,14 +251,29 @@ class StubServer:
         if isinstance(action, Hang):
             await asyncio.Event().wait()  # until the connection is aborted
         if isinstance(action, Error):
-            return await _send(writer, action.status, action.body, action.headers)
+            return await self._send(writer, action.status, action.body, action.headers)
         completion = _completion(self.model, action.text)
         if isinstance(action, Drop):
             body = json.dumps(completion).encode()
             writer.write(_head(200, "application/json", len(body)) + body[: len(body) // 2])
             await writer.drain()
             return False
-        return await _send(writer, 200, completion)
+        return await self._send(writer, 200, completion)
+
+    async def _send(
+        self, writer: asyncio.StreamWriter, status: int, body: Any, extra: tuple[tuple[str, str], ...] = ()
+    ) -> bool:
+        if isinstance(body, (dict, list)):
+            data, content_type = json.dumps(body).encode(), "application/json"
+        elif isinstance(body, bytes):
+            data, content_type = body, "application/json"
+        else:
+            data, content_type = str(body).encode(), "text/plain"
+        if writer in self._compressing:
+            data, extra = gzip.compress(data, compresslevel=1), (*extra, ("content-encoding", "gzip"))
+        writer.write(_head(status, content_type, len(data), extra) + data)
+        await writer.drain()
+        return True
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
@@ -254,16 +291,6 @@ def _head(status: int, content_type: str, length: int, extra: tuple[tuple[str, s
     lines = [f"HTTP/1.1 {status} STUB", f"content-type: {content_type}", f"content-length: {length}"]
     lines += [f"{name}: {value}" for name, value in extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def _send(writer: asyncio.StreamWriter, status: int, body: Any, extra: tuple[tuple[str, str], ...] = ()) -> bool:
-    if isinstance(body, (dict, list)):
-        data, content_type = json.dumps(body).encode(), "application/json"
-    else:
-        data, content_type = str(body).encode(), "text/plain"
-    writer.write(_head(status, content_type, len(data), extra) + data)
-    await writer.drain()
-    return True
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:

@@ -8,9 +8,14 @@ What is retried, and how (jittered exponential backoff, per request):
 - 500 (and other 5xx): up to `server_error_attempts` tries, then it is that request's failure;
 - 400, 413, 422 (and other 4xx): tried once more (on another server when there is one); a repeat is that
   request's failure;
-- 401, 403, 404: the server is unusable (bad key, no such route or model): it is given up, the others go on.
+- 401, 403, 404, a redirected POST, a TLS certificate not trusted: the server is unusable (bad key, no such
+  route or model, a URL or CA to fix): it is given up, the others go on;
+- an answer body larger than the transport's cap is treated as a 500 (it is not read further).
 A server that cannot be reached is skipped with growing pauses and given up once unreachable for
 `dead_after_s`; the run stops with `ServiceError` (one line) when no server is left.
+
+Every text this module produces (log lines, failure reasons, the final error) goes through `redact` before it
+is cut to length, so no secret (API key, gateway header, proxy password) leaves the process.
 """
 
 from __future__ import annotations
@@ -18,14 +23,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from vlmkd.caption.engines.openai.http11 import Connection, Endpoint, ProtocolError, Response
-from vlmkd.errors import ServiceError
+from yarl import URL
+
+from vlmkd.caption.engines.openai.transport import (
+    REDIRECT_STATUSES,
+    Endpoint,
+    Lost,
+    Response,
+    TooLarge,
+    Transport,
+    TransportError,
+    Unreachable,
+    Untrusted,
+)
+from vlmkd.errors import InputError, ServiceError
 
 TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
 UNUSABLE_STATUSES = {401: "unauthorized", 403: "forbidden", 404: "not found"}
@@ -45,6 +63,15 @@ class RetryPolicy:
     connect_timeout_s: float = 10.0
     dead_after_s: float = 60.0  # a server unreachable this long is given up for the run
     refusals_in_a_row: int = 50  # final failures with no success between them: the run is misconfigured
+
+    def __post_init__(self) -> None:
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            integer = setting.type in ("int", int)
+            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+                raise InputError(f"{setting.name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+            if not math.isfinite(value) or value <= 0 or (integer and value < 1):
+                raise InputError(f"{setting.name} must be a finite number > 0, got {value}")
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Pause before try `attempt + 1`: exponential, capped, jittered into its upper half."""
@@ -69,21 +96,33 @@ class Refused:
 
 @dataclass
 class Server:
-    """One server's state: its connections, requests in flight, and how long it has been failing."""
+    """One server's state: requests in flight, and how long it has been failing."""
 
     endpoint: Endpoint
     outstanding: int = 0
     sent: int = 0
     succeeded: int = 0
-    idle: list[Connection] = field(default_factory=list)
     dead: str | None = None  # why it was given up
     failures_in_a_row: int = 0
     failing_since: float | None = None
     suspended_until: float = 0.0
+    urls: dict[str, URL] = field(default_factory=dict, repr=False)  # by path: made once, they cost CPU
 
     @property
     def url(self) -> str:
         return self.endpoint.url
+
+    def join(self, path: str) -> URL:
+        """The URL of `path` on this server."""
+        url = self.urls.get(path)
+        if url is None:
+            url = self.urls[path] = self.endpoint.join(path)
+        return url
+
+    def move(self, endpoint: Endpoint) -> None:
+        """The server answers at `endpoint` from now on (its discovery GET was redirected there)."""
+        self.endpoint = endpoint
+        self.urls.clear()
 
 
 class _Transient(Exception):
@@ -107,8 +146,8 @@ class Dispatcher:
         self,
         endpoints: list[Endpoint],
         *,
+        transport: Transport,
         concurrency: int,
-        headers: dict[str, str],
         policy: RetryPolicy,
         log: Callable[[str], None],
         redact: Callable[[str], str],
@@ -117,8 +156,8 @@ class Dispatcher:
         if not endpoints:
             raise ValueError("no servers")
         self.servers = [Server(endpoint) for endpoint in endpoints]
+        self.transport = transport
         self.concurrency = concurrency
-        self.headers = {"content-type": "application/json", "accept": "application/json", **headers}
         self.policy = policy
         self.log = log
         self.redact = redact
@@ -131,17 +170,25 @@ class Dispatcher:
 
     # --------------------------------------------------------------------------------------- requests
     async def get_json(self, server: Server, path: str) -> dict[str, Any]:
-        """One GET outside the retry machinery (model discovery); `ServiceError` saying why when it fails."""
+        """One GET outside the retry machinery (model discovery), following redirects on the server's host: a
+        server moved (`http://` to `https://`) is used at its new URL from then on. `ServiceError` saying why
+        when it fails."""
         try:
-            response = await self._attempt(server, "GET", path, b"")
-        except _Transient as error:
+            response, url = await self.transport.get(server.join(path))
+        except TransportError as error:
             raise ServiceError(self.redact(error.reason)) from None
         if response.status != 200:
-            raise ServiceError(self.redact(f"HTTP {response.status}: {_excerpt(response)}"))
+            raise ServiceError(self.redact(f"HTTP {response.status}: {self.excerpt(response)}"))
+        if url != server.join(path):
+            if not url.path.endswith(path):
+                raise ServiceError(self.redact(f"redirected to {url.with_query(None)}, which does not end in {path}"))
+            moved = Endpoint(url.with_path(url.path.removesuffix(path)).with_query(url.query))
+            self.log(self.redact(f"server {server.url} moved to {moved.url}; using that"))
+            server.move(moved)
         try:
             return json.loads(response.body)
         except ValueError:
-            raise ServiceError(self.redact(f"the answer is not JSON: {_excerpt(response)}")) from None
+            raise ServiceError(self.redact(f"the answer is not JSON: {self.excerpt(response)}")) from None
 
     async def post(self, path: str, body: bytes) -> Completed | Refused:
         """POST `body` to `path` on the best server until it succeeds or is refused for good."""
@@ -168,7 +215,7 @@ class Dispatcher:
                 raise self.fatal
             server = await self._choose(avoid)
             try:
-                response = await self._attempt(server, "POST", path, body)
+                response = await self._attempt(server, "POST", server.join(path), body)
             except _Transient as error:
                 self._count(error.reason.split(":")[0])
                 if error.server_down:  # bounded by `dead_after_s`, not by this request's budget
@@ -187,7 +234,14 @@ class Dispatcher:
                     return Completed(json.loads(response.body), server.url)
                 except ValueError:
                     status, response = 500, Response(500, response.headers, b"200 with a body that is not JSON")
-            if status in TRANSIENT_STATUSES:
+            if status in REDIRECT_STATUSES:
+                where = response.headers.get("location", "nowhere")
+                self._give_up(
+                    server,
+                    f"HTTP {status}: POST redirected to {where}; POSTs are not redirected "
+                    "(the request and its key would go elsewhere): use the final URL as --api-base",
+                )
+            elif status in TRANSIENT_STATUSES:
                 transient += 1
                 self._count(str(status))
                 if transient >= self.policy.max_attempts:
@@ -195,68 +249,46 @@ class Dispatcher:
                 await self._pause(transient - 1, _retry_after(response))
                 avoid = server
             elif status in UNUSABLE_STATUSES:
-                self._give_up(server, f"HTTP {status} {UNUSABLE_STATUSES[status]}: {_excerpt(response)}")
+                self._give_up(server, f"HTTP {status} {UNUSABLE_STATUSES[status]}: {self.excerpt(response)}")
             elif status >= 500:
                 server_errors += 1
                 self._count(str(status))
                 if server_errors >= self.policy.server_error_attempts:
-                    return Refused(self.redact(f"HTTP {status} {server_errors} times: {_excerpt(response)}"))
+                    return Refused(f"HTTP {status} {server_errors} times: {self.excerpt(response)}")
                 await self._pause(server_errors - 1, None)
                 avoid = server
             else:
                 rejections += 1
                 self._count(str(status))
                 if rejections >= self.policy.rejection_attempts:
-                    return Refused(self.redact(f"HTTP {status}: {_excerpt(response)}"))
+                    return Refused(f"HTTP {status}: {self.excerpt(response)}")
                 avoid = server
 
-    async def _attempt(self, server: Server, method: str, path: str, body: bytes) -> Response:
-        """One try on `server`, on an idle connection if there is one (a stale one is replaced at once)."""
+    async def _attempt(self, server: Server, method: str, url: URL, body: bytes) -> Response:
+        """One try on `server`. A connection that fails before any answer (a keep-alive connection the server
+        closed meanwhile) is tried once more at once: the request never reached the model."""
         server.outstanding += 1
         server.sent += 1
         try:
-            while server.idle:
-                connection = server.idle.pop()
+            for fresh in (False, True):
                 try:
-                    return await self._exchange(server, connection, method, path, body)
-                except _Stale:
-                    continue
-            try:
-                connection = await asyncio.wait_for(Connection.open(server.endpoint), self.policy.connect_timeout_s)
-            except asyncio.TimeoutError:
-                raise _Transient("connect timeout", server_down=True) from None
-            except OSError as error:
-                raise _Transient(f"cannot connect: {_os_reason(error)}", server_down=True) from None
-            try:
-                return await self._exchange(server, connection, method, path, body)
-            except _Stale as error:
-                raise _Transient(f"connection lost: {error.reason}") from None
+                    return await self.transport.request(method, url, body)
+                except Lost as error:
+                    if error.before_answer and not fresh:
+                        continue
+                    raise _Transient(error.reason) from None
+                except TooLarge as error:
+                    return Response(500, {}, error.reason.encode())
+                except Untrusted as error:
+                    self._give_up(server, error.reason)
+                    raise _Transient(error.reason, server_down=True) from None
+                except Unreachable as error:
+                    raise _Transient(error.reason, server_down=True) from None
+                except TransportError as error:  # timed out
+                    raise _Transient(error.reason) from None
+            raise AssertionError("unreachable")
         finally:
             server.outstanding -= 1
-
-    async def _exchange(self, server: Server, connection: Connection, method: str, path: str, body: bytes) -> Response:
-        reused = connection.requests_sent > 0
-        try:
-            response = await asyncio.wait_for(
-                connection.request(method, path, self.headers, body), self.policy.request_timeout_s
-            )
-        except asyncio.TimeoutError:
-            connection.close()
-            raise _Transient(f"timeout: no complete answer in {self.policy.request_timeout_s:g} s") from None
-        except (OSError, ProtocolError) as error:
-            connection.close()
-            headless = isinstance(error, ProtocolError) and "headers" in str(error)
-            if reused and (headless or isinstance(error, (ConnectionResetError, BrokenPipeError))):
-                raise _Stale(_os_reason(error)) from None  # the server closed an idle keep-alive connection
-            raise _Transient(f"connection lost: {_os_reason(error)}") from None
-        except BaseException:  # cancelled (the run is stopping): the connection is in an unknown state
-            connection.close()
-            raise
-        if connection.reusable:
-            server.idle.append(connection)
-        else:
-            connection.close()
-        return response
 
     # ---------------------------------------------------------------------------------------- servers
     async def _choose(self, avoid: Server | None) -> Server:
@@ -290,9 +322,6 @@ class Dispatcher:
             return
         server.suspended_until = now + self.policy.backoff(server.failures_in_a_row, self.rng)
         server.failures_in_a_row += 1
-        for connection in server.idle:
-            connection.close()
-        server.idle.clear()
 
     def _server_ok(self, server: Server) -> None:
         server.succeeded += 1
@@ -306,9 +335,6 @@ class Dispatcher:
         if server.dead is None:
             server.dead = self.redact(reason)
             self.log(f"giving up on server {server.url}: {server.dead}")
-        for connection in server.idle:
-            connection.close()
-        server.idle.clear()
 
     def _fail(self, message: str) -> None:
         """Stop every request of the run with one `ServiceError`."""
@@ -325,17 +351,13 @@ class Dispatcher:
     def _count(self, cause: str) -> None:
         self.retries[cause] = self.retries.get(cause, 0) + 1
 
-    def close(self) -> None:
-        for server in self.servers:
-            for connection in server.idle:
-                connection.close()
-            server.idle.clear()
+    def excerpt(self, response: Response) -> str:
+        """A server's error body as one short line, secrets masked first: its JSON `message`/`detail` when
+        there is one."""
+        return _excerpt(self.redact(response.body.decode("utf-8", "replace")), self.redact)
 
-
-class _Stale(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    async def close(self) -> None:
+        await self.transport.close()
 
 
 def _retry_after(response: Response) -> float | None:
@@ -346,9 +368,9 @@ def _retry_after(response: Response) -> float | None:
         return None  # an HTTP date: rare from inference servers; the backoff applies
 
 
-def _excerpt(response: Response) -> str:
-    """A server's error body as one short line: its JSON `message`/`detail` when there is one."""
-    text = response.body.decode("utf-8", "replace")
+def _excerpt(text: str, redact: Callable[[str], str]) -> str:
+    """An error body (already redacted) as one line of at most `REASON_CHARS`: its JSON `message`/`detail`
+    when there is one (redacted again: a JSON string may spell a secret with escapes)."""
     try:
         data = json.loads(text)
     except ValueError:
@@ -358,14 +380,6 @@ def _excerpt(response: Response) -> str:
         message = error.get("message") if isinstance(error, dict) else error
         message = message or data.get("message") or data.get("detail")
         if message:
-            text = message if isinstance(message, str) else json.dumps(message)
+            text = redact(message if isinstance(message, str) else json.dumps(message))
     text = " ".join(text.split()) or "(empty body)"
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
-
-
-def _os_reason(error: BaseException) -> str:
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, ConnectionResetError):
-        return "connection reset"
-    return " ".join(str(error).split()) or type(error).__name__

@@ -4,9 +4,10 @@ SGLang, `transformers serve`), many at once.
 One chat request per (image, prompt): a user turn with the image as a data URL (the file's own bytes when it
 is a JPEG or an 8-bit PNG, a lossless PNG of the decoded image otherwise) followed by the prompt text, and
 every decoding setting sent explicitly (`temperature` 0 for greedy, `top_p`, `max_tokens`, `seed`, `n`), so
-no server default changes the captions. Requests run on an asyncio loop of the engine's own thread and are
-spread by `vlmkd.caption.engines.openai.dispatch.Dispatcher`. The API key comes from an environment variable and
-is scrubbed from every message the engine produces; it is never stored.
+no server default changes the captions. Requests run on an asyncio loop (uvloop's when installed) of the
+engine's own thread, are spread by `dispatch.Dispatcher` and travel by `transport.Transport` (aiohttp). The API
+key comes from an environment variable and, like every secret gateway header, is masked in every message the
+engine produces (`redaction.Redactor`); it is never stored.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vlmkd import __version__
 from vlmkd.caption.engines.base import (
     Caption,
     CaptionEngine,
@@ -32,7 +34,16 @@ from vlmkd.caption.engines.base import (
     per_image,
 )
 from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher, RetryPolicy
-from vlmkd.caption.engines.openai.http11 import Endpoint
+from vlmkd.caption.engines.openai.redaction import Redactor, looks_secret
+from vlmkd.caption.engines.openai.transport import (
+    DEFAULT_MAX_BODY_BYTES,
+    Endpoint,
+    Transport,
+    header_pairs,
+    new_event_loop,
+    proxy_for,
+    ssl_context,
+)
 from vlmkd.errors import InputError, ServiceError
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -115,7 +126,11 @@ class OpenAIEngine(CaptionEngine):
     `model`: the model name to request; `None` takes the one model the servers report. The engine checks
     that every reachable server serves it (`GET /models`) and records that name as the store's model
     identity: weights behind a URL cannot be fingerprinted. `policy` (a `RetryPolicy` or a mapping of its
-    fields) says how hard to retry. `device` and `trust_remote_code` are the servers' business and not used.
+    fields) says how hard to retry. `headers` go with every request (gateways: `{"api-key": ...}`; values
+    of secret-looking names are masked like the key), `ca_bundle` is a PEM file of CAs to trust for
+    `https://` servers (default: the system's, or `SSL_CERT_FILE`); proxies come from `HTTPS_PROXY` /
+    `HTTP_PROXY` / `NO_PROXY`. `uvloop`: None uses it when installed, False never. `max_body_bytes` caps an
+    answer's body. `device` and `trust_remote_code` are the servers' business and not used.
     """
 
     name = "openai"
@@ -132,14 +147,20 @@ class OpenAIEngine(CaptionEngine):
         concurrency: int = DEFAULT_CONCURRENCY,
         api_key_env: str = DEFAULT_API_KEY_ENV,
         policy: RetryPolicy | dict[str, float] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ca_bundle: str | Path | None = None,
+        uvloop: bool | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if not api_bases:
             raise InputError("--engine openai needs at least one --api-base URL (e.g. http://host:8000/v1)")
         if concurrency < 1:
             raise InputError(f"concurrency must be >= 1, got {concurrency}")
+        if max_body_bytes < 1024:
+            raise InputError(f"max_body_bytes must be >= 1024, got {max_body_bytes}")
         endpoints = [Endpoint.parse(url) for url in api_bases]
-        if len({e.url for e in endpoints}) != len(endpoints):
+        if len({e.base for e in endpoints}) != len(endpoints):
             raise InputError(f"--api-base lists a server twice: {', '.join(e.url for e in endpoints)}")
         decoding_fields(settings)  # refuses what the API cannot express
         if isinstance(policy, dict):  # plain settings, as a YAML stage config holds them
@@ -147,17 +168,30 @@ class OpenAIEngine(CaptionEngine):
                 policy = RetryPolicy(**policy)
             except TypeError as error:
                 raise InputError(f"engine_options.policy: {error}") from None
+        policy = policy or RetryPolicy()
         self.settings = settings
         self.concurrency = concurrency
         self.submit_ahead = 2 * concurrency
-        self._key = os.environ.get(api_key_env) or None
         self.log = log or (lambda message: print(message, file=sys.stderr))
-        headers = {"authorization": f"Bearer {self._key}"} if self._key else {}
+        key = os.environ.get(api_key_env) or None
+        sent = {"user-agent": f"vlmkd/{__version__}", "content-type": "application/json",
+                "accept": "application/json"}  # fmt: skip
+        if key:
+            sent["authorization"] = f"Bearer {key}"
+        sent.update(header_pairs(headers or {}))
+        self.redact = Redactor(
+            [key or "", *(v for name, v in sent.items() if looks_secret(name))]
+            + [secret for endpoint in endpoints for secret in endpoint.secrets()]
+            + [proxy.password or "" for proxy in map(proxy_for, (e.base for e in endpoints)) if proxy is not None]
+        )
+        transport = Transport(headers=sent, ssl_context=ssl_context(ca_bundle), max_body_bytes=max_body_bytes,
+                              request_timeout_s=policy.request_timeout_s,
+                              connect_timeout_s=policy.connect_timeout_s)  # fmt: skip
         self.dispatcher = Dispatcher(
-            endpoints, concurrency=concurrency, headers=headers, policy=policy or RetryPolicy(),
-            log=self._log, redact=self.redact,
+            endpoints, transport=transport, concurrency=concurrency, policy=policy, log=self._log,
+            redact=self.redact,
         )  # fmt: skip
-        self._loop = asyncio.new_event_loop()
+        self._loop, self.event_loop = new_event_loop(uvloop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="vlmkd-openai", daemon=True)
         self._thread.start()
         try:
@@ -176,10 +210,6 @@ class OpenAIEngine(CaptionEngine):
         record = self.settings.record()
         record.pop("dtype")  # the servers' business; not sent
         return record
-
-    def redact(self, text: str) -> str:
-        """`text` with the API key replaced (errors may quote headers or requests)."""
-        return text.replace(self._key, "***") if self._key else text
 
     def _log(self, message: str) -> None:
         self.log(f"openai engine: {self.redact(message)}")
@@ -263,7 +293,7 @@ class OpenAIEngine(CaptionEngine):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.dispatcher.close()
+            await self.dispatcher.close()
 
         asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
