@@ -16,6 +16,7 @@ from vlmkd.caption.engines import ENGINES
 from vlmkd.losses.task import TASK_LOSSES, TaskLoss
 from vlmkd.models import BACKBONES
 from vlmkd.ops import contrastive_ref, vlmkd_contrastive_loss
+from vlmkd.train import load_classifier
 
 BACKBONE_FILE = """
 from torch import nn
@@ -96,7 +97,7 @@ def test_a_new_backbone_trains_through_the_cli_and_evaluates(scratch: Path, tiny
             "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     assert vlmkd.TrainConfig.from_yaml(run / "config.yaml").arch == "mynet"
-    model, meta = vlmkd.train.load_classifier(run)
+    model, meta = load_classifier(run)
     assert meta["spec"]["arch"] == "mynet" and model.feature_dim == 64  # rebuilt by name from the registry
     result = vlmkd.evaluate(checkpoint=run, dataset=tiny_dataset.source, plots=False, num_workers=0)
     assert result.top1["all"] is not None

@@ -41,3 +41,63 @@ def test_only_the_demo_imports_the_testing_fixtures():
 def test_reporting_is_imported_only_by_the_caption_cli_and_the_evaluation_that_returns_figures():
     # the evaluate stage's result holds its figures (`EvalResult.figures`); `vlmkd plot` names its module by string
     assert modules_importing("vlmkd.reporting") == {"caption/cli.py", "evaluate/run.py"}
+
+
+def module_name(path: Path) -> str:
+    parts = ("vlmkd", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """vlmkd module -> the vlmkd modules it imports anywhere in its file (inside functions and TYPE_CHECKING
+    blocks too: a deferred import is still a dependency). `from pkg import name` counts as importing `pkg.name`
+    where that is a module, else `pkg`."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        graph[module] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+                targets = [t for t in targets[:-1] if t in modules] or [node.module]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:  # `import vlmkd._C` -> vlmkd (a native module)
+                    target = target.rpartition(".")[0]
+                if target and target != module:
+                    graph[module].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search for an edge back to the current path)."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        path, stack = [start], [iter(sorted(graph[start]))]
+        while stack:
+            target = next(stack[-1], None)
+            if target is None:
+                done.add(path.pop())
+                stack.pop()
+            elif target in path:
+                return [*path[path.index(target) :], target]
+            elif target not in done:
+                path.append(target)
+                stack.append(iter(sorted(graph[target])))
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert {"vlmkd", "vlmkd.pipeline", "vlmkd.train.trainer"} <= set(graph)
+    assert "vlmkd.train.config" in graph["vlmkd.train"] and "vlmkd.pipeline" in graph["vlmkd"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_find_cycle_finds_a_cycle_through_a_deferred_import():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]

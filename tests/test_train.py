@@ -84,7 +84,7 @@ def test_saved_classifier_excludes_the_adaptor_and_the_checkpoint_keeps_it(tiny_
 
 
 def test_amp_bf16_step_runs_in_bfloat16_on_cpu(tiny_dataset, tmp_path, monkeypatch) -> None:
-    import vlmkd.train.trainer as trainer
+    from vlmkd.train import trainer
 
     seen: list[torch.dtype] = []
     build = trainer.build_model

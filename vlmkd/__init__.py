@@ -1,6 +1,6 @@
 """vlmkd: knowledge distillation from vision-language-model captions for long-tail image recognition.
 
-The pipeline from Python, one call per stage (each takes a config or keywords and returns a small result)::
+The pipeline from Python, one function per stage (each takes a config or keywords and returns a small result)::
 
     import vlmkd
 
@@ -10,41 +10,29 @@ The pipeline from Python, one call per stage (each takes a config or keywords an
     result = vlmkd.evaluate(checkpoint=run, dataset="test.txt")
     result.top1["few"], result.figures["per_class"]
 
-Importing vlmkd is cheap and changes nothing: every name below is imported on first use.
+Importing vlmkd is cheap and changes nothing: the names under TYPE_CHECKING below are imported on first use.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vlmkd.backends import BackendStatus, backends  # the function, not the module of the same name
 from vlmkd.errors import InputError, MissingDependencyError, StoreMismatchError, VlmkdError
+from vlmkd.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# name -> module it lives in (a stage subpackage's own name is the package, which is callable)
-_LAZY = {
-    "caption": "vlmkd.caption",
-    "encode": "vlmkd.encode",
-    "train": "vlmkd.train",
-    "evaluate": "vlmkd.evaluate",
-    "data": "vlmkd.data",
-    "ops": "vlmkd.ops",
-    "CaptionConfig": "vlmkd.caption.config",
-    "GenerationSettings": "vlmkd.caption.engines.base",
-    "CaptionReport": "vlmkd.caption.runner",
-    "EncodeConfig": "vlmkd.encode.config",
-    "EncodeResult": "vlmkd.api",
-    "TrainConfig": "vlmkd.train.config",
-    "TrainResult": "vlmkd.train.trainer",
-    "EvalConfig": "vlmkd.evaluate.config",
-    "EvalResult": "vlmkd.evaluate.run",
-}
+# The stage packages (cheap: their names are lazy too) load before the stage functions take their names: Python
+# sets `vlmkd.train` to the package only when the package first loads, so `import vlmkd.train.config` later
+# leaves `vlmkd.train` the function.
+for _stage in ("caption", "encode", "train", "evaluate"):
+    importlib.import_module(f"vlmkd.{_stage}")
+from vlmkd.pipeline import EncodeResult, caption, encode, evaluate, train  # noqa: E402
 
 if TYPE_CHECKING:
-    from vlmkd import caption, data, encode, evaluate, ops, train
-    from vlmkd.api import EncodeResult
+    from vlmkd import data, losses, ops, reporting, testing
     from vlmkd.caption.config import CaptionConfig
     from vlmkd.caption.engines.base import GenerationSettings
     from vlmkd.caption.runner import CaptionReport
@@ -53,19 +41,6 @@ if TYPE_CHECKING:
     from vlmkd.evaluate.run import EvalResult
     from vlmkd.train.config import TrainConfig
     from vlmkd.train.trainer import TrainResult
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vlmkd' has no attribute {name!r}")
-    imported = importlib.import_module(module)
-    return imported if module == f"vlmkd.{name}" else getattr(imported, name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
 
 __all__ = [
     "BackendStatus",
@@ -88,6 +63,11 @@ __all__ = [
     "data",
     "encode",
     "evaluate",
+    "losses",
     "ops",
+    "reporting",
+    "testing",
     "train",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

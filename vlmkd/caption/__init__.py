@@ -1,12 +1,19 @@
-"""Stage 1: caption every training image with a VLM, once per prompt, into a sharded Parquet store."""
+"""Stage 1: caption every training image with a VLM, once per prompt, into a sharded Parquet store.
 
-from vlmkd._stage_module import make_callable
-from vlmkd.caption.config import CaptionConfig
-from vlmkd.caption.engines import CaptionEngine, GenerationSettings, ImageRequest, load_engine
-from vlmkd.caption.prompts import Prompt, PromptSet, load_prompt_set
-from vlmkd.caption.runner import Assignment, CaptionReport, run_captioning
-from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
-from vlmkd.caption.transfer import ImportReport, export_captions, import_captions
+The stage itself runs as `vlmkd.caption(...)` (`vlmkd.pipeline`); the names below are imported on first use.
+"""
+
+from typing import TYPE_CHECKING
+
+from vlmkd.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from vlmkd.caption.config import CaptionConfig
+    from vlmkd.caption.engines import CaptionEngine, GenerationSettings, ImageRequest, load_engine
+    from vlmkd.caption.prompts import Prompt, PromptSet, load_prompt_set
+    from vlmkd.caption.runner import Assignment, CaptionReport, run_captioning
+    from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
+    from vlmkd.caption.transfer import ImportReport, export_captions, import_captions
 
 __all__ = [
     "Assignment",
@@ -28,4 +35,4 @@ __all__ = [
     "run_captioning",
 ]
 
-make_callable(__name__)  # `vlmkd.caption(...)` runs the stage: see vlmkd.api.caption
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

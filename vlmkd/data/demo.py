@@ -40,7 +40,7 @@ class DemoDataset:
 
 
 def make_demo_dataset(
-    out_dir: Path,
+    out_dir: str | Path,
     *,
     imbalance_factor: float = 100.0,
     test_per_class: int = 100,

@@ -1,10 +1,17 @@
-"""Evaluation: long-tail split accuracies and the paper's figures."""
+"""Stage 4: long-tail split accuracies and the paper's figures.
 
-from vlmkd._stage_module import make_callable
-from vlmkd.evaluate.config import EvalConfig
-from vlmkd.evaluate.features import EvalFeatures, load_eval_features, save_eval_features
-from vlmkd.evaluate.metrics import Predictions, format_table, per_class_accuracy, predict, split_accuracy
-from vlmkd.evaluate.run import EvalResult, evaluate_checkpoint, run_evaluation
+The stage itself runs as `vlmkd.evaluate(...)` (`vlmkd.pipeline`); the names below are imported on first use.
+"""
+
+from typing import TYPE_CHECKING
+
+from vlmkd.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from vlmkd.evaluate.config import EvalConfig
+    from vlmkd.evaluate.features import EvalFeatures, load_eval_features, save_eval_features
+    from vlmkd.evaluate.metrics import Predictions, format_table, per_class_accuracy, predict, split_accuracy
+    from vlmkd.evaluate.run import EvalResult, evaluate_checkpoint, run_evaluation
 
 __all__ = [
     "EvalConfig",
@@ -21,4 +28,4 @@ __all__ = [
     "split_accuracy",
 ]
 
-make_callable(__name__)  # `vlmkd.evaluate(...)` runs the stage: see vlmkd.api.evaluate
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

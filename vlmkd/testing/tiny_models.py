@@ -62,7 +62,7 @@ def _tiny_vision_dims() -> dict[str, int]:
     return {**_tiny_text_dims(), "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE}
 
 
-def build_tiny_blip(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_blip(out_dir: str | Path, seed: int = 0) -> Path:
     """A random-init `BlipForConditionalGeneration` with the BERT WordPiece tokenizer of all-MiniLM-L6-v2.
 
     Saves model and processor into `out_dir` (created) and returns it.
@@ -100,7 +100,7 @@ def build_tiny_blip(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     """A random-init `LlavaForConditionalGeneration` (CLIP vision tower, Llama text model) with a byte-level
     BPE tokenizer trained in-process and a LLaVA-1.5 style chat template. Returns `out_dir`.
     """
@@ -226,7 +226,7 @@ def make_tiny_vlm(kind: str, out_dir: str | Path, *, seed: int = 0, overwrite: b
     return out_dir
 
 
-def build_tiny_smolvlm(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0) -> Path:
     """A random-init SmolVLM2 (`SmolVLMForConditionalGeneration`: SigLIP-style tower, pixel shuffle, Llama text
     model) with its own processor (no image splitting, 4 image tokens) and a SmolVLM-style chat template.
 

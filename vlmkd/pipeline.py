@@ -1,4 +1,5 @@
-"""The pipeline from Python: `vlmkd.caption`, `vlmkd.encode`, `vlmkd.train` and `vlmkd.evaluate`.
+"""The pipeline from Python: one plain function per stage, exported as `vlmkd.caption`, `vlmkd.encode`,
+`vlmkd.train` and `vlmkd.evaluate` (the stage packages of the same names hold each stage's modules).
 
 Each takes its stage config, or the config's settings as keywords (keywords override a given config's),
 plus objects already in memory where a path would otherwise be loaded: a dataset (`ImageList`), a prompt

@@ -1,0 +1,57 @@
+"""The Python blocks of the project's Markdown, for tests that run or type-check the docs as written."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+FILE_COMMENT = re.compile(r"# (vlmkd/[\w/]+\.py)\n")
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    text: str
+    markdown: str  # the file it is in, relative to the repository root
+    line: int  # the Markdown line of its first line of code
+
+    @property
+    def source(self) -> str:
+        """`docs/extending.md:42`: where the block is, for messages and tracebacks."""
+        return f"{self.markdown}:{self.line}"
+
+    @property
+    def file(self) -> str | None:
+        """The file the block goes in, named by its first line (`# vlmkd/models/zoo.py`), if it names one."""
+        found = FILE_COMMENT.match(self.text)
+        return found.group(1) if found else None
+
+    @property
+    def module(self) -> str | None:
+        """`vlmkd.models.zoo` for a block that goes in vlmkd/models/zoo.py (`vlmkd.caption.engines` for an
+        `__init__.py`)."""
+        if self.file is None:
+            return None
+        return self.file.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+    @property
+    def adds_to_existing_file(self) -> bool:
+        return self.file is not None and (ROOT / self.file).is_file()
+
+
+def python_blocks(markdown: str) -> list[CodeBlock]:
+    """Every ```python block of `markdown` (a path relative to the repository root), in order."""
+    text = (ROOT / markdown).read_text()
+    return [
+        CodeBlock(found.group(1), markdown, text.count("\n", 0, found.start(1)) + 1) for found in FENCE.finditer(text)
+    ]
+
+
+def block_after(markdown: str, marker: str) -> CodeBlock:
+    """The first ```python block after the line `marker` (an HTML comment such as `<!-- notebook-example -->`)."""
+    text = (ROOT / markdown).read_text()
+    assert marker in text, f"{markdown} lost its {marker} marker"
+    marker_line = text.count("\n", 0, text.index(marker)) + 1
+    return next(block for block in python_blocks(markdown) if block.line > marker_line)
