@@ -8,6 +8,8 @@ import dataclasses
 import gzip
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 from _openai_cases import (
@@ -279,3 +281,14 @@ def test_a_chunked_body_is_cut_off_at_the_cap():
     with RawServer([reply + b"0\r\n\r\n"]) as server:
         (outcome,) = post_all(f"http://127.0.0.1:{server.port}/v1", 1)
     assert outcome.reason == "HTTP 500 3 times: answer body larger than the 1048576-byte cap"
+
+
+def test_without_aiohttp_the_caption_cli_runs_and_the_engine_is_a_one_line_error(tiny_dataset, tmp_path):
+    argv = ["caption", str(tiny_dataset.source), "--engine", "openai", "--api-base", "http://127.0.0.1:1/v1",
+            "--out", str(tmp_path / "s"), "--no-progress"]  # fmt: skip
+    script = "import sys; sys.modules['aiohttp'] = None; from vlmkd.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, done.stderr
+    assert "--engine openai needs aiohttp" in err[0] and "pip install" in err[0], err
+    assert not (tmp_path / "s").exists()

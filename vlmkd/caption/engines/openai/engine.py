@@ -33,8 +33,9 @@ from vlmkd.caption.engines.base import (
     RequestFailure,
     per_image,
 )
-from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher, RetryPolicy
+from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher
 from vlmkd.caption.engines.openai.redaction import Redactor, looks_secret
+from vlmkd.caption.engines.openai.settings import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
 from vlmkd.caption.engines.openai.transport import (
     DEFAULT_MAX_BODY_BYTES,
     Endpoint,
@@ -46,8 +47,6 @@ from vlmkd.caption.engines.openai.transport import (
 )
 from vlmkd.errors import InputError, ServiceError
 
-DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
-DEFAULT_CONCURRENCY = 64
 CHAT_PATH = "/chat/completions"
 MODELS_PATH = "/models"
 _JPEG_MAGIC = b"\xff\xd8\xff"
