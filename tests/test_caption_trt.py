@@ -198,6 +198,14 @@ def test_a_whole_caption_run_writes_resumes_and_records_failures(llava_next, tmp
     assert [Path(path).name for _, path, _ in resumed.failed_images()] == ["broken.png"]
 
 
+def test_kv_cache_reuse_is_a_flag_of_the_trt_engine_only(llava_next, tmp_path):
+    listing = _dataset(tmp_path, wide=())
+    misplaced = _caption_cli(str(listing), "--model", str(llava_next), "--out", str(tmp_path / "s"),
+                             "--kv-cache-reuse", "off")  # fmt: skip
+    assert misplaced.returncode == 2 and "--kv-cache-reuse is for --engine trt" in misplaced.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_an_image_tensorrt_llm_refuses_is_skipped_and_recorded(standin, llava_next, tmp_path):
     from transformers import AutoProcessor
 

@@ -5,8 +5,9 @@ Every prompt of an image is submitted with `LLM.generate_async` as soon as its b
 collects them in order, so the store keeps its order and resumes as with any engine. Prompt texts come from
 TensorRT-LLM's own input loader, worked out once (`trt_prompts`). KV-cache block reuse is on for the models
 TensorRT-LLM's multimodal support matrix marks "KV Cache Reuse: Yes" (their image is hashed into the block
-keys, so the prompts of one image share its prefill), off elsewhere. Written against TensorRT-LLM 1.2.1 and
-1.4.0rc1 and tested with a strict stand-in carrying their signatures (tests/stand_ins/); running it needs a GPU.
+keys, so the prompts of one image share its prefill), off elsewhere. Written against TensorRT-LLM's source (the
+1.2 to 1.4 pre-release API; tests/stand_ins/ names the files read) and tested with a strict stand-in carrying
+those signatures; running it needs a GPU.
 """
 
 from __future__ import annotations
