@@ -39,5 +39,5 @@ def test_console_scripts_are_installed_and_route_to_their_command(script: str, t
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name, command in cli.COMMANDS.items():
-        assert name in out and command.summary in out
+    for command in cli.COMMANDS.entries():
+        assert command.name in out and command.description in out

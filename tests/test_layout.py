@@ -4,7 +4,10 @@ except from the entry points that exist to use them, and the reports (`vlmkd.rep
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import torch
 
 import vlmkd
 
@@ -101,3 +104,25 @@ def test_the_import_graph_has_no_cycle():
 def test_find_cycle_finds_a_cycle_through_a_deferred_import():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_each_choice_list_has_one_source():
+    from vlmkd.data.loaders import LOADERS
+    from vlmkd.losses.contrastive import NEGATIVES
+    from vlmkd.losses.objective import VlmkdObjective
+    from vlmkd.losses.task import TaskLoss
+    from vlmkd.ops.contrastive_reference import POSITIVES
+    from vlmkd.train.config import choices
+    from vlmkd.train.record_fields import LOSS_TERMS
+    from vlmkd.train.tensorboard_log import TAGS
+
+    assert (choices("positives"), choices("negatives"), choices("loader")) == (POSITIVES, NEGATIVES, LOADERS.names())
+    objective = VlmkdObjective(TaskLoss("ce", None))
+    parts = objective(torch.randn(4, 3), torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
+    assert [name for name in parts if name != "vlmkd_chance"] == list(LOSS_TERMS) and set(LOSS_TERMS) <= set(TAGS)
+
+
+def test_the_temperature_clamp_is_written_only_in_the_op():
+    clamp = re.compile(r"log\(100(\.0)?\)")
+    files = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if clamp.search(p.read_text())}
+    assert files == {"ops/contrastive_reference.py"}

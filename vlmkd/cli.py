@@ -10,7 +10,6 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -26,38 +25,32 @@ OUT_OF_MEMORY_ADVICE = (
 )
 
 
-@dataclass(frozen=True)
-class Command:
-    """A subcommand: where its `main` lives and a one-line summary for `vlmkd --help`."""
-
-    target: str  # "module:function"
-    summary: str
-
-
-COMMANDS: dict[str, Command] = {
-    "info": Command(
-        "vlmkd.cli:info_main", "show which backends are usable here, and the engines, backbones and losses"
-    ),
-    "data": Command("vlmkd.data.cli:main", "build datasets: the embedded MNIST-LT demo, long-tail cuts, inspect"),
-    "caption": Command("vlmkd.caption.cli:main", "caption every training image with a VLM; or import/export captions"),
-    "caption-info": Command("vlmkd.caption.cli:info_main", "summarise a caption store"),
-    "models": Command("vlmkd.testing.models_cli:main", "make a tiny VLM with random weights to try the CLI offline"),
-    "encode": Command("vlmkd.encode.cli:main", "encode captions into a fp16 feature store"),
-    "train": Command("vlmkd.train.cli:main", "train a long-tail classifier with VLM-KD"),
-    "plot": Command(
-        "vlmkd.reporting.training_curves:main", "draw a run's curves (loss terms, VLM-KD vs chance, temperature, lr)"
-    ),
-    "eval": Command("vlmkd.evaluate.cli:main", "Many/Medium/Few/All top-1, per-class accuracy and t-SNE plots"),
-    "demo": Command("vlmkd.demo:main", "run the whole pipeline on the embedded MNIST-LT with a tiny VLM"),
-    "experiment": Command(
-        "vlmkd.cli:experiment_main", "(source checkout) baseline vs VLM-KD over seeds, controls, positive control"
-    ),
-}
-
-
-def _resolve(name: str) -> Callable[[list[str]], int]:
-    module_name, function_name = COMMANDS[name].target.split(":")
-    return getattr(importlib.import_module(module_name), function_name)
+COMMANDS: Registry[Callable[[list[str]], int]] = Registry("command")  # name -> its `main(argv)`, one-line summary
+COMMANDS.register(
+    "info", "vlmkd.cli:info_main", "show which backends are usable here, and the engines, backbones and losses"
+)
+COMMANDS.register("data", "vlmkd.data.cli:main", "build datasets: the embedded MNIST-LT demo, long-tail cuts, inspect")
+COMMANDS.register(
+    "caption", "vlmkd.caption.cli:main", "caption every training image with a VLM; or import/export captions"
+)
+COMMANDS.register("caption-info", "vlmkd.caption.cli:info_main", "summarise a caption store")
+COMMANDS.register(
+    "models", "vlmkd.testing.models_cli:main", "make a tiny VLM with random weights to try the CLI offline"
+)
+COMMANDS.register("encode", "vlmkd.encode.cli:main", "encode captions into a fp16 feature store")
+COMMANDS.register("train", "vlmkd.train.cli:main", "train a long-tail classifier with VLM-KD")
+COMMANDS.register(
+    "plot",
+    "vlmkd.reporting.training_curves:main",
+    "draw a run's curves (loss terms, VLM-KD vs chance, temperature, lr)",
+)
+COMMANDS.register("eval", "vlmkd.evaluate.cli:main", "Many/Medium/Few/All top-1, per-class accuracy and t-SNE plots")
+COMMANDS.register("demo", "vlmkd.demo:main", "run the whole pipeline on the embedded MNIST-LT with a tiny VLM")
+COMMANDS.register(
+    "experiment",
+    "vlmkd.cli:experiment_main",
+    "(source checkout) baseline vs VLM-KD over seeds, controls, positive control",
+)
 
 
 def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
@@ -67,7 +60,7 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
     """
     prog = prog or f"vlmkd {name}"
     try:
-        return _resolve(name)(list(argv))
+        return COMMANDS.get(name)(list(argv))
     except VlmkdError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -98,7 +91,7 @@ def _usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    lines += [f"  {command.name:<{width}}  {command.description}" for command in COMMANDS.entries()]
     lines += ["", "Run `vlmkd COMMAND --help` for a command's options."]
     return "\n".join(lines)
 

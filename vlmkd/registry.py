@@ -57,7 +57,8 @@ class Family(Generic[T]):
         return f"{self.prefix}NAME"
 
 
-def _resolve(target: object) -> object:
+def resolve(target: object) -> object:
+    """`target` itself, or the object a lazy "module:attribute" string names (imported now)."""
     if isinstance(target, str):
         module, _, attribute = target.partition(":")
         return getattr(importlib.import_module(module), attribute)
@@ -120,7 +121,7 @@ class Registry(Generic[T]):
         if family is not None:
             assert isinstance(name, str)
             if family.check is not None:
-                _resolve(family.check)(name)
+                resolve(family.check)(name)
             return name
         if not isinstance(name, str) or name not in self._entries:
             patterns = [f.pattern for f in self._families.values()]
@@ -133,7 +134,7 @@ class Registry(Generic[T]):
         family = self.family(name)
         key = family.prefix if family is not None else name
         if key not in self._resolved:
-            self._resolved[key] = _resolve(family.target if family is not None else self._entries[name].target)
+            self._resolved[key] = resolve(family.target if family is not None else self._entries[name].target)
         return self._resolved[key]
 
     def description(self, name: str) -> str:

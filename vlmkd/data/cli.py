@@ -86,7 +86,7 @@ def _parser() -> ArgumentParser:
     load = commands.add_parser("load", help="read one epoch through a loader and report images/s")
     load.add_argument("spec", type=Path, metavar="DATASET", help="list file or ImageFolder directory")
     load.add_argument("--root", type=Path, default=None, help="image root of a list file (default: its folder)")
-    load.add_argument("--loader", choices=LOADERS, default="torch", help="torch DataLoader or NVIDIA DALI")
+    load.add_argument("--loader", choices=LOADERS.names(), default="torch", help="torch DataLoader or NVIDIA DALI")
     load.add_argument("--train", action="store_true", help="train transform (default: eval transform)")
     load.add_argument("--image-size", type=int, default=224, help="output image size, px")
     load.add_argument("--batch-size", type=int, default=64, help="images per batch")

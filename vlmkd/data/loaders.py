@@ -6,8 +6,8 @@ definitions of `vlmkd.data.transforms`, so captions and features line up with th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from vlmkd.data.dataset import ImageList
 from vlmkd.data.sampling import shard_size
@@ -15,12 +15,10 @@ from vlmkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LOADERS", "ImageBatches", "build_loader"]
 from vlmkd.errors import InputError
+from vlmkd.registry import Registry
 
 if TYPE_CHECKING:
     import torch  # the loaders import it when built, so `vlmkd data` commands start fast
-
-LoaderName = Literal["torch", "dali"]
-LOADERS: tuple[str, ...] = ("torch", "dali")
 
 
 class ImageBatches(Protocol):
@@ -39,10 +37,15 @@ class ImageBatches(Protocol):
         ...
 
 
+LOADERS: Registry[Callable[..., ImageBatches]] = Registry("loader")
+LOADERS.register("torch", "vlmkd.data.torch_loader:TorchImageBatches", "torch DataLoader, PIL decoding")
+LOADERS.register("dali", "vlmkd.data.dali_loader:DaliImageBatches", "NVIDIA DALI (GPU decoding where there is one)")
+
+
 def build_loader(
     dataset: ImageList,
     *,
-    loader: LoaderName = "torch",
+    loader: str = "torch",
     train: bool,
     batch_size: int,
     image_size: int,
@@ -88,12 +91,4 @@ def build_loader(
         world_size=world_size,
         drop_last=train if drop_last is None else drop_last,
     )
-    if loader == "torch":
-        from vlmkd.data.torch_loader import TorchImageBatches
-
-        return TorchImageBatches(dataset, spec, **options)
-    if loader == "dali":
-        from vlmkd.data.dali_loader import DaliImageBatches
-
-        return DaliImageBatches(dataset, spec, **options)
-    raise InputError(f"loader must be one of {', '.join(LOADERS)}; got {loader!r}")
+    return LOADERS.get(loader)(dataset, spec, **options)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from vlmkd.data import ImageList
 from vlmkd.encode.conditioning import TextConditioning
 from vlmkd.errors import InputError
 from vlmkd.evaluate.metrics import Predictions
+from vlmkd.losses.contrastive import temperature
 from vlmkd.train.text import conditioning_from_tensors, conditioning_tensors, saved_conditioning
 
 FORMAT = "vlmkd-eval-features"
@@ -95,7 +95,7 @@ def save_eval_features(
             "epoch": info.get("epoch"),
             "tensors": {key: list(value.shape) for key, value in state.items()},
             "logit_scale": None if scale is None else float(scale),
-            "temperature": None if scale is None else math.exp(-min(float(scale), math.log(100.0))),
+            "temperature": None if scale is None else temperature(scale),
             "settings": {name: config.get(name) for name in LOSS_SETTINGS if name in config},
             "features_fingerprint": info.get("features_fingerprint"),
             "text_conditioning": None

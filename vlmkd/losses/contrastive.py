@@ -10,8 +10,14 @@ from torch import nn
 
 from vlmkd.errors import InputError
 from vlmkd.ops.contrastive import REFERENCE, vlmkd_contrastive_loss
+from vlmkd.ops.contrastive_reference import MAX_LOGIT_SCALE, POSITIVES
 
 NEGATIVES = ("batch", "class")  # every other caption of the batch, or only those of the same class
+
+
+def temperature(logit_scale: float) -> float:
+    """The temperature a logit scale gives the loss: exp(-scale), the scale clamped as the op clamps it."""
+    return math.exp(-min(float(logit_scale), MAX_LOGIT_SCALE))
 
 
 class BatchCentering(nn.Module):
@@ -68,8 +74,8 @@ class VlmkdContrastiveLoss(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        if positives not in ("instance", "class"):
-            raise InputError(f"positives must be 'instance' or 'class', got {positives!r}")
+        if positives not in POSITIVES:
+            raise InputError(f"positives must be {' or '.join(map(repr, POSITIVES))}, got {positives!r}")
         if negatives not in NEGATIVES:
             raise InputError(f"negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
         if positives == "class" and negatives == "class":

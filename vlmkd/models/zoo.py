@@ -15,7 +15,7 @@ from vlmkd.models.resnet32 import ResNet32Features
 from vlmkd.models.timm_backbones import EXAMPLES as TIMM_EXAMPLES
 from vlmkd.models.timm_backbones import PREFIX as TIMM_PREFIX
 from vlmkd.models.timm_backbones import build_timm_trunk, is_timm_arch, timm_version
-from vlmkd.registry import Registry
+from vlmkd.registry import Registry, resolve
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,22 @@ class ModelSpec:
         if data["timm_version"] is None:
             del data["timm_version"]
         return data
+
+
+BuildTrunk = Callable[[ModelSpec], tuple[nn.Module, int]]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A registered backbone: its trunk builder (or a lazy "module:attribute" naming it, imported on first build)
+    and the facts the config checks before anything is built."""
+
+    build: BuildTrunk | str  # spec -> (trunk mapping images to (B, feature_dim) features, feature_dim)
+    stride: int = 1  # how much it downsamples: an image smaller than this leaves it no pixel to look at
+
+    def trunk(self, spec: ModelSpec) -> tuple[nn.Module, int]:
+        build: BuildTrunk = resolve(self.build)  # type: ignore[assignment]
+        return build(spec)
 
 
 def _resnet32(spec: ModelSpec) -> tuple[nn.Module, int]:
@@ -71,13 +87,15 @@ def _torchvision(name: str) -> Callable[[ModelSpec], tuple[nn.Module, int]]:
     return build
 
 
-BACKBONES: Registry[Callable[[ModelSpec], tuple[nn.Module, int]]] = Registry("arch")
-BACKBONES.register("resnet32", _resnet32, "the CIFAR ResNet-32 (16/32/64 x width channels), any image size")
-BACKBONES.register("resnet50", _torchvision("resnet50"), "torchvision ResNet-50, random init")
-BACKBONES.register("resnext50", _torchvision("resnext50_32x4d"), "torchvision ResNeXt-50 32x4d, random init")
+BACKBONES: Registry[Backbone] = Registry("arch")
+BACKBONES.register("resnet32", Backbone(_resnet32, stride=4), "the CIFAR ResNet-32 (16/32/64 x width channels)")
+BACKBONES.register("resnet50", Backbone(_torchvision("resnet50"), stride=32), "torchvision ResNet-50, random init")
+BACKBONES.register(
+    "resnext50", Backbone(_torchvision("resnext50_32x4d"), stride=32), "torchvision ResNeXt-50 32x4d, random init"
+)
 BACKBONES.register_family(
     TIMM_PREFIX,
-    _timm,
+    Backbone(_timm),  # sizes a timm model cannot take are found by `check_image_size`, before training
     "any timm model: timm.create_model(NAME, pretrained=False, num_classes=0), random init",
     check="vlmkd.models.timm_backbones:check_timm_name",
     examples=tuple(TIMM_PREFIX + name for name in TIMM_EXAMPLES),
@@ -87,10 +105,10 @@ BACKBONES.register_family(
 def build_model(spec: ModelSpec) -> Classifier:
     """A randomly initialised `Classifier` for `spec` (no pretrained weights are ever loaded).
 
-    A backbone builder takes the spec and returns `(trunk, feature_dim)`: a module mapping images to
-    (B, feature_dim) features; the linear head is added here.
+    The registered `Backbone` builds the trunk (images to (B, feature_dim) features); the linear head is added
+    here.
     """
-    trunk, feature_dim = BACKBONES.get(spec.arch)(spec)
+    trunk, feature_dim = BACKBONES.get(spec.arch).trunk(spec)
     return Classifier(trunk, feature_dim, spec.num_classes)
 
 

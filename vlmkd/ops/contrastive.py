@@ -19,7 +19,7 @@ import torch
 from vlmkd.backends import BACKENDS, triton_interpret
 from vlmkd.errors import InputError
 from vlmkd.ops.contrastive_backend import backend_ops
-from vlmkd.ops.contrastive_reference import contrastive_ref
+from vlmkd.ops.contrastive_reference import POSITIVES, contrastive_ref
 
 REFERENCE = "reference"
 
@@ -162,8 +162,8 @@ def vlmkd_contrastive_loss(
     "triton", "cuda") overrides $VLMKD_BACKEND and the choice by device. fp16/bf16 inputs are computed in fp32; the
     loss comes back in the compute dtype (float64 only when the inputs are float64).
     """
-    if positives not in ("instance", "class"):
-        raise InputError(f"positives must be 'instance' or 'class', got {positives!r}")
+    if positives not in POSITIVES:
+        raise InputError(f"positives must be {' or '.join(map(repr, POSITIVES))}, got {positives!r}")
     class_positives = positives == "class"
     if not isinstance(logit_scale, torch.Tensor):
         logit_scale = torch.tensor(float(logit_scale), device=v.device)

@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-MAX_LOGIT_SCALE = math.log(100.0)
+MAX_LOGIT_SCALE = math.log(100.0)  # the similarity scale is clamped at 100 (CLIP's bound)
+POSITIVES = ("instance", "class")  # each image's own caption, or every caption of its class
 
 
 def contrastive_ref(
@@ -38,7 +39,7 @@ def contrastive_ref(
             raise ValueError("labels are required when positives='class'")
         positive = labels[:, None] == labels[None, :]
         return 0.5 * (_multi_positive_nce(logits, positive) + _multi_positive_nce(logits.T, positive.T))
-    raise ValueError(f"positives must be 'instance' or 'class', got {positives!r}")
+    raise ValueError(f"positives must be {' or '.join(map(repr, POSITIVES))}, got {positives!r}")
 
 
 def _multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

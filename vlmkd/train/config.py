@@ -11,18 +11,13 @@ from vlmkd.errors import InputError
 from vlmkd.registry import Registry, choice_error
 
 PRESET_DIR = Path(__file__).parent / "configs"
-# How much each built-in backbone downsamples: smaller images leave it no pixel to look at.
-BACKBONE_STRIDES = {"resnet32": 4, "resnet50": 32, "resnext50": 32}
 CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("batch", "group"),
-    "positives": ("instance", "class"),
-    "negatives": ("batch", "class"),
     "caption_mix": ("sample", "mean"),
     "text_center": ("none", "all", "prompt"),
     "optimizer": ("sgd", "adamw"),
     "amp": ("off", "bf16", "fp16"),
     "on_nonfinite": ("stop", "skip"),
-    "loader": ("torch", "dali"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -36,13 +31,23 @@ def registries() -> dict[str, Registry]:
     return {"arch": BACKBONES, "task_loss": TASK_LOSSES, "contrastive_backend": BACKENDS}
 
 
+def component_choices() -> dict[str, tuple[str, ...]]:
+    """Settings whose values are defined by the component that takes them: the contrast's positives and negatives
+    and the data loaders."""
+    from vlmkd.data.loaders import LOADERS
+    from vlmkd.losses.contrastive import NEGATIVES
+    from vlmkd.ops.contrastive_reference import POSITIVES
+
+    return {"positives": POSITIVES, "negatives": NEGATIVES, "loader": LOADERS.names()}
+
+
 def choices(name: str) -> tuple[str, ...] | None:
     """The allowed values of setting `name` (None: any value of its type, or a registry with name families such as
     `timm:NAME`, which `TrainConfig.check` validates)."""
     registry = registries().get(name)
     if registry is not None:
         return None if registry.families() else registry.names()
-    return CHOICES.get(name)
+    return CHOICES.get(name) or component_choices().get(name)
 
 
 @dataclass
@@ -130,7 +135,7 @@ class TrainConfig(StageConfig):
         super().__post_init__()
 
     def check(self) -> None:
-        for name, allowed in CHOICES.items():
+        for name, allowed in {**CHOICES, **component_choices()}.items():
             if getattr(self, name) not in allowed:
                 raise choice_error(name, getattr(self, name), allowed)
         for name, registry in registries().items():
@@ -154,8 +159,8 @@ class TrainConfig(StageConfig):
                 f"negatives; with {self.batch_size} its loss is 0 at every step); raise --batch-size or set "
                 "--vlmkd-weight 0"
             )
-        stride = BACKBONE_STRIDES.get(self.arch)
-        if stride is not None and self.image_size < stride:
+        stride = registries()["arch"].get(self.arch).stride
+        if self.image_size < stride:
             raise InputError(
                 f"image_size {self.image_size} is smaller than {self.arch}'s stride of {stride} pixels; "
                 f"use --image-size {stride} or more"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from vlmkd.data import ImageList, load_image_list
 from vlmkd.encode.store import FeatureStore
 from vlmkd.errors import InputError, StoreMismatchError, VlmkdError
 from vlmkd.losses import TaskLoss, VlmkdObjective
+from vlmkd.losses.contrastive import temperature
 from vlmkd.models import Classifier, ModelSpec, build_model
 from vlmkd.models.speed import apply_speed_settings, batch_layout
 from vlmkd.models.zoo import check_image_size
@@ -34,13 +34,13 @@ from vlmkd.train.config import TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.header import run_header
 from vlmkd.train.metrics_log import MetricsLog, read_metrics
-from vlmkd.train.record_fields import FRACTION
+from vlmkd.train.record_fields import FRACTION, LOSS_TERMS
 from vlmkd.train.run_dir import check_run_directory
 from vlmkd.train.schedule import build_optimizer, lr_at
 from vlmkd.train.tensorboard_log import TensorBoardLog
 from vlmkd.train.text import TextSource, build_contrastive, conditioning_tensors, open_text_source
 
-LOSS_KEYS = ("loss", "task_loss", "vlmkd_loss", "kd_loss")
+LOSS_KEYS = tuple(LOSS_TERMS)  # the objective's loss terms, in record order
 METRIC_KEYS = (*LOSS_KEYS, "vlmkd_chance")  # averaged per step; the chance level gives the VLM-KD fraction
 # The text term "is not learning" when its loss is still this close to chance after a quarter of the run.
 INERT_FRACTION = 0.98
@@ -497,7 +497,7 @@ def _temperature(run: Run) -> dict[str, float]:
     scale = getattr(run.objective.contrastive, "logit_scale", None)
     if scale is None:
         return {}
-    return {"temperature": math.exp(-float(scale.detach().clamp(max=math.log(100.0))))}
+    return {"temperature": temperature(scale.detach())}
 
 
 def _epoch_line(epoch: int, epochs: int, summary: dict[str, Any]) -> str:
