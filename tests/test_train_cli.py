@@ -113,9 +113,9 @@ def test_print_config_states_the_terms_and_threads_and_loads_back(tiny_dataset, 
 
 
 def test_a_run_uses_and_reports_the_default_thread_count(tiny_dataset, tmp_path, capsys, monkeypatch):
-    from vlmkd.train import trainer
+    from vlmkd import threads
 
-    monkeypatch.setattr(trainer, "default_threads", lambda: 1)
+    monkeypatch.setattr(threads, "default_threads", lambda: 1)
     before, calls = torch.get_num_threads(), []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     assert vlmkd_main(train_argv(tiny_dataset, tmp_path / "run")) == 0

@@ -10,6 +10,8 @@ torchrun, and stops at MAX_DEFAULT_THREADS, past which the CIFAR-sized models of
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 MAX_DEFAULT_THREADS = 4
@@ -45,14 +47,20 @@ def add_threads_flag(parser: Any, what: str = "torch") -> None:
     )  # fmt: skip
 
 
-def use_threads(requested: int | None) -> int:
-    """Set torch's CPU threads to `requested` (None: `default_threads()`) and return the count."""
+@contextmanager
+def torch_threads(requested: int | None) -> Iterator[int]:
+    """torch's CPU threads set to `requested` (None: `default_threads()`) inside the block and restored after it,
+    so a stage called from Python leaves its caller's setting alone; yields the count."""
     import torch
 
     from vlmkd.errors import InputError
 
     if requested is not None and requested < 1:
         raise InputError(f"--threads must be at least 1, got {requested}")
+    previous = torch.get_num_threads()
     threads = requested or default_threads()
     torch.set_num_threads(threads)
-    return threads
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)

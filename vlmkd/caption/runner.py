@@ -101,17 +101,10 @@ def run_captioning(
     concurrency, API-key variable...). `config.threads` (default: the idle cores, see `vlmkd.threads`) applies
     for the call only: torch's thread count is restored when it returns.
     """
-    import torch
+    from vlmkd.threads import torch_threads
 
-    from vlmkd.threads import default_threads
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads or default_threads())
-    try:
-        report = _run_captioning(config, dataset, prompts, engine, assignment)
-    finally:
-        torch.set_num_threads(threads)
-    return report
+    with torch_threads(config.threads):
+        return _run_captioning(config, dataset, prompts, engine, assignment)
 
 
 def _run_captioning(

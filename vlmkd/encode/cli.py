@@ -11,7 +11,7 @@ from vlmkd.arguments import ArgumentParser
 from vlmkd.encode.config import EncodeConfig
 from vlmkd.encode.runner import run_encoding
 from vlmkd.encode.text_encoder import DEFAULT_ENCODER, DTYPES
-from vlmkd.threads import add_threads_flag, use_threads
+from vlmkd.threads import add_threads_flag, torch_threads
 
 
 def build_parser() -> ArgumentParser:
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     before = _finished_manifest(args.out)
     start = time.perf_counter()
     config = EncodeConfig.from_namespace(args, progress=not args.quiet)
-    use_threads(args.threads)
-    store = run_encoding(config)
+    with torch_threads(args.threads):
+        store = run_encoding(config)
     images, prompts, dim = store.features.shape
     encoder = store.manifest["encoder"]
     if store.manifest == before:

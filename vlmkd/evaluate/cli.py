@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vlmkd.arguments import ArgumentParser
-from vlmkd.threads import add_threads_flag, use_threads
+from vlmkd.threads import add_threads_flag, torch_threads
 
 
 def build_parser() -> ArgumentParser:
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     config = EvalConfig.from_namespace(args, plots=not args.no_plots, progress=not args.no_progress)
-    threads = use_threads(args.threads)
-    with threadpool_limits(threads):  # scikit-learn's t-SNE runs OpenMP threads, oversubscribed like torch's
+    with torch_threads(args.threads) as threads, threadpool_limits(threads):  # and scikit-learn's t-SNE's OpenMP
         result = run_evaluation(config)
     print(format_table(result.splits))
     print(f"results: {result.metrics_file}")

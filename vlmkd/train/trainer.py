@@ -20,7 +20,7 @@ from vlmkd.losses.contrastive import temperature
 from vlmkd.models import Classifier, ModelSpec, build_model
 from vlmkd.models.speed import apply_speed_settings, batch_layout
 from vlmkd.models.zoo import check_image_size
-from vlmkd.threads import default_threads
+from vlmkd.threads import torch_threads
 from vlmkd.train.checkpoint import (
     MODEL_META,
     latest_checkpoint,
@@ -132,20 +132,17 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     """
     config.validate()
     config.check_paths()
-    previous = torch.get_num_threads()
-    threads = config.threads or default_threads()
-    torch.set_num_threads(threads)
-    ctx = init_distributed(config.device)
-    if ctx.is_main:
-        print("\n".join(run_header(config, threads=threads, device=str(ctx.device), processes=ctx.world_size)))
-        for note in config.inert_settings():
-            print(f"vlmkd-train: warning: {note}", file=sys.stderr)
-        sys.stdout.flush()
-    try:
-        return _train(config, resume, ctx)
-    finally:
-        cleanup(ctx)
-        torch.set_num_threads(previous)
+    with torch_threads(config.threads) as threads:
+        ctx = init_distributed(config.device)
+        if ctx.is_main:
+            print("\n".join(run_header(config, threads=threads, device=str(ctx.device), processes=ctx.world_size)))
+            for note in config.inert_settings():
+                print(f"vlmkd-train: warning: {note}", file=sys.stderr)
+            sys.stdout.flush()
+        try:
+            return _train(config, resume, ctx)
+        finally:
+            cleanup(ctx)
 
 
 def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
