@@ -41,3 +41,17 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for command in cli.COMMANDS.entries():
         assert command.name in out and command.description in out
+
+
+def test_the_version_has_one_source(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    import vlmkd
+    from vlmkd.version import __version__
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]  # built from vlmkd/version.py
+    assert importlib.metadata.version("vlmkd") == vlmkd.__version__ == __version__
+    assert cli.main(["--version"]) == 0 and capsys.readouterr().out == f"vlmkd {__version__}\n"

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 from vlmkd.backends import BackendStatus, backends  # the function, not the module of the same name
 from vlmkd.errors import InputError, MissingDependencyError, StoreMismatchError, VlmkdError
 from vlmkd.lazy import lazy_exports
-
-__version__ = "0.1.0"
+from vlmkd.version import __version__
 
 # The stage packages (cheap: their names are lazy too) load before the stage functions take their names: Python
 # sets `vlmkd.train` to the package only when the package first loads, so `import vlmkd.train.config` later

@@ -18,6 +18,7 @@ import torch
 from vlmkd.arguments import ArgumentParser, closest
 from vlmkd.errors import InputError, VlmkdError, describe_os_error
 from vlmkd.registry import Registry
+from vlmkd.version import __version__
 
 OUT_OF_MEMORY_ADVICE = (
     "the GPU ran out of memory. Lower --batch-size, turn on --amp, or pick a smaller model; finished shards, "
@@ -76,12 +77,6 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
         return 130
 
 
-def _version() -> str:
-    from vlmkd import __version__
-
-    return __version__
-
-
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = [
@@ -102,7 +97,7 @@ def info_main(argv: list[str] | None = None) -> int:
 
     parser = ArgumentParser(prog="vlmkd info", description="Show which compute backends are usable here.")
     parser.parse_args(argv)
-    print(f"vlmkd {_version()}")
+    print(f"vlmkd {__version__}")
     for status in backends().values():
         state = "usable" if status.usable else ("built, not usable here" if status.built else "not available")
         print(f"  {status.name:<10} {state:<24} {status.detail}")
@@ -156,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     if args[0] == "--version":
-        print(f"vlmkd {_version()}")
+        print(f"vlmkd {__version__}")
         return 0
     if args[0] not in COMMANDS:
         match = closest(args[0], COMMANDS)

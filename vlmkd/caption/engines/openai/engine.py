@@ -24,7 +24,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vlmkd import __version__
 from vlmkd.caption.engines.base import (
     Caption,
     CaptionEngine,
@@ -46,6 +45,7 @@ from vlmkd.caption.engines.openai.transport import (
     ssl_context,
 )
 from vlmkd.errors import InputError, ServiceError
+from vlmkd.version import __version__
 
 CHAT_PATH = "/chat/completions"
 MODELS_PATH = "/models"
