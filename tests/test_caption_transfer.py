@@ -21,9 +21,10 @@ PROMPTS = ("G", "T2")
 
 
 def caption_of(index: int, prompt: str) -> str:
-    """Awkward texts: non-ASCII, quotes, a newline, an empty caption and commas (CSV quoting)."""
+    """Awkward texts: non-ASCII, quotes, a newline, a caption of one space-padded character and commas (CSV
+    quoting). An empty caption is refused (`test_bad_jsonl_files_...`)."""
     if index == 3 and prompt == "T2":
-        return ""
+        return " . "
     return f'digit {index}, "prompt" {prompt}: naïve café ✓' + ("\nsecond line" if index % 5 == 0 else "")
 
 
@@ -213,6 +214,21 @@ BAD_FILES = {
         DISAGREE,
     ),
     "not JSON": (lambda d: [*_lines(d)[:5], '{"image_index": 2,', *_lines(d)[6:]], None, r"c\.jsonl:6: not valid JSON"),
+    "empty caption": (
+        lambda d: _replace(d, 4, _row(image_index=1, prompt_id="T2", caption="")),
+        None,
+        r"c\.jsonl:4: caption is an empty answer; a caption store holds no empty captions",
+    ),
+    "whitespace caption": (
+        lambda d: _replace(d, 4, _row(image_index=1, prompt_id="T2", caption=" \n\t ")),
+        None,
+        r"c\.jsonl:4: caption is an answer of whitespace only \(4 characters\)",
+    ),
+    "caption beyond the cap": (
+        lambda d: _replace(d, 4, _row(image_index=1, prompt_id="T2", caption="w" * 50_000)),
+        None,
+        r"c\.jsonl:4: caption is an answer of 50,000 characters, more than a caption may hold \(8,192\)",
+    ),
     "no caption column": (
         lambda d: _replace(d, 2, {"image_index": 0, "prompt_id": "T2"}),
         None,

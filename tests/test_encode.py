@@ -267,10 +267,18 @@ def test_caption_the_captioner_skipped_is_an_error_naming_image_and_prompt(tmp_p
 
 
 def test_null_caption_is_an_error_naming_image_and_prompt(tmp_path: Path, tiny_dataset, minilm):
-    def caption(index: int, prompt: str) -> str | None:
-        return None if (index, prompt) == (10, "T1") else default_caption(index, prompt)
+    """A null caption cannot be written by vlmkd (`write_shard` refuses it): one in a shard edited elsewhere."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    captions = caption_store(tmp_path / "captions", tiny_dataset, caption=caption)
+    captions = caption_store(tmp_path / "captions", tiny_dataset)
+    path = captions.shard_path(1)
+    table = pq.read_table(path)
+    rows = table.to_pydict()
+    nulled = [None if (i, p) == (10, "T1") else c for i, p, c in zip(rows["image_index"], rows["prompt_id"],
+                                                                      rows["caption"], strict=True)]  # fmt: skip
+    table = table.set_column(3, "caption", pa.array(nulled, pa.string())).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(table, path)
     with pytest.raises(InputError, match=r"image 10 \(images/2/0.png\) has no caption for prompt T1;"):
         encode_captions(captions, tmp_path / "features", encoder=minilm, progress=False)
 

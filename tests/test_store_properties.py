@@ -215,7 +215,7 @@ def test_any_text_as_a_class_name_file_gives_one_name_per_line_or_an_input_error
     except InputError as error:
         assert str(error).startswith(f"{path}")
         return
-    lines = path.read_text().splitlines()
+    lines = path.read_text().split("\n")  # universal newlines: \r\n and \r read as \n; U+2028 is not a line end
     while lines and not lines[-1].strip():
         lines.pop()
     assert names == [line.strip() for line in lines] and all(names)

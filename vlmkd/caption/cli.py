@@ -14,7 +14,13 @@ from vlmkd.caption.engines import ENGINES, GenerationSettings
 from vlmkd.caption.engines.hf import DTYPES
 from vlmkd.caption.engines.openai import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
 from vlmkd.caption.prompts import shipped_prompt_sets
-from vlmkd.caption.runner import DEFAULT_SHARD_SIZE, REFUSED_PREFIX, CaptionReport, run_captioning
+from vlmkd.caption.runner import (
+    DEFAULT_SHARD_SIZE,
+    REFUSED_PREFIX,
+    UNUSABLE_PREFIX,
+    CaptionReport,
+    run_captioning,
+)
 from vlmkd.caption.store import CaptionStore
 from vlmkd.data import load_image_list
 from vlmkd.reporting.gallery import GalleryOptions, gallery_summary, write_gallery
@@ -201,9 +207,12 @@ def summary(report: CaptionReport) -> str:
     ]
     if report.failed:
         refused = sum(reason.startswith(REFUSED_PREFIX) for _, _, reason in report.failed)
-        if refused:
-            lines.append(f"{len(report.failed)} images skipped ({len(report.failed) - refused} unreadable, "
-                         f"{refused} refused by the servers; recorded in the store):")  # fmt: skip
+        unusable = sum(reason.startswith(UNUSABLE_PREFIX) for _, _, reason in report.failed)
+        if refused or unusable:
+            kinds = [f"{len(report.failed) - refused - unusable} unreadable"]
+            kinds += [f"{refused} refused by the servers"] * bool(refused)
+            kinds += [f"{unusable} with empty or oversized answers"] * bool(unusable)
+            lines.append(f"{len(report.failed)} images skipped ({', '.join(kinds)}; recorded in the store):")
         else:
             lines.append(f"{len(report.failed)} unreadable images skipped (recorded in the store):")
         lines += [f"  {path}: {reason}" for _, path, reason in report.failed[:FAILURES_SHOWN]]

@@ -28,12 +28,14 @@ from vlmkd.caption.engines import (
     model_fingerprint,
 )
 from vlmkd.caption.prompts import PromptSet, load_prompt_set
+from vlmkd.caption.shard_file import caption_problem
 from vlmkd.caption.store import CaptionStore, Failure, Row, make_manifest
 from vlmkd.data import ImageList, load_image_list, load_rgb
 from vlmkd.errors import InputError, StoreMismatchError
 
 DEFAULT_SHARD_SIZE = 256  # images per shard when --num-shards is not given: what a crash can cost at most
 REFUSED_PREFIX = "refused by the server"  # how an image a server refused is recorded, unlike an unreadable one
+UNUSABLE_PREFIX = "unusable answer"  # an answer no store keeps (empty, whitespace, too long: `caption_problem`)
 MANIFEST_WAIT_S = 600.0  # how long other ranks wait for rank 0 to replace a store under --overwrite
 
 
@@ -336,7 +338,8 @@ class _ShardWork:
     shard: int
     captions: list[tuple[int, str, str]] = field(default_factory=list)  # (image index, prompt id, caption)
     unreadable: list[tuple[int, str]] = field(default_factory=list)  # (image index, reason)
-    refused: dict[int, str] = field(default_factory=dict)  # image index -> reason (its first refused prompt)
+    refused: dict[int, str] = field(default_factory=dict)  # image index -> reason (its first refused or unusable
+    # answer: a failure from the engine, or an answer `caption_problem` rejects)
     batches_in_flight: int = 0
     all_submitted: bool = False
 
@@ -351,12 +354,15 @@ class _ShardWork:
         new = []
         for index, image_captions in zip(indices, captions, strict=True):
             for prompt_id, caption in zip(prompt_ids, image_captions, strict=True):
-                if isinstance(caption, RequestFailure):
-                    if index not in self.refused:
-                        self.refused[index] = f"{REFUSED_PREFIX} (prompt {prompt_id}): {caption.reason}"
-                        new.append(f"{dataset.path(index)}: {self.refused[index]}")
-                else:
+                refused = isinstance(caption, RequestFailure)
+                reason = caption.reason if refused else caption_problem(caption)
+                if reason is None:
                     self.captions.append((index, prompt_id, caption))
+                elif index not in self.refused:
+                    self.refused[index] = (
+                        f"{REFUSED_PREFIX if refused else UNUSABLE_PREFIX} (prompt {prompt_id}): {reason}"
+                    )
+                    new.append(f"{dataset.path(index)}: {self.refused[index]}")
         return new
 
     def result(self, dataset: ImageList) -> tuple[list[Row], list[Failure]]:

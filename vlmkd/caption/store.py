@@ -9,8 +9,10 @@ Layout::
 Shard `k` holds a contiguous block of images (`CaptionStore.shard_range(k)`), every prompt per image, in
 (image, prompt) order. A shard file exists only once it is complete: it is written to a temporary file,
 fsynced and renamed. Images that could not be read are listed in the shard's Parquet metadata
-(`vlmkd.failed`) so later stages can name them. A rerun with the same settings keeps finished shards; a
-store made with other settings is refused unless the caller asks for it to be replaced.
+(`vlmkd.failed`) so later stages can name them, beside what made the shard (`vlmkd.made_by`); readers check
+both, and the columns and sizes, before reading captions (`vlmkd.caption.shard_file`). A rerun with the same
+settings keeps finished shards; a store made with other settings is refused unless the caller asks for it to
+be replaced.
 """
 
 from __future__ import annotations
@@ -24,20 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 from vlmkd.atomic_files import atomic_write, remove_stale_temporaries, write_json_atomic
 from vlmkd.bounded_read import read_json_file
-from vlmkd.caption import shard_locks
+from vlmkd.caption import shard_file, shard_locks
 from vlmkd.errors import InputError, StoreMismatchError
 from vlmkd.folder_kind import CAPTIONS, refuse_unless
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from vlmkd.data import ImageList
 
 FORMAT = "vlmkd-captions"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FAILED_KEY = b"vlmkd.failed"
-SHARD_KEY = b"vlmkd.shard"
 _SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.parquet")
 _TMP_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.\d+\.tmp")  # atomic_files.temporary_path
 _LOCK_RE = re.compile(r"\.shard-\d{5}-of-\d{5}\.parquet\.lock")  # shard_locks.lock_path
@@ -196,6 +197,11 @@ class CaptionStore:
     def num_images(self) -> int:
         return int(self.manifest["num_images"])
 
+    @property
+    def made_by(self) -> dict[str, Any]:
+        """What every shard of this store records as having made it (`shard_file.made_by`)."""
+        return shard_file.made_by(self.manifest)
+
     def fingerprint(self) -> str:
         """Identity of what the captions are: dataset, prompt set, engine, model and generation settings."""
         identity = {name: self.manifest[name] for name in IDENTITY_FIELDS}
@@ -231,8 +237,9 @@ class CaptionStore:
                 shard_locks.remove_if_stale(self.shard_path(shard))
 
     def damaged_shards(self, shards: Iterable[int]) -> list[tuple[int, str]]:
-        """(shard, reason) for each written shard of `shards` whose file is not a whole shard: a truncated or
-        corrupt Parquet file, or one with another number of rows than its images and prompts call for."""
+        """(shard, reason) for each written shard of `shards` whose file is not a whole shard of this store: a
+        truncated or corrupt Parquet file, another shard's or another run's file (its `made_by` disagrees with
+        the manifest), columns vlmkd cannot read, or another number of rows than its images and prompts call for."""
         import pyarrow.parquet as pq
 
         damaged = []
@@ -241,19 +248,16 @@ class CaptionStore:
             if not path.exists():
                 continue
             try:
-                metadata = pq.read_metadata(path)
-                failed = json.loads((metadata.metadata or {}).get(FAILED_KEY, b"[]"))
-                expected = (len(self.shard_range(shard)) - len(failed)) * len(self.prompt_ids)
+                footer = pq.read_metadata(path)
+                problem = shard_file.footer_problem(path, shard, self.made_by, footer)
+                expected = (len(self.shard_range(shard)) - len(shard_file.failures(footer))) * len(self.prompt_ids)
             except (ValueError, TypeError) as error:  # ArrowInvalid (no footer: truncated), bad JSON
                 damaged.append((shard, " ".join(str(error).split())[:200]))
                 continue
-            recorded = (metadata.metadata or {}).get(SHARD_KEY)
-            if recorded != str(shard).encode():
-                damaged.append(
-                    (shard, f"the file holds shard {recorded.decode(errors='replace')[:20] if recorded else '?'}")
-                )
-            elif metadata.num_rows != expected:
-                damaged.append((shard, f"{metadata.num_rows} rows, {expected} expected"))
+            if problem:
+                damaged.append((shard, problem))
+            elif footer.num_rows != expected:
+                damaged.append((shard, f"{footer.num_rows} rows, {expected} expected"))
         return damaged
 
     def discard_shard(self, shard: int) -> None:
@@ -287,7 +291,6 @@ class CaptionStore:
         rows = list(rows)
         self._check_shard_content(shard, rows, failed)
         columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
-        failed_json = json.dumps([list(f) for f in failed]).encode()
         table = pa.table(
             {
                 "image_index": pa.array(columns[0], type=pa.int64()),
@@ -295,7 +298,7 @@ class CaptionStore:
                 "prompt_id": pa.array(columns[2], type=pa.string()),
                 "caption": pa.array(columns[3], type=pa.string()),
             }
-        ).replace_schema_metadata({SHARD_KEY: str(shard).encode(), FAILED_KEY: failed_json})
+        ).replace_schema_metadata(shard_file.metadata(shard, [list(f) for f in failed], self.made_by))
         target = self.shard_path(shard)
         with atomic_write(target, replace=replace, ignore_dir_errors=True) as handle:  # some filesystems refuse it
             pq.write_table(table, handle, compression="zstd")
@@ -303,26 +306,39 @@ class CaptionStore:
         return target
 
     def read_shard(self, shard: int) -> pa.Table:
-        """The rows of one finished shard."""
-        import pyarrow.parquet as pq
-
+        """The rows of one finished shard, checked and normalised (`shard_file.read`)."""
         path = self.shard_path(shard)
         if not path.exists():
             raise InputError(f"{self.path}: shard {shard} is not written yet; rerun vlmkd-caption to finish it")
+        footer = self.checked_footer(shard)
         try:
-            return pq.read_table(path).replace_schema_metadata(None)
+            return shard_file.read(path, footer)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            if isinstance(error, InputError):
+                raise
             raise _unreadable_shard(path, error) from None
 
-    def shard_rows(self, shard: int) -> int:
-        """Rows in one finished shard, from its footer (no captions read)."""
+    def checked_footer(self, shard: int) -> pq.FileMetaData:
+        """The Parquet footer of one finished shard, checked (`shard_file.footer_problem`): `InputError` naming
+        the file and what is wrong."""
         import pyarrow.parquet as pq
 
         path = self.shard_path(shard)
         try:
-            return pq.read_metadata(path).num_rows
+            footer = pq.read_metadata(path)
         except (OSError, ValueError) as error:
             raise _unreadable_shard(path, error) from None
+        problem = shard_file.footer_problem(path, shard, self.made_by, footer)
+        if problem:
+            raise InputError(
+                f"{path}: caption shard refused: {problem}; rerun vlmkd-caption to caption it again (a damaged "
+                "shard is captioned anew), or fix the file"
+            )
+        return footer
+
+    def shard_rows(self, shard: int) -> int:
+        """Rows in one finished shard, from its footer (no captions read)."""
+        return self.checked_footer(shard).num_rows
 
     def read_table(self) -> pa.Table:
         """All rows in (image, prompt) order; `InputError` listing the missing shards if incomplete."""
@@ -339,18 +355,15 @@ class CaptionStore:
 
     def failed_images(self) -> list[Failure]:
         """(image_index, image_path, reason) of every image skipped as unreadable, over finished shards."""
-        import pyarrow.parquet as pq
-
         failures: list[Failure] = []
         for shard in range(self.num_shards):
             path = self.shard_path(shard)
             if path.exists():
+                footer = self.checked_footer(shard)
                 try:
-                    metadata = pq.read_schema(path).metadata or {}
-                    failed = json.loads(metadata.get(FAILED_KEY, b"[]"))
-                except (OSError, ValueError) as error:  # ArrowInvalid and JSONDecodeError are ValueErrors
+                    failures += shard_file.failures(footer)
+                except (TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
                     raise _unreadable_shard(path, error) from None
-                failures += [(int(i), str(p), str(r)) for i, p, r in failed]
         return failures
 
     # --------------------------------------------------------------------------------------- checking
@@ -368,6 +381,10 @@ class CaptionStore:
                 f"shard {shard}: rows must cover images {expected.start}..{expected.stop - 1} x prompts "
                 f"{list(self.prompt_ids)} in order, failed images excepted ({len(got)} rows, {len(wanted)} expected)"
             )
+        for row in rows:  # engines' answers are checked before they get here (the runner makes them failures)
+            problem = shard_file.caption_problem(row[3]) if isinstance(row[3], str) else "not a string"
+            if problem:
+                raise ValueError(f"shard {shard}: image {row[0]}, prompt {row[2]}: {problem}")
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmkd.atomic_files import atomic_write
+from vlmkd.bounded_read import short_repr
 from vlmkd.caption.prompts import PromptSet, is_prompt_id, load_prompt_set
+from vlmkd.caption.shard_file import MAX_CAPTION_CHARS, caption_problem
 from vlmkd.caption.store import CaptionStore, Row, make_manifest, prompt_set_record
 from vlmkd.data import ImageList
 from vlmkd.errors import InputError
@@ -80,7 +82,9 @@ def import_captions(
     source, out = Path(source), Path(out)
     fmt = _format_of(source)
     if prompt_id is not None and not is_prompt_id(prompt_id):
-        raise InputError(f"--prompt-id must be 1-64 characters of letters, digits, '_', '.', '-', got {prompt_id!r}")
+        raise InputError(
+            f"--prompt-id must be 1-64 characters of letters, digits, '_', '.', '-', got {short_repr(prompt_id)}"
+        )
     prompt_set = prompts if isinstance(prompts, PromptSet) or prompts is None else load_prompt_set(prompts)
     sha256 = source_sha256(source)
     cells, order = _read_cells(source, fmt, dataset, prompt_set, prompt_id, progress)
@@ -244,7 +248,7 @@ class _RowChecker:
         if from_index is not None and from_path is not None and from_index != from_path:
             raise InputError(
                 f"{where}: image_index {from_index} is {self.dataset.samples[from_index].path!r} in "
-                f"{self.dataset.source}, but image_path is {record['image_path']!r} (image {from_path})"
+                f"{self.dataset.source}, but image_path is {short_repr(record['image_path'])} (image {from_path})"
             )
         return from_index if from_index is not None else from_path  # type: ignore[return-value]
 
@@ -253,9 +257,11 @@ class _RowChecker:
             try:
                 value = int(value.strip())
             except ValueError:
-                raise InputError(f"{where}: image_index must be an integer, got {value!r}") from None
+                raise InputError(f"{where}: image_index must be an integer, got {short_repr(value)}") from None
         if not isinstance(value, int) or isinstance(value, bool):
-            raise InputError(f"{where}: image_index must be an integer, got {value!r} ({type(value).__name__})")
+            raise InputError(
+                f"{where}: image_index must be an integer, got {short_repr(value)} ({type(value).__name__})"
+            )
         if not 0 <= value < len(self.dataset):
             raise InputError(
                 f"{where}: image_index {value} is out of range for {self.dataset.source} "
@@ -265,14 +271,14 @@ class _RowChecker:
 
     def _lookup_path(self, where: str, value: Any) -> int:
         if not isinstance(value, str):
-            raise InputError(f"{where}: image_path must be a string, got {value!r} ({type(value).__name__})")
+            raise InputError(f"{where}: image_path must be a string, got {short_repr(value)} ({type(value).__name__})")
         if value in self.by_path:
             return self.by_path[value]
         if self.by_absolute is None:
             self.by_absolute = {str(self.dataset.path(i).resolve()): i for i in range(len(self.dataset))}
         found = self.by_absolute.get(str(Path(value).resolve())) if Path(value).is_absolute() else None
         if found is None:
-            raise InputError(f"{where}: image_path {value!r} is not an image of {self.dataset.source}")
+            raise InputError(f"{where}: image_path {short_repr(value)} is not an image of {self.dataset.source}")
         return found
 
     def _prompt(self, where: str, record: Mapping[str, Any]) -> str:
@@ -282,16 +288,16 @@ class _RowChecker:
                 raise InputError(f"{where}: no prompt_id (give the column, or --prompt-id for every row)")
             value = self.prompt_id
         if not isinstance(value, str):
-            raise InputError(f"{where}: prompt_id must be a string, got {value!r} ({type(value).__name__})")
+            raise InputError(f"{where}: prompt_id must be a string, got {short_repr(value)} ({type(value).__name__})")
         if self.allowed is not None and value not in self.allowed:
             assert self.prompt_set is not None
             raise InputError(
-                f"{where}: unknown prompt id {value!r} (prompt set {self.prompt_set.name} has "
+                f"{where}: unknown prompt id {short_repr(value)} (prompt set {self.prompt_set.name} has "
                 f"{', '.join(self.prompt_set.ids)})"
             )
         if not is_prompt_id(value):
             raise InputError(
-                f"{where}: prompt_id must be 1-64 characters of letters, digits, '_', '.', '-', got {value!r}"
+                f"{where}: prompt_id must be 1-64 characters of letters, digits, '_', '.', '-', got {short_repr(value)}"
             )
         return value
 
@@ -302,7 +308,13 @@ class _RowChecker:
             raise InputError(f"{where}: {found}; give exactly one caption column")
         value = record[present[0]]
         if not isinstance(value, str):
-            raise InputError(f"{where}: {present[0]} must be a string, got {value!r} ({type(value).__name__})")
+            raise InputError(
+                f"{where}: {present[0]} must be a string, got {short_repr(value)} ({type(value).__name__})"
+            )
+        problem = caption_problem(value)
+        if problem:
+            raise InputError(f"{where}: {present[0]} is an {problem}; a caption store holds no empty captions and "
+                             f"none over {MAX_CAPTION_CHARS:,} characters")  # fmt: skip
         return value
 
 
