@@ -1,4 +1,6 @@
-"""Spread requests over several HTTP servers: least outstanding requests first, at most N in flight, retries.
+"""Spread requests over several HTTP servers, at most N in flight, with retries: the requests of one image to
+one server (`routing`: a stable choice per image, failing over when its server is down or saturated), other
+requests to the server with the fewest in flight.
 
 What is retried, and how (jittered exponential backoff, per request):
 - transient: connections reset or dropped, timeouts, 408, 429, 502, 503, 504 (`Retry-After` honoured):
@@ -31,6 +33,7 @@ from typing import Any
 
 from yarl import URL
 
+from vlmkd.caption.engines.openai.routing import Route, ranking, saturation
 from vlmkd.caption.engines.openai.settings import RetryPolicy
 from vlmkd.caption.engines.openai.transport import (
     REDIRECT_STATUSES,
@@ -67,9 +70,12 @@ class Refused:
 
 @dataclass
 class Server:
-    """One server's state: requests in flight, and how long it has been failing."""
+    """One server's state: requests in flight, and how long it has been failing. `index`: its place in the
+    dispatcher's list; `name`: its base URL as given, what routing hashes (it stays if the server moves)."""
 
     endpoint: Endpoint
+    index: int = 0
+    name: bytes = b""
     outstanding: int = 0
     sent: int = 0
     succeeded: int = 0
@@ -126,7 +132,7 @@ class Dispatcher:
     ) -> None:
         if not endpoints:
             raise ValueError("no servers")
-        self.servers = [Server(endpoint) for endpoint in endpoints]
+        self.servers = [Server(e, index=k, name=str(e.base).encode()) for k, e in enumerate(endpoints)]
         self.transport = transport
         self.concurrency = concurrency
         self.policy = policy
@@ -161,12 +167,17 @@ class Dispatcher:
         except ValueError:
             raise ServiceError(self.redact(f"the answer is not JSON: {self.excerpt(response)}")) from None
 
-    async def post(self, path: str, body: bytes) -> Completed | Refused:
-        """POST `body` to `path` on the best server until it succeeds or is refused for good."""
+    def route(self, key: bytes) -> Route:
+        """A route for the requests of the image whose key is `key` (`routing.image_key`)."""
+        return Route(ranking(key, [server.name for server in self.servers]))
+
+    async def post(self, path: str, body: bytes, route: Route | None = None) -> Completed | Refused:
+        """POST `body` to `path` until it succeeds or is refused for good: on `route`'s server when given (the
+        requests of one image), else on the least busy one."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.concurrency)
         async with self._slots:
-            outcome = await self._post(path, body)
+            outcome = await self._post(path, body, route)
         if isinstance(outcome, Completed):
             self._refusals_in_a_row = 0
         else:
@@ -178,13 +189,13 @@ class Dispatcher:
                 )
         return outcome
 
-    async def _post(self, path: str, body: bytes) -> Completed | Refused:
+    async def _post(self, path: str, body: bytes, route: Route | None) -> Completed | Refused:
         transient = server_errors = rejections = 0
         avoid: Server | None = None
         while True:
             if self.fatal is not None:
                 raise self.fatal
-            server = await self._choose(avoid)
+            server = await self._choose(avoid, route)
             try:
                 response = await self._attempt(server, "POST", server.join(path), body)
             except _Transient as error:
@@ -202,9 +213,13 @@ class Dispatcher:
             status = response.status
             if status == 200:
                 try:
-                    return Completed(json.loads(response.body), server.url)
+                    answer = Completed(json.loads(response.body), server.url)
                 except ValueError:
                     status, response = 500, Response(500, response.headers, b"200 with a body that is not JSON")
+                else:
+                    if route is not None:
+                        route.answered_by.add(server.index)
+                    return answer
             if status in REDIRECT_STATUSES:
                 where = response.headers.get("location", "nowhere")
                 self._give_up(
@@ -262,8 +277,9 @@ class Dispatcher:
             server.outstanding -= 1
 
     # ---------------------------------------------------------------------------------------- servers
-    async def _choose(self, avoid: Server | None) -> Server:
-        """The live server with the fewest requests in flight (after a failure, preferably not `avoid`)."""
+    async def _choose(self, avoid: Server | None, route: Route | None = None) -> Server:
+        """The server for the next try: `route`'s (see `_routed`), else the live server with the fewest requests
+        in flight (ties in turn); after a failure, preferably not `avoid`."""
         while True:
             now = time.monotonic()
             alive = [s for s in self.servers if s.dead is None]
@@ -272,16 +288,32 @@ class Dispatcher:
             ready = [s for s in alive if s.suspended_until <= now]
             if avoid is not None and len(ready) > 1:
                 ready = [s for s in ready if s is not avoid] or ready
+            if ready and route is not None:
+                return self._routed(route, ready)
             if ready:
                 turn = next(self._rotation)
-                return min(ready, key=lambda s: (s.outstanding, (self.servers.index(s) - turn) % len(self.servers)))
+                return min(ready, key=lambda s: (s.outstanding, (s.index - turn) % len(self.servers)))
             soonest = min(alive, key=lambda s: s.suspended_until)
             await asyncio.sleep(max(0.0, soonest.suspended_until - now))
             if soonest.dead is None and soonest.failing_since is not None:
                 if time.monotonic() - soonest.failing_since >= self.policy.dead_after_s:
                     self._give_up(soonest, f"unreachable for {self.policy.dead_after_s:g} s")
                     continue
+                if route is not None:
+                    route.pinned = soonest.index
                 return soonest  # probe it
+
+    def _routed(self, route: Route, ready: list[Server]) -> Server:
+        """`route`'s server among `ready`: the one it is pinned to while that one is ready; otherwise the first
+        in its ranking that is not saturated (`routing.saturation`: above the mean, so the least busy never
+        is), pinned from then on."""
+        if route.pinned is not None and self.servers[route.pinned] in ready:
+            return self.servers[route.pinned]
+        limit = saturation(sum(s.outstanding for s in ready), len(ready))
+        ranked = [self.servers[k] for k in route.ranking if self.servers[k] in ready]
+        chosen = next(s for s in ranked if s.outstanding < limit)
+        route.pinned = chosen.index
+        return chosen
 
     def _server_failed(self, server: Server, reason: str) -> None:
         now = time.monotonic()

@@ -1,19 +1,22 @@
 """The `openai` engine: caption through OpenAI-compatible chat-completions servers (trtllm-serve, vLLM,
 SGLang, `transformers serve`), many at once.
 
-One chat request per (image, prompt): a user turn with the image as a data URL (the file's own bytes when it
-is a JPEG or an 8-bit PNG, a lossless PNG of the decoded image otherwise) followed by the prompt text, and
-every decoding setting sent explicitly (`temperature` 0 for greedy, `top_p`, `max_tokens`, `seed`, `n`), so
-no server default changes the captions. Requests run on an asyncio loop (uvloop's when installed) of the
-engine's own thread, are spread by `dispatch.Dispatcher` and travel by `transport.Transport` (aiohttp). The API
-key comes from an environment variable and, like every secret gateway header, is masked in every message the
-engine produces (`redaction.Redactor`); it is never stored.
+One chat request per (image, prompt), every prompt of an image to one server (`routing`: the first prompt
+alone, the others once it is answered, so that the server's prefix cache reuses the image): a user turn with
+the image as a data URL (the file's own bytes when it is a JPEG or an 8-bit PNG, a lossless PNG of the decoded
+image otherwise) followed by the prompt text, and every decoding setting sent explicitly (`temperature` 0 for
+greedy, `top_p`, `max_tokens`, `seed`, `n`), so no server default changes the captions. Requests run on an
+asyncio loop (uvloop's when installed) of the engine's own thread, are spread by `dispatch.Dispatcher` and
+travel by `transport.Transport` (aiohttp). The API key comes from an environment variable and, like every
+secret gateway header, is masked in every message the engine produces (`redaction.Redactor`); it is never
+stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import io
 import json
 import os
@@ -30,10 +33,10 @@ from vlmkd.caption.engines.base import (
     GenerationSettings,
     ImageRequest,
     RequestFailure,
-    per_image,
 )
-from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher
+from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher, Refused
 from vlmkd.caption.engines.openai.redaction import Redactor, looks_secret
+from vlmkd.caption.engines.openai.routing import Route, image_key
 from vlmkd.caption.engines.openai.settings import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
 from vlmkd.caption.engines.openai.transport import (
     DEFAULT_MAX_BODY_BYTES,
@@ -171,6 +174,8 @@ class OpenAIEngine(CaptionEngine):
         self.settings = settings
         self.concurrency = concurrency
         self.submit_ahead = 2 * concurrency
+        self.servers_per_image: collections.Counter[int] = collections.Counter()  # servers that answered -> images
+        self.images_on_first_choice = 0  # images answered wholly by the first server of their ranking
         self.log = log or (lambda message: print(message, file=sys.stderr))
         key = os.environ.get(api_key_env) or None
         sent = {"user-agent": f"vlmkd/{__version__}", "content-type": "application/json",
@@ -246,24 +251,41 @@ class OpenAIEngine(CaptionEngine):
         return self.submit(requests).result()
 
     def submit(self, requests: Sequence[ImageRequest]) -> Future[list[list[Caption]]]:
-        bodies = self._bodies(requests)
-        return asyncio.run_coroutine_threadsafe(self._caption_all(bodies, requests), self._loop)
+        images = [self._image_bodies(request) for request in requests]
+        return asyncio.run_coroutine_threadsafe(self._caption_all(images), self._loop)
 
-    def _bodies(self, requests: Sequence[ImageRequest]) -> list[bytes]:
-        """Request bodies, one per (image, prompt), each image encoded once however many prompts it has."""
+    def _image_bodies(self, request: ImageRequest) -> tuple[bytes, list[bytes]]:
+        """An image's routing key and its request bodies, one per prompt, the image encoded once."""
         head, middle, tail = self._body_parts
-        bodies = []
-        for request in requests:
-            mime, data = sendable_image(request)
-            url = b"data:" + mime.encode() + b";base64," + base64.b64encode(data)
-            bodies += [b"".join((head, url, middle, json.dumps(prompt).encode(), tail)) for prompt in request.prompts]
-        return bodies
+        mime, data = sendable_image(request)
+        url = b"data:" + mime.encode() + b";base64," + base64.b64encode(data)
+        bodies = [b"".join((head, url, middle, json.dumps(prompt).encode(), tail)) for prompt in request.prompts]
+        return image_key(str(request.path).encode() if request.path is not None else data), bodies
 
-    async def _caption_all(self, bodies: list[bytes], requests: Sequence[ImageRequest]) -> list[list[Caption]]:
-        return per_image(list(await asyncio.gather(*(self._caption_one(body) for body in bodies))), requests)
+    async def _caption_all(self, images: list[tuple[bytes, list[bytes]]]) -> list[list[Caption]]:
+        return list(await asyncio.gather(*(self._caption_image(key, bodies) for key, bodies in images)))
 
-    async def _caption_one(self, body: bytes) -> Caption:
-        outcome = await self.dispatcher.post(CHAT_PATH, body)
+    async def _caption_image(self, key: bytes, bodies: list[bytes]) -> list[Caption]:
+        """All of an image's prompts on one server: the first alone, then the others together once it is
+        answered, when the server holds the image's prefill in its prefix cache. Prefix caches reuse only
+        blocks already computed: prompts arriving together would each compute the image again. If the
+        first prompt is refused, the others are not sent (the image is skipped whatever they would give)."""
+        route = self.dispatcher.route(key)
+        first = await self._caption_one(bodies[0], route)
+        if isinstance(first, RequestFailure):
+            rest: list[Caption] = [RequestFailure(f"not sent: the image's first prompt failed ({first.reason})")]
+            rest *= len(bodies) - 1
+        else:
+            rest = list(await asyncio.gather(*(self._caption_one(body, route) for body in bodies[1:])))
+        self.servers_per_image[len(route.answered_by)] += 1
+        self.images_on_first_choice += route.on_first_choice
+        return [first, *rest]
+
+    async def _caption_one(self, body: bytes, route: Route) -> Caption:
+        return self._answer(await self.dispatcher.post(CHAT_PATH, body, route))
+
+    def _answer(self, outcome: Completed | Refused) -> Caption:
+        """The caption in a server's answer, or the reason there is none."""
         if not isinstance(outcome, Completed):
             return RequestFailure(outcome.reason)
         try:
@@ -276,6 +298,12 @@ class OpenAIEngine(CaptionEngine):
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    @property
+    def mean_servers_per_image(self) -> float:
+        """How many servers answered each image's prompts, on average (1.0 when every image stayed on one)."""
+        images = sum(self.servers_per_image.values())
+        return sum(n * count for n, count in self.servers_per_image.items()) / images if images else 0.0
 
     @property
     def retries(self) -> dict[str, int]:
