@@ -198,8 +198,15 @@ def test_unknown_loader_and_bad_arguments_are_input_errors(tiny_dataset: ImageLi
 
 
 def test_missing_dali_is_a_clear_dependency_error(tiny_dataset: ImageList, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'vlmkd\[dali\]'"):
+    from vlmkd.data import dali_loader
+
+    build = dali_loader.DaliBuild("nvidia-dali-cuda120", "2.4.0", 12)
+    monkeypatch.setattr(dali_loader, "installed_dali", lambda: build)
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # installed by its metadata, but not importable
+    with pytest.raises(MissingDependencyError, match=r"does not import .*--force-reinstall nvidia-dali-cuda120"):
+        build_loader(tiny_dataset, loader="dali", train=False, batch_size=2, image_size=8)
+    monkeypatch.setattr(dali_loader, "installed_dali", lambda: None)  # no DALI wheel at all
+    with pytest.raises(MissingDependencyError, match=r"pip install 'vlmkd\[dali-cuda13\]'.*'vlmkd\[dali-cuda12\]'"):
         build_loader(tiny_dataset, loader="dali", train=False, batch_size=2, image_size=8)
 
 

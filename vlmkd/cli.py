@@ -101,7 +101,10 @@ def info_main(argv: list[str] | None = None) -> int:
     for status in backends().values():
         state = "usable" if status.usable else ("built, not usable here" if status.built else "not available")
         print(f"  {status.name:<10} {state:<24} {status.detail}")
+    from vlmkd.data.dali_loader import dali_summary
     from vlmkd.models.timm_backbones import PREFIX, timm_summary
+
+    print(dali_summary())
 
     for title, registry in _registries().items():
         print(f"{title}: {registry.choices_text()}")

@@ -1,5 +1,9 @@
 """The DALI path: `fn.readers.file` over a per-epoch file list, decoding on the GPU ("mixed") or the CPU.
 
+DALI comes as one wheel per CUDA major version, `nvidia-dali-cuda120` and `nvidia-dali-cuda130`, both installing
+the package `nvidia.dali`; whichever is installed is used (`installed_dali`), after checking that this machine's
+NVIDIA driver can run it (`driver_cuda_version`). `vlmkd info` prints `dali_summary()`.
+
 The file list holds `relative/path dataset_index` lines in the epoch's global order (the same order the
 torch path uses); the reader shards it by rank (`shard_id`/`num_shards`) and its "label" output carries
 dataset indices, from which labels are looked up. The pipeline is rebuilt each epoch with a seed drawn
@@ -8,10 +12,13 @@ from (seed, epoch, rank), so order and augmentation are reproducible after a res
 
 from __future__ import annotations
 
+import ctypes
+import importlib.metadata
 import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +34,104 @@ from vlmkd.errors import MissingDependencyError
 READER = "reader"
 
 
+# The DALI wheels vlmkd knows: distribution -> the CUDA major version it is built for, and the oldest driver that
+# runs it (DALI's installation guide: built with "CUDA toolkit enhanced compatibility", they run on any driver for
+# CUDA 12.0 / 13.0 or later).
+DALI_BUILDS = {"nvidia-dali-cuda120": 12, "nvidia-dali-cuda130": 13}
+OLDEST_DRIVER = {12: "525.60", 13: "580"}
+EXTRA = {12: "dali-cuda12", 13: "dali-cuda13"}
+INSTALL_HINT = "pip install 'vlmkd[dali-cuda13]' (NVIDIA driver 580 or newer) or 'vlmkd[dali-cuda12]' (525.60 or newer)"
+
+
+@dataclass(frozen=True)
+class DaliBuild:
+    """An installed DALI wheel: its distribution name, version, and the CUDA major version it is built for."""
+
+    distribution: str
+    version: str
+    cuda: int
+
+    def describe(self) -> str:
+        return (f"{self.distribution} {self.version} (built for CUDA {self.cuda}, needs an NVIDIA driver "
+                f"{OLDEST_DRIVER[self.cuda]} or newer)")  # fmt: skip
+
+
+def installed_dali() -> DaliBuild | None:
+    """The DALI wheel installed here, or None. Two at once overwrite each other's files (they share the package
+    `nvidia.dali`): a `MissingDependencyError` says to uninstall one."""
+    found = []
+    for distribution, cuda in DALI_BUILDS.items():
+        try:
+            found.append(DaliBuild(distribution, importlib.metadata.version(distribution), cuda))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if len(found) > 1:
+        names = " and ".join(build.distribution for build in found)
+        raise MissingDependencyError(
+            f"both {names} are installed; they install the same nvidia.dali package over each other: keep the one "
+            f"for this machine's driver (docs/data.md, choosing the DALI wheel), e.g. pip uninstall -y {names}, then "
+            f"{INSTALL_HINT}"
+        )
+    return found[0] if found else None
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """The newest CUDA version this machine's NVIDIA driver supports (`cuDriverGetVersion`), or None without one."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value <= 0:
+        return None
+    return version.value // 1000, version.value % 1000 // 10
+
+
+def check_driver(build: DaliBuild, driver: tuple[int, int] | None) -> None:
+    """Refuse a DALI build this machine's driver cannot run (None: no driver, DALI then runs on the CPU)."""
+    if driver is not None and driver[0] < build.cuda:
+        other = max((cuda for cuda in DALI_BUILDS.values() if cuda <= driver[0]), default=None)
+        fix = (f"pip uninstall -y {build.distribution} && pip install 'vlmkd[{EXTRA[other]}]'" if other else
+               "update the NVIDIA driver")  # fmt: skip
+        raise MissingDependencyError(
+            f"{build.distribution} needs an NVIDIA driver for CUDA {build.cuda}.0 or newer "
+            f"({OLDEST_DRIVER[build.cuda]}+); this machine's driver supports CUDA {driver[0]}.{driver[1]}: {fix}"
+        )
+
+
+def dali_summary() -> str:
+    """One line for `vlmkd info`: the DALI wheel installed, and whether this machine's driver runs it."""
+    try:
+        build = installed_dali()
+    except MissingDependencyError as error:
+        return f"DALI: broken install: {error}"
+    if build is None:
+        return f"DALI: not installed (--loader dali needs it: {INSTALL_HINT})"
+    driver = driver_cuda_version()
+    if driver is None:
+        return f"DALI: {build.describe()}; no NVIDIA driver here: DALI decodes on the CPU"
+    try:
+        check_driver(build, driver)
+    except MissingDependencyError as error:
+        return f"DALI: {build.describe()}; NOT usable here: {error}"
+    return f"DALI: {build.describe()}; driver supports CUDA {driver[0]}.{driver[1]}: usable"
+
+
 def import_dali() -> Any:
-    """The `nvidia.dali` module, or a MissingDependencyError saying how to install it."""
+    """The `nvidia.dali` module of whichever DALI wheel is installed, or a MissingDependencyError saying what to
+    install (none installed, both installed, or one this machine's driver cannot run)."""
+    build = installed_dali()
+    if build is None:
+        raise MissingDependencyError(f"--loader dali needs NVIDIA DALI: {INSTALL_HINT}; or use --loader torch")
+    if torch.cuda.is_available():
+        check_driver(build, driver_cuda_version())
     try:
         import nvidia.dali
         import nvidia.dali.plugin.pytorch  # noqa: F401  (the iterator lives there)
     except ImportError as error:
         raise MissingDependencyError(
-            f"--loader dali needs NVIDIA DALI ({error}); install it with `pip install 'vlmkd[dali]'` "
-            "(nvidia-dali-cuda130) or use --loader torch"
+            f"--loader dali: {build.distribution} is installed but nvidia.dali does not import ({error}); "
+            f"reinstall it: pip install --force-reinstall {build.distribution}"
         ) from None
     return nvidia.dali
 
