@@ -42,7 +42,7 @@ def test_make_tiny_is_seeded_refuses_a_full_directory_and_leaves_nothing_when_it
     other = tiny_models.make_tiny_vlm("llava", tmp_path / "c", seed=2)
     weights = [(d / "model.safetensors").read_bytes() for d in (first, second, other)]
     assert weights[0] == weights[1] and weights[0] != weights[2]
-    with pytest.raises(InputError, match="not empty; pass --overwrite"):
+    with pytest.raises(InputError, match="holds a tiny model made by vlmkd models make-tiny; pass --overwrite"):
         tiny_models.make_tiny_vlm("llava", first, seed=2)
     assert (first / "model.safetensors").read_bytes() == weights[0]
     tiny_models.make_tiny_vlm("llava", first, seed=2, overwrite=True)

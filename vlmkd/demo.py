@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from vlmkd.arguments import ArgumentParser
+from vlmkd.folder_kind import entries, refuse_unless
 
 NOTICE = (
     "NOTE: no real VLM weights are available offline, so the captions come from a tiny *randomly initialised* "
     "BLIP (real architecture, random weights): they are noise. The demo exercises the pipeline end to end; "
     "its accuracies say nothing about VLM-KD itself (see experiments/RESULTS.md for controlled comparisons)."
 )
+
+OUTPUTS = ("data", "tiny_blip", "captions", "features", "train", "eval")  # what run_demo writes under its folder
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,14 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
     if size.threads is not None:
         torch.set_num_threads(size.threads)  # for every stage, not only training
     out = Path(out)
+    refuse_unless(out, set(), stage="vlmkd demo folder", own=lambda folder: set(entries(folder)) <= set(OUTPUTS))
     print(NOTICE, flush=True)
+    data_dir, vlm, captions_dir, features_dir, run_dir, eval_dir = (out / name for name in OUTPUTS)
     data = make_demo_dataset(
-        out / "data", max_train_per_class=size.max_train_per_class, test_per_class=size.test_per_class, seed=seed
+        data_dir, max_train_per_class=size.max_train_per_class, test_per_class=size.test_per_class, seed=seed
     )
     counts = data.train.class_counts()
     print(f"[1/5] data: MNIST-LT, {len(data.train)} training images {counts.tolist()}, {len(data.test)} test")
-    vlm = out / "tiny_blip"
     if not (vlm / "config.json").is_file():
         make_tiny_vlm("blip", vlm, seed=seed, overwrite=True)  # what `vlmkd models make-tiny blip DIR` builds
     prompt_set = load_prompt_set()
@@ -66,7 +70,7 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
     print(f"[2/5] caption: tiny random BLIP, prompts {', '.join(prompt_set.ids)}", flush=True)
     caption_config = CaptionConfig(
         model=vlm,
-        out=out / "captions",
+        out=captions_dir,
         batch_size=32,
         generation=GenerationSettings(max_new_tokens=size.max_new_tokens, seed=seed),
         progress=progress,
@@ -74,14 +78,14 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
     )
     captions = run_captioning(caption_config, dataset=data.train, prompts=prompt_set).store
     print("[3/5] encode: all-MiniLM-L6-v2 text features", flush=True)
-    encode_captions(captions, out / "features", progress=progress)
+    encode_captions(captions, features_dir, progress=progress)
     print("[4/5] train: ResNet-32 from scratch, Balanced Softmax + VLM-KD", flush=True)
     config = resolve_config(
         read_config_file("mnist_lt"),
         {
             "train": str(data.train_list),
-            "output": str(out / "train"),
-            "features": str(out / "features"),
+            "output": str(run_dir),
+            "features": str(features_dir),
             "task_loss": "balanced_softmax",
             "vlmkd_weight": 1.0,
             "epochs": size.epochs,
@@ -95,12 +99,12 @@ def run_demo(out: Path, size: DemoSize = DemoSize(), *, seed: int = 0, progress:
         },
     )
     train(config, resume="auto")
-    text_term = _text_term(out / "train", size.batch_size, captions)
+    text_term = _text_term(run_dir, size.batch_size, captions)
     print("[5/5] evaluate on the balanced test split", flush=True)
     results = evaluate_checkpoint(
-        out / "train",
+        run_dir,
         data.test_list,
-        out / "eval",
+        eval_dir,
         num_workers=size.num_workers,
         tsne_max=size.tsne_max,
         progress=progress,

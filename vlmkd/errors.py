@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
+_WRAPPED_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
 
 class VlmkdError(Exception):
     """Base class of every error vlmkd reports to a user as a one-line message."""
@@ -36,3 +42,15 @@ def describe_os_error(error: OSError) -> str:
     else:
         advice = ""
     return f"{where}{reason}" + (f" ({advice})" if advice else "")
+
+
+def os_error_in(error: BaseException, filename: str | Path) -> OSError | None:
+    """The operating-system error that a library reports only in its message, as an `OSError` about `filename`
+    (safetensors' Rust writer: "I/O error: No space left on device (os error 28)"); None if there is none."""
+    if isinstance(error, OSError):
+        return OSError(error.errno, error.strerror, str(filename)) if error.errno else error
+    found = _WRAPPED_OS_ERROR.search(str(error))
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(filename))

@@ -62,6 +62,7 @@ def args(stage: str, paths: dict[str, Path], out: Path) -> list[str]:
                   "--device", "cpu"],
         "eval": ["eval", paths.get("run"), paths["list"], "--out", out, "--num-workers", "0", "--no-progress"],
         "data": ["data", "longtail", paths["list"], out, "--max-count", "2"],
+        "models": ["models", "make-tiny", "blip", out],
     }[stage]  # fmt: skip
     return [str(a) for a in common]
 
@@ -128,7 +129,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(disk)], check=True)
 
 
-@pytest.mark.parametrize("stage", ["data", *STAGES])
+@pytest.mark.parametrize("stage", ["data", "models", *STAGES])
 def test_read_only_output_folder_is_one_line_naming_it(inputs, read_only_folder, stage) -> None:
     out = read_only_folder / "out"
     line = one_line(run_vlmkd(args(stage, inputs, out), inputs["root"]), stage)
@@ -157,13 +158,22 @@ def test_full_disk_is_one_line_and_a_rerun_with_space_finishes(inputs, full_disk
             assert (out / name).read_bytes() == content
 
 
-@pytest.mark.parametrize("stage", ["caption", "encode", "train"])
+@pytest.mark.parametrize("stage", ["caption", "encode", "train", "models"])
 def test_file_size_limit_is_one_line_not_a_crash(inputs, tmp_path, stage) -> None:
     """Writes past RLIMIT_FSIZE fail with EFBIG (Python ignores SIGXFSZ), as a full disk fails them with ENOSPC;
-    the encoder's memory-mapped array is allocated up front, so it cannot die of SIGBUS later."""
+    the encoder's memory-mapped array is allocated up front, so it cannot die of SIGBUS later. (`models
+    make-tiny` once ended in safetensors' Rust "I/O error" traceback.)"""
     out = tmp_path / "out"
-    limit = {"caption": 256, "encode": 2048, "train": 2048}[stage]  # under the manifest, the array, a checkpoint
+    limit = {"caption": 256, "encode": 2048, "train": 2048, "models": 2048}[stage]  # under each first big write
     done = run_vlmkd(args(stage, inputs, out), inputs["root"], file_size_limit=limit)
     assert done.returncode != -signal.SIGBUS
     line = one_line(done, stage)
     assert "File too large" in line and "the disk (or quota) is full" in line, line
+
+
+def test_models_make_tiny_on_a_full_disk_is_one_line_and_leaves_nothing(inputs, full_disk) -> None:
+    """A tiny model (~5 MB) on the full tmpfs: one line naming the folder, no half model and no staging left."""
+    out = full_disk / "model"
+    line = one_line(run_vlmkd(args("models", inputs, out), inputs["root"]), "models")
+    assert line.startswith(f"vlmkd models: error: {out}: No space left on device"), line
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]

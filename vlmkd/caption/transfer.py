@@ -32,6 +32,7 @@ from vlmkd.caption.shard_file import MAX_CAPTION_CHARS, caption_problem
 from vlmkd.caption.store import CaptionStore, Row, make_manifest, prompt_set_record
 from vlmkd.data import ImageList
 from vlmkd.errors import InputError
+from vlmkd.folder_kind import refuse_file_unless
 
 ENGINE = "import"
 IMPORTED_PROMPT_SET = "imported"  # name of the prompt set recorded when no `prompts` is given
@@ -124,8 +125,7 @@ def export_captions(store: str | Path | CaptionStore, out: str | Path) -> int:
     """
     store = store if isinstance(store, CaptionStore) else CaptionStore.open(Path(store))
     out = Path(out)
-    if out.is_dir():
-        raise InputError(f"{out}: is a directory; give a file name for the JSONL export")
+    refuse_file_unless(out, is_export, what="JSONL caption export")  # once it replaced STORE/manifest.json
     table = store.read_table()
     columns = [table.column(name).to_pylist() for name in EXPORT_KEYS]
     with atomic_write(out, ignore_dir_errors=True) as handle:
@@ -133,6 +133,18 @@ def export_captions(store: str | Path | CaptionStore, out: str | Path) -> int:
             line = json.dumps(dict(zip(EXPORT_KEYS, values, strict=True)), ensure_ascii=False)
             handle.write(line.encode("utf-8") + b"\n")
     return table.num_rows
+
+
+def is_export(head: bytes) -> bool:
+    """Whether a file starting with `head` is an earlier `export_captions` output (or empty): its first line is
+    an object with exactly the exported keys, in their order."""
+    if not head:
+        return True
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:
+        return False
+    return isinstance(first, dict) and tuple(first) == EXPORT_KEYS
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -18,10 +18,11 @@ from vlmkd.data.listfile import write_classnames, write_list_file
 from vlmkd.data.longtail import longtail_counts, longtail_indices
 from vlmkd.data.mnist import DIGIT_NAMES, load_mnist_5k
 from vlmkd.errors import InputError
+from vlmkd.folder_kind import DEMO_RECORD, refuse_unless
 
 TRAIN_FILE = "train.txt"
 TEST_FILE = "test.txt"
-MANIFEST_FILE = "demo.json"
+MANIFEST_FILE = DEMO_RECORD
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,8 @@ def make_demo_dataset(
 
 def _is_complete(out_dir: Path, settings: dict) -> bool:
     manifest = out_dir / MANIFEST_FILE
+    refuse_unless(out_dir, set(), stage="vlmkd demo dataset", flag="OUT", own=lambda folder: manifest.is_file())
     if not manifest.is_file():
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise InputError(f"{out_dir}: exists and is not a vlmkd demo dataset; choose an empty or new directory")
         return False
     found = read_json_file(manifest, "demo dataset manifest")
     if found != settings:

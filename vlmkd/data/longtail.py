@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -11,11 +12,14 @@ from typing import Literal
 
 import numpy as np
 
+from vlmkd.atomic_files import write_text_atomic
 from vlmkd.data.dataset import CLASSNAMES_FILE, ImageList, load_image_list
 from vlmkd.data.listfile import write_classnames, write_list_file
 from vlmkd.errors import InputError
+from vlmkd.folder_kind import LONGTAIL_RECORD, refuse_unless
 
 FileMode = Literal["link", "copy"]
+RECORD_FILE = LONGTAIL_RECORD  # what the cut was made from; marks the folder as a cut this command may rewrite
 
 
 def longtail_counts(max_count: int, num_classes: int, imbalance_factor: float) -> list[int]:
@@ -81,6 +85,8 @@ def make_longtail(
     out_dir = Path(out_dir)
     if (out_dir / list_name).resolve() == dataset.source.resolve():
         raise InputError(f"{out_dir / list_name}: would overwrite the source list file; choose another out_dir")
+    # Only an earlier cut (its longtail.json) is written over: never a dataset's own folder or other files.
+    refuse_unless(out_dir, set(), stage="long-tail cut", flag="OUT", own=lambda dir: (dir / RECORD_FILE).is_file())
     source_counts = dataset.class_counts()
     if max_count is None:
         max_count = int(source_counts.min())
@@ -92,6 +98,9 @@ def make_longtail(
     entries = [(dataset.samples[i].path, dataset.samples[i].label) for i in indices]
     write_list_file(out_dir / list_name, entries)
     write_classnames(out_dir / CLASSNAMES_FILE, dataset.classnames)
+    record = {"source": str(dataset.source), "source_fingerprint": dataset.fingerprint(), "list": list_name,
+              "imbalance_factor": float(imbalance_factor), "max_count": int(max_count), "seed": int(seed)}  # fmt: skip
+    write_text_atomic(out_dir / RECORD_FILE, json.dumps(record, indent=1) + "\n", durable=False)
     return load_image_list(out_dir / list_name)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from vlmkd.atomic_files import write_bytes_atomic
 from vlmkd.caption.store import CaptionStore
 from vlmkd.errors import InputError
+from vlmkd.folder_kind import refuse_file_unless
 from vlmkd.reporting.diversity import PromptDiversity, caption_diversity
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 FAILURES_LISTED = 500
+GENERATOR = '<meta name="generator" content="vlmkd caption-info --html">'  # marks a page as a gallery vlmkd wrote
 CLASSES_LISTED = 2000
 
 
@@ -106,6 +108,8 @@ def write_gallery(
     chunks = chunks or [[]]
     captions = _captions_of(table, [i for section in sections for i in section.indices])
     names = [out.name] + [f"{out.stem}-{k}{out.suffix}" for k in range(2, len(chunks) + 1)]
+    for name in names:  # replaces earlier galleries only, never another file
+        refuse_file_unless(out.parent / name, is_gallery, what="caption gallery page", flag="--html")
     out.parent.mkdir(parents=True, exist_ok=True)
     overview = _overview(store, features, diversity, failed, dataset)
     if dataset is not None:
@@ -195,11 +199,18 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def is_gallery(head: bytes) -> bool:
+    """Whether a file starting with `head` is a gallery page vlmkd wrote (pages from before the generator tag
+    are known by their title)."""
+    return GENERATOR.encode() in head or b"<title>Caption gallery of " in head
+
+
 def _document(title: str, body: Iterable[str], thumb: int) -> str:
     return "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
+            GENERATOR,
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{_e(title)}</title>",

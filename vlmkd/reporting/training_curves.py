@@ -25,6 +25,7 @@ from vlmkd.arguments import ArgumentParser
 from vlmkd.atomic_files import write_bytes_atomic
 from vlmkd.bounded_read import read_yaml_file
 from vlmkd.errors import InputError
+from vlmkd.folder_kind import entries, refuse_unless
 from vlmkd.train.record_fields import (
     FRACTION,
     FRACTION_FIELDS,
@@ -38,6 +39,7 @@ from vlmkd.train.record_fields import (
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 PLOTS_DIR = "plots"
+FIGURE_STEMS = frozenset({"losses", FRACTION, "temperature", "lr", "throughput"})  # `draw_figures`' file stems
 MIN_TEMPERATURE = 0.01  # the logit scale is clamped at 100
 DPI = 120
 SPARSE_POINTS = 40
@@ -276,6 +278,7 @@ def plot_run(run: Path, out: Path | None = None) -> dict[str, Path]:
     """Write the run's figures as PNGs into `out` (default RUN/plots); returns their paths by stem."""
     run = Path(run)
     out = Path(out) if out is not None else run / PLOTS_DIR
+    refuse_unless(out, set(), stage="folder of vlmkd plot figures", own=_holds_figures_only)
     figures = draw_figures(read_run(run))
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -286,6 +289,11 @@ def plot_run(run: Path, out: Path | None = None) -> dict[str, Path]:
         write_bytes_atomic(path, buffer.getvalue(), durable=False)
         written[stem] = path
     return written
+
+
+def _holds_figures_only(folder: Path) -> bool:
+    """Whether `folder` holds nothing but figures `plot_run` writes (its own earlier output)."""
+    return all(name.endswith(".png") and name.removesuffix(".png") in FIGURE_STEMS for name in entries(folder))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from vlmkd.errors import InputError
+from vlmkd.errors import InputError, os_error_in
+from vlmkd.folder_kind import MODEL, TINY_MODEL_CARD, TINY_MODEL_COMMAND, refuse_unless
 from vlmkd.quiet import transformers_bars_off
 
 # Small images keep the vision towers cheap; the processors resize any input to this size.
@@ -209,18 +210,25 @@ def make_tiny_vlm(kind: str, out_dir: str | Path, *, seed: int = 0, overwrite: b
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"{out_dir}: directory exists and is not empty; pass --overwrite to replace it")
+    # --overwrite replaces only a model this command made (its model card says so), never anything else
+    found = refuse_unless(out_dir, {MODEL}, stage=f"tiny model made by {TINY_MODEL_COMMAND}", flag="DIR")
+    if found.kind == MODEL and not overwrite:
+        raise InputError(f"{out_dir}: holds {found.description}; pass --overwrite to replace it")
     staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         TINY_VLMS[kind](staging, seed)
         notice = RANDOM_WEIGHTS_NOTICE.format(arch=_ARCHITECTURES[kind])
         card = _MODEL_CARD.format(kind=kind, seed=seed, notice=notice)
-        (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / TINY_MODEL_CARD).write_text(card, encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
+    except Exception as error:  # a full disk reaches us from safetensors' Rust code as an "I/O error" message
+        wrapped = os_error_in(error, out_dir)
+        if wrapped is None:
+            raise
+        raise wrapped from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
