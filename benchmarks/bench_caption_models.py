@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from _common import load_average, machine, seconds_series
+from _common import interleave, load_average, machine, markdown_table, seconds_series, write_report
 
 from vlmkd.caption.engines import GenerationSettings, ImageRequest, load_engine
 from vlmkd.caption.prompts import load_prompt_set
 from vlmkd.data import load_rgb
 from vlmkd.data.demo import make_demo_dataset
 from vlmkd.testing.tiny_models import make_tiny_vlm
+from vlmkd.threads import torch_threads
 
 IMAGES = 32
 BATCH = 3  # images (15 captions)
@@ -46,18 +48,20 @@ def main() -> None:
         engines = {
             kind: load_engine("hf", make_tiny_vlm(kind, Path(tmp) / kind), settings) for kind in ("blip", "llava")
         }
-        rows = {(kind, t): (seconds_series(), seconds_series()) for kind in engines for t in (1, default_threads)}
         for engine in engines.values():
             engine.caption(requests[:BATCH])  # warm-up
-        for _ in range(args.rounds):
-            for (kind, threads), (wall, cpu) in rows.items():
-                torch.set_num_threads(threads)
+
+        def caption_all(kind: str, threads: int) -> tuple[float, float]:
+            """(wall, CPU) seconds to caption every request with `kind` on `threads` torch threads."""
+            with torch_threads(threads):
                 started, cpu_started = time.perf_counter(), time.process_time()
                 for start in range(0, len(requests), BATCH):
                     engines[kind].caption(requests[start : start + BATCH])
-                wall.add(time.perf_counter() - started)
-                cpu.add(time.process_time() - cpu_started)
-    torch.set_num_threads(default_threads)
+                return time.perf_counter() - started, time.process_time() - cpu_started
+
+        cases = [(kind, threads) for kind in engines for threads in (1, default_threads)]
+        measured = interleave({case: partial(caption_all, *case) for case in cases}, rounds=args.rounds)
+    rows = {case: (seconds_series(w for w, _ in r), seconds_series(c for _, c in r)) for case, r in measured.items()}
     lines = [
         "# Tiny BLIP vs tiny LLaVA captioning, 1 thread vs torch's default",
         "",
@@ -65,18 +69,16 @@ def main() -> None:
         f"{IMAGES} images x {len(prompts)} prompts, batches of {BATCH} images, {TOKENS} new tokens, greedy; best of "
         f"{args.rounds} interleaved rounds (median in brackets).",
         "",
-        "| model | torch threads | wall s | images/s | CPU s | images per CPU-second |",
-        "|---|---|---|---|---|---|",
     ]
-    for (kind, threads), (wall, cpu) in rows.items():
-        lines.append(
-            f"| {kind} | {threads} | {wall.best:.2f} ({wall.median:.2f}) | {IMAGES / wall.best:.1f} | "
-            f"{cpu.best:.2f} ({cpu.median:.2f}) | {IMAGES / cpu.best:.1f} |"
-        )
-    report = "\n".join(lines) + "\n"
+    header = ["model", "torch threads", "wall s", "images/s", "CPU s", "images per CPU-second"]
+    cells = [
+        [kind, threads, f"{wall.best:.2f} ({wall.median:.2f})", f"{IMAGES / wall.best:.1f}",
+         f"{cpu.best:.2f} ({cpu.median:.2f})", f"{IMAGES / cpu.best:.1f}"]
+        for (kind, threads), (wall, cpu) in rows.items()
+    ]  # fmt: skip
+    report = "\n".join([*lines, markdown_table(header, cells, "l" * 6)]) + "\n"
     print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from _common import Series, load_average, machine, seconds_series
+from _common import CLOCKS, Series, interleave, load_average, machine, seconds_series, timer, write_report
 from torch.profiler import ProfilerActivity, profile
 
 from vlmkd.errors import InputError
@@ -147,9 +146,6 @@ def peak_bytes(run: Callable[[str], None], device: str) -> int:
     return peak
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
 def measure(
     cases: list[Case], seconds: float, clock: str = "wall", min_rounds: int = 3, max_rounds: int = 200
 ) -> list[Result]:
@@ -158,22 +154,15 @@ def measure(
     clock="cpu" times the process's CPU time instead of wall time: with one thread it is the work done, and
     it does not count the time slices that other processes on a shared machine take.
     """
-    now = CLOCKS[clock]
     results = []
     for case in cases:
         inputs = make_inputs(case)
         runs = {row: runner(row, inputs, case.positives) for row in usable_rows(case.device)}
-        times: dict[tuple[str, str], list[float]] = {(row, mode): [] for row in runs for mode in MODES}
         for run in runs.values():  # warm-up: compile, allocator, thread pools
             for mode in MODES:
                 run(mode)
-        rounds, deadline = 0, time.perf_counter() + seconds
-        while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() < deadline):
-            rounds += 1
-            for (row, mode), values in times.items():
-                start = now()
-                runs[row](mode)
-                values.append(now() - start)
+        rows = {(row, mode): timer(partial(run, mode), clock) for row, run in runs.items() for mode in MODES}
+        times = interleave(rows, seconds=seconds, min_rounds=min_rounds, max_rounds=max_rounds)
         peaks = {row: peak_bytes(run, case.device) for row, run in runs.items()}
         results += [
             Result(case, row, mode, seconds_series(values), peaks[row] if mode == "full" else None)
@@ -258,11 +247,9 @@ def main() -> None:
     text = report(results, args.seconds, args.clock)
     print(text)
     if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        records = [{**asdict(r), "best": r.seconds.best, "median": r.seconds.median} for r in results]
-        args.out.with_suffix(".json").write_text(json.dumps(records, indent=1))
-        print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+        write_report(
+            args.out, text, [{**asdict(r), "best": r.seconds.best, "median": r.seconds.median} for r in results]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ its epoch falls into the next loader's untimed epoch; rounds interleave loaders 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -23,10 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import Series, load_average, machine, rate_series
+from _common import (
+    Series,
+    interleave,
+    load_average,
+    machine,
+    markdown_table,
+    rate_series,
+    write_image_dataset,
+    write_report,
+)
 from PIL import Image, ImageFilter
 
-from vlmkd.data import IMAGENET_MEAN, IMAGENET_STD, ImageList, build_loader, load_image_list
+from vlmkd.data import IMAGENET_MEAN, IMAGENET_STD, ImageList, build_loader
 from vlmkd.data.images import load_rgb
 
 SCALE = (0.35, 1.0)
@@ -56,21 +66,16 @@ BASELINE = "DataLoader + PIL (torchvision)"
 
 
 def make_files(case: Case, root: Path) -> ImageList:
-    """`case.num_images` smooth random RGB images (compress like photos, unlike white noise), 10 classes."""
+    """`case.num_images` smooth random RGB images (compress like photos, unlike white noise), 10 classes: 16
+    blurred noise tiles in four rotations."""
     rng = np.random.default_rng(0)
-    lines = []
-    tiles = []
-    for _ in range(16):
-        noise = rng.integers(0, 256, (case.image_px, case.image_px, 3), dtype=np.uint8)
-        tiles.append(Image.fromarray(noise).filter(ImageFilter.GaussianBlur(case.image_px / 64)))
-    for k in range(case.num_images):
-        relative = f"{k % 10}/{k:06d}.{case.suffix}"
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        image = tiles[k % len(tiles)].rotate(90 * (k // len(tiles) % 4))
-        image.save(root / relative, quality=90) if case.suffix == "jpg" else image.save(root / relative)
-        lines.append(f"{relative} {k % 10}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    return load_image_list(root / "train.txt")
+    noise = [rng.integers(0, 256, (case.image_px, case.image_px, 3), dtype=np.uint8) for _ in range(16)]
+    tiles = [Image.fromarray(n).filter(ImageFilter.GaussianBlur(case.image_px / 64)) for n in noise]
+
+    def tile(rng: np.random.Generator, k: int, size: int) -> Image.Image:
+        return tiles[k % len(tiles)].rotate(90 * (k // len(tiles) % 4))
+
+    return write_image_dataset(root, case.num_images, size=case.image_px, suffix=case.suffix, pixels=tile)
 
 
 class _TorchvisionImages(torch.utils.data.Dataset):
@@ -170,17 +175,23 @@ def epoch_rate(loader: Iterable, epoch: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def lead_in_then_timed_epoch(loader: Iterable) -> Callable[[], float]:
+    """A row: an untimed epoch (steady state), then the images/s of the next one."""
+    epochs = itertools.count()
+
+    def one_round() -> float:
+        epoch_rate(loader, next(epochs))
+        return epoch_rate(loader, next(epochs))
+
+    return one_round
+
+
 def run_case(case: Case, reps: int) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="vlmkd-bench-") as tmp:
-        dataset = make_files(case, Path(tmp))
-        loaders = loaders_for(dataset, case)
-        rates: dict[str, list[float]] = {name: [] for name in loaders}
-        names = list(loaders)
-        for rep in range(reps):
-            for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate who runs first
-                epoch_rate(loaders[name], 2 * rep)  # untimed lead-in
-                rates[name].append(epoch_rate(loaders[name], 2 * rep + 1))
-        del loaders
+        loaders = loaders_for(make_files(case, Path(tmp)), case)
+        rows = {name: lead_in_then_timed_epoch(loader) for name, loader in loaders.items()}
+        rates = interleave(rows, rounds=reps, rotate=True)
+        del loaders, rows
     return [Result(case, name, rate_series(values)) for name, values in rates.items()]
 
 
@@ -199,23 +210,21 @@ def table(results: list[Result], reps: int) -> str:
         "within a case, "
         "not across runs.",
         "",
-        "| case | loader | best img/s | median img/s | vs DataLoader + PIL (best / median) "
-        "| vs vlmkd torch (best / median) |",
-        "|---|---|---:|---:|---:|---:|",
     ]
+    cells = []
     for case in dict.fromkeys(result.case for result in results):
         rows = [result for result in results if result.case == case]
-        baseline = next(result for result in rows if result.loader == BASELINE)
-        library_torch = next(result for result in rows if result.loader == "vlmkd torch")
-        base, ours = baseline.rates, library_torch.rates
+        base = next(result for result in rows if result.loader == BASELINE).rates
+        ours = next(result for result in rows if result.loader == "vlmkd torch").rates
         for result in rows:
             got = result.rates
-            lines.append(
-                f"| {case.name} ({case.num_images} files) | {result.loader} | {got.best:,.0f} | {got.median:,.0f} | "
-                f"{got.best / base.best:.2f}x / {got.median / base.median:.2f}x | "
-                f"{got.best / ours.best:.2f}x / {got.median / ours.median:.2f}x |"
+            cells.append(
+                [f"{case.name} ({case.num_images} files)", result.loader, f"{got.best:,.0f}", f"{got.median:,.0f}"]
+                + [f"{got.best / b.best:.2f}x / {got.median / b.median:.2f}x" for b in (base, ours)]
             )
-    return "\n".join(lines) + "\n"
+    header = ["case", "loader", "best img/s", "median img/s", "vs DataLoader + PIL (best / median)",
+              "vs vlmkd torch (best / median)"]  # fmt: skip
+    return "\n".join([*lines, markdown_table(header, cells, "llrrrr")]) + "\n"
 
 
 def main() -> None:
@@ -231,8 +240,7 @@ def main() -> None:
     text = table(results, 1 if args.quick else args.reps)
     print(text)
     if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_report(args.out, text)
 
 
 if __name__ == "__main__":

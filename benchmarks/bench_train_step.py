@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _common import Series, load_average, machine, seconds_series
+from _common import Series, interleave, load_average, machine, seconds_series
 
 from vlmkd.backends import backends
 from vlmkd.losses import TaskLoss, VlmkdContrastiveLoss, VlmkdObjective
@@ -102,20 +103,29 @@ def usable_backends() -> list[str]:
     return [name for name in ("cpp", "triton", "cuda") if name in status and status[name].usable]
 
 
+def mean_step(stepper: Stepper, steps: int) -> Callable[[], tuple[float, float]]:
+    """A row: (wall, CPU) seconds per step, averaged over `steps` steps."""
+
+    def one_round() -> tuple[float, float]:
+        walls, cpus = zip(*(stepper.step() for _ in range(steps)), strict=True)
+        return sum(walls) / steps, sum(cpus) / steps
+
+    return one_round
+
+
 def run(cases: list[Case], setup: Setup, repeats: int, steps: int, warmup: int) -> list[Result]:
     torch.set_num_threads(setup.threads)
     steppers = {case: Stepper(case, setup) for case in cases}
-    results = {case: Result(case) for case in cases}
+    first_step = {}
     for case, stepper in steppers.items():
-        results[case].first_step = stepper.step()[0]
+        first_step[case] = stepper.step()[0]
         for _ in range(warmup - 1):
             stepper.step()
-    for _ in range(repeats):  # interleaved: every row sees the same machine load, repetition by repetition
-        for case, stepper in steppers.items():
-            times = [stepper.step() for _ in range(steps)]
-            results[case].seconds.add(sum(wall for wall, _ in times) / steps)
-            results[case].cpu_seconds.add(sum(cpu for _, cpu in times) / steps)
-    return list(results.values())
+    measured = interleave({case: mean_step(stepper, steps) for case, stepper in steppers.items()}, rounds=repeats)
+    return [
+        Result(case, seconds_series(w for w, _ in rounds), seconds_series(c for _, c in rounds), first_step[case])
+        for case, rounds in measured.items()
+    ]
 
 
 def table(results: list[Result], setup: Setup) -> str:

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from _common import load_average, machine, seconds_series
+from _common import interleave, load_average, machine, markdown_table, seconds_series
 
 
 def train_seconds(data: Path, out: Path, threads: str | None, epochs: int) -> tuple[float, str]:
@@ -52,19 +53,25 @@ def main() -> None:
             make += ["--max-train-per-class", str(args.max_train_per_class)]
         subprocess.run(make, check=True, capture_output=True)
         print(f"machine: {machine()}; load average before: {load_average()}")
-        series = {setting: seconds_series() for setting in settings}
-        chosen = set()
-        for _ in range(args.rounds):
-            for setting in settings:
+        chosen: set[str] = set()  # the thread counts vlmkd-train picked by itself
+
+        def run_with(setting: str | None) -> Callable[[], float]:
+            def one_round() -> float:
                 seconds, reported = train_seconds(data, Path(tmp) / "run", setting, args.epochs)
-                series[setting].add(seconds)
                 if setting is None:
                     chosen.add(reported)
+                return seconds
+
+            return one_round
+
+        measured = interleave({setting: run_with(setting) for setting in settings}, rounds=args.rounds)
         print(f"load average after: {load_average()}")
-        print("| --threads | best (s) | median (s) |\n| --- | --- | --- |")
-        for setting, values in series.items():
+        rows = []
+        for setting, values in measured.items():
+            series = seconds_series(values)
             name = setting if setting is not None else f"default (chose {', '.join(sorted(chosen))})"
-            print(f"| {name} | {values.best:.1f} | {values.median:.1f} |")
+            rows.append([name, f"{series.best:.1f}", f"{series.median:.1f}"])
+        print(markdown_table(["--threads", "best (s)", "median (s)"], rows))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+from _common import write_image_dataset  # noqa: E402
 
 from vlmkd.data import load_image_list
 from vlmkd.encode.store import FORMAT, VERSION
@@ -36,18 +38,15 @@ TOLERANCE = {"bf16": 2e-2, "fp16": 5e-3}
 def make_data(root: Path) -> tuple[Path, Path]:
     """A list-file dataset of CLASSES x PER_CLASS noisy colour patches and a feature store whose caption
     features are a class direction plus noise (something the term can learn)."""
-    rng = np.random.default_rng(0)
-    lines = []
-    for label in range(CLASSES):
-        (root / "images" / str(label)).mkdir(parents=True, exist_ok=True)
-        for k in range(PER_CLASS):
-            base = np.zeros((SIZE, SIZE, 3)) + 60 * label
-            pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / "images" / str(label) / f"{k}.png")
-            lines.append(f"images/{label}/{k}.png {label}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
+
+    def patch(rng: np.random.Generator, index: int, size: int) -> np.ndarray:
+        """Grey level 60 x label plus noise (label = index % CLASSES)."""
+        base = np.zeros((size, size, 3)) + 60 * (index % CLASSES)
+        return np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+
+    dataset = write_image_dataset(root, CLASSES * PER_CLASS, size=SIZE, classes=CLASSES, pixels=patch)
     (root / "classnames.txt").write_text("\n".join(f"class{c}" for c in range(CLASSES)) + "\n")
-    dataset = load_image_list(root / "train.txt")
+    rng = np.random.default_rng(0)
     directions = rng.standard_normal((CLASSES, TEXT_DIM))
     values = directions[dataset.labels()][:, None, :] + 0.3 * rng.standard_normal((len(dataset), 1, TEXT_DIM))
     manifest = {

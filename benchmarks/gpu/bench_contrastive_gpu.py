@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the CPU benchmark's shared pieces
-from _common import machine  # noqa: E402
+from _common import interleave, machine, markdown_table, write_report  # noqa: E402
 from bench_contrastive import COMPILED, GEMM, MODES, REF, Case, make_inputs, peak_bytes, runner  # noqa: E402
 
 from vlmkd.ops import contrastive_ref  # noqa: E402
@@ -90,20 +89,24 @@ def compiled_runner(compiled: Callable, inputs: dict[str, torch.Tensor]) -> Call
     return run
 
 
-def median_ms(run: Callable[[str], None], mode: str, budget_s: float, min_runs: int = 5) -> tuple[float, int]:
-    """Median CUDA-event time of `run(mode)` over as many runs as fit in `budget_s` (at least `min_runs`)."""
-    run(mode)  # warm-up: compilation, autotuning, allocator
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < min_runs or time.perf_counter() < deadline:
+def cuda_event_ms(run: Callable[[str], None], mode: str) -> Callable[[], float]:
+    """A row: the milliseconds one `run(mode)` takes on the GPU, between two CUDA events."""
+
+    def timed() -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         run(mode)
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
-        if len(times) >= 200:
-            break
+        return start.elapsed_time(end)
+
+    return timed
+
+
+def median_ms(run: Callable[[str], None], mode: str, budget_s: float, min_runs: int = 5) -> tuple[float, int]:
+    """Median CUDA-event time of `run(mode)` over as many runs as fit in `budget_s` (at least `min_runs`)."""
+    run(mode)  # warm-up: compilation, autotuning, allocator
+    times = interleave({mode: cuda_event_ms(run, mode)}, seconds=budget_s, min_rounds=min_runs, max_rounds=200)[mode]
     return statistics.median(times), len(times)
 
 
@@ -156,11 +159,7 @@ def probe(row: str) -> Probe:
 
 def table(results: list[Timing]) -> str:
     by_key = {(r.batch, r.image_dim, r.precision, r.row, r.mode): r for r in results}
-    lines = [
-        "| precision | B | Dv | row | fwd ms | fwd+bwd ms | vs GEMM floor | vs eager | vs compile | peak MiB "
-        "| peak vs eager |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for r in results:
         if r.mode != "full":
             continue
@@ -170,20 +169,20 @@ def table(results: list[Timing]) -> str:
         eager_peak = by_key[(*key, REF, "full")].peak_mib or float("nan")
         cells = [r.precision, r.batch, r.image_dim, r.row, f"{fwd.median_ms:.3f}", f"{r.median_ms:.3f}"]
         cells += [f"{x:.2f}x" for x in ratios] + [f"{r.peak_mib:,.1f}", f"{r.peak_mib / eager_peak:.2f}x"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    header = ["precision", "B", "Dv", "row", "fwd ms", "fwd+bwd ms", "vs GEMM floor", "vs eager", "vs compile",
+              "peak MiB", "peak vs eager"]  # fmt: skip
+    return markdown_table(header, rows, "lrrlrrrrrrr")
 
 
 def probe_table(probes: list[Probe]) -> str:
-    lines = [
-        "| row | largest B that fits | first B out of memory | fwd+bwd ms at the largest |",
-        "|---|---:|---:|---:|",
-    ]
+    rows = []
     for p in probes:
         failing = p.first_failing if p.first_failing is not None else f"none up to {PROBE_BATCHES[-1]}"
         ms = f"{p.ms_at_largest:,.0f}" if p.ms_at_largest is not None else "-"
-        lines.append(f"| {p.row} | {p.largest_fitting} | {failing} | {ms} |")
-    return "\n".join(lines)
+        rows.append([p.row, p.largest_fitting, failing, ms])
+    header = ["row", "largest B that fits", "first B out of memory", "fwd+bwd ms at the largest"]
+    return markdown_table(header, rows)
 
 
 def main() -> int:
@@ -222,10 +221,7 @@ def main() -> int:
         ]
     )
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "contrastive_gpu.md").write_text(text)
-    records = {"timings": [asdict(r) for r in results], "probes": [asdict(p) for p in probes]}
-    (args.out / "contrastive_gpu.json").write_text(json.dumps(records, indent=1))
+    write_report(args.out / "contrastive_gpu.md", text, {"timings": results, "probes": probes})
     return 0
 
 
