@@ -36,9 +36,11 @@ def stub_fleet() -> Iterator[Callable[..., list[StubServer]]]:
             server.stop()
 
 
-def caption(dataset, out, servers, *, policy=FAST, concurrency=8, log=None, model=None, **kwargs):
+def caption(dataset, out, servers, *, policy=FAST, concurrency=8, log=None, model=None, engine_options_extra=None,
+            **kwargs):  # fmt: skip
+    """`vlmkd.caption` through the openai engine against stub `servers`, quiet and with fast retries."""
     options = {"api_bases": [s.url for s in servers], "concurrency": concurrency, "policy": policy,
-               "log": log if log is not None else (lambda message: None)}  # fmt: skip
+               "log": log if log is not None else (lambda message: None), **(engine_options_extra or {})}  # fmt: skip
     kwargs.setdefault("max_new_tokens", 8)
     return vlmkd.caption(
         dataset=dataset, model=model, out=out, engine="openai", progress=False, engine_options=options, **kwargs

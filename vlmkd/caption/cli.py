@@ -12,7 +12,7 @@ from vlmkd.arguments import ArgumentParser
 from vlmkd.caption.config import CaptionConfig
 from vlmkd.caption.engines import ENGINES, GenerationSettings
 from vlmkd.caption.engines.hf import DTYPES
-from vlmkd.caption.engines.openai import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
+from vlmkd.caption.engines.openai import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, SERVED_MODEL_CHOICES, RetryPolicy
 from vlmkd.caption.prompts import shipped_prompt_sets
 from vlmkd.caption.runner import (
     DEFAULT_SHARD_SIZE,
@@ -116,6 +116,15 @@ def build_parser() -> ArgumentParser:
         "--ca-bundle", type=Path, default=None, metavar="PEM",
         help="CA certificates to trust for https:// servers (default: the system's, or SSL_CERT_FILE)",
     )  # fmt: skip
+    servers.add_argument(
+        "--max-caption-chars", type=int, default=None, metavar="N",
+        help="a longer answer is that image's failure (default: 32 per --max-new-tokens, at least 1024)",
+    )  # fmt: skip
+    servers.add_argument(
+        "--served-model", choices=SERVED_MODEL_CHOICES, default="require",
+        help="a server whose answers name another model than --model: given up (require), or its answers kept "
+        "and the name it gave logged (record)",
+    )  # fmt: skip
     store = parser.add_argument_group("store")
     store.add_argument(
         "--num-shards", type=int, default=None,
@@ -176,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         policy = {"request_timeout_s": args.request_timeout, "dead_after_s": args.dead_after}
         options = {"api_bases": args.api_base, "concurrency": args.concurrency, "api_key_env": args.api_key_env,
                    "policy": policy, "headers": dict(args.header),
-                   "ca_bundle": str(args.ca_bundle) if args.ca_bundle else None}  # fmt: skip
+                   "ca_bundle": str(args.ca_bundle) if args.ca_bundle else None,
+                   "max_caption_chars": args.max_caption_chars, "served_model": args.served_model}  # fmt: skip
     generation = GenerationSettings.from_namespace(args)
     config = CaptionConfig.from_namespace(
         args, generation=generation, engine_options=options, progress=not args.no_progress

@@ -121,6 +121,7 @@ class StubServer:
     tls: ssl.SSLContext | None = None  # serve https:// with this context
     gzip: bool = False  # gzip every answer whose request accepts it
     redirect_to: str | None = None  # answer every request 307 to this base URL + the path after /v1
+    answers_as: str | None = None  # the model name chat answers give (default: `model`, the one it lists)
     chat_requests: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.base_events.Server | None = None
@@ -151,7 +152,7 @@ class StubServer:
 
     async def serve(self) -> None:
         """Start listening on the current event loop (for callers that run their own loop)."""
-        self._instant_reply = _completion(self.model, self.instant_text or "")
+        self._instant_reply = _completion(self.answers_as or self.model, self.instant_text or "")
         self._server = await asyncio.start_server(self._connection, HOST, self.port, backlog=1024, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -252,7 +253,7 @@ class StubServer:
             await asyncio.Event().wait()  # until the connection is aborted
         if isinstance(action, Error):
             return await self._send(writer, action.status, action.body, action.headers)
-        completion = _completion(self.model, action.text)
+        completion = _completion(self.answers_as or self.model, action.text)
         if isinstance(action, Drop):
             body = json.dumps(completion).encode()
             writer.write(_head(200, "application/json", len(body)) + body[: len(body) // 2])

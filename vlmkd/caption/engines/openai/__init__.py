@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmkd.caption.engines.openai.settings import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
+from vlmkd.caption.engines.openai.settings import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_CONCURRENCY,
+    SERVED_MODEL_CHOICES,
+    RetryPolicy,
+)
 
-__all__ = ["DEFAULT_API_KEY_ENV", "DEFAULT_CONCURRENCY", "OpenAIEngine", "RetryPolicy"]
+__all__ = ["DEFAULT_API_KEY_ENV", "DEFAULT_CONCURRENCY", "SERVED_MODEL_CHOICES", "OpenAIEngine", "RetryPolicy"]
 
 
 def __getattr__(name: str) -> Any:

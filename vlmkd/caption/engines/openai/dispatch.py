@@ -12,7 +12,10 @@ What is retried, and how (jittered exponential backoff, per request):
   request's failure;
 - 401, 403, 404, a redirected POST, a TLS certificate not trusted: the server is unusable (bad key, no such
   route or model, a URL or CA to fix): it is given up, the others go on;
-- an answer body larger than the transport's cap is treated as a 500 (it is not read further).
+- an answer body larger than the transport's cap is treated as a 500 (it is not read further);
+- a 200 whose answer the caller's `read` rejects (`Rejected`: no caption, an empty one...) is that request's
+  failure at once (a model answers the same again); one that shows the server unusable (`WrongServer`: it
+  serves another model) gives the server up, and the request goes to another.
 A server that cannot be reached is skipped with growing pauses and given up once unreachable for
 `dead_after_s`; the run stops with `ServiceError` (one line) when no server is left.
 
@@ -29,7 +32,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from yarl import URL
 
@@ -51,6 +54,21 @@ from vlmkd.errors import ServiceError
 TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
 UNUSABLE_STATUSES = {401: "unauthorized", 403: "forbidden", 404: "not found"}
 REASON_CHARS = 300
+
+
+T = TypeVar("T")
+
+
+class Rejected(Exception):
+    """Raised by a `read` function: the answer is not usable (`reason`, one line); the request has failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WrongServer(Rejected):
+    """Raised by a `read` function: the answer shows the server unusable (it serves another model)."""
 
 
 @dataclass(frozen=True)
@@ -171,14 +189,21 @@ class Dispatcher:
         """A route for the requests of the image whose key is `key` (`routing.image_key`)."""
         return Route(ranking(key, [server.name for server in self.servers]))
 
-    async def post(self, path: str, body: bytes, route: Route | None = None) -> Completed | Refused:
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        route: Route | None = None,
+        read: Callable[[dict[str, Any], str], T] = Completed,  # type: ignore[assignment]
+    ) -> T | Refused:
         """POST `body` to `path` until it succeeds or is refused for good: on `route`'s server when given (the
-        requests of one image), else on the least busy one."""
+        requests of one image), else on the least busy one. `read(answer, server_url)` turns a 200's decoded
+        JSON into the result, or raises `Rejected` / `WrongServer` (default: a `Completed`)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.concurrency)
         async with self._slots:
-            outcome = await self._post(path, body, route)
-        if isinstance(outcome, Completed):
+            outcome = await self._post(path, body, route, read)
+        if not isinstance(outcome, Refused):
             self._refusals_in_a_row = 0
         else:
             self._refusals_in_a_row += 1
@@ -189,7 +214,7 @@ class Dispatcher:
                 )
         return outcome
 
-    async def _post(self, path: str, body: bytes, route: Route | None) -> Completed | Refused:
+    async def _post(self, path: str, body: bytes, route: Route | None, read: Callable[..., T]) -> T | Refused:
         transient = server_errors = rejections = 0
         avoid: Server | None = None
         while True:
@@ -213,13 +238,20 @@ class Dispatcher:
             status = response.status
             if status == 200:
                 try:
-                    answer = Completed(json.loads(response.body), server.url)
+                    answer = json.loads(response.body)
                 except ValueError:
                     status, response = 500, Response(500, response.headers, b"200 with a body that is not JSON")
                 else:
+                    try:
+                        result = read(answer, server.url)
+                    except WrongServer as error:
+                        self._give_up(server, error.reason)
+                        continue
+                    except Rejected as error:
+                        return Refused(self.redact(error.reason))
                     if route is not None:
                         route.answered_by.add(server.index)
-                    return answer
+                    return result
             if status in REDIRECT_STATUSES:
                 where = response.headers.get("location", "nowhere")
                 self._give_up(

@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vlmkd.bounded_read import short_repr
 from vlmkd.caption.engines.base import (
     Caption,
     CaptionEngine,
@@ -34,10 +35,15 @@ from vlmkd.caption.engines.base import (
     ImageRequest,
     RequestFailure,
 )
-from vlmkd.caption.engines.openai.dispatch import Completed, Dispatcher, Refused
+from vlmkd.caption.engines.openai.dispatch import Dispatcher, Refused, Rejected, WrongServer
 from vlmkd.caption.engines.openai.redaction import Redactor, looks_secret
 from vlmkd.caption.engines.openai.routing import Route, image_key
-from vlmkd.caption.engines.openai.settings import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, RetryPolicy
+from vlmkd.caption.engines.openai.settings import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_CONCURRENCY,
+    SERVED_MODEL_CHOICES,
+    RetryPolicy,
+)
 from vlmkd.caption.engines.openai.transport import (
     DEFAULT_MAX_BODY_BYTES,
     Endpoint,
@@ -47,10 +53,12 @@ from vlmkd.caption.engines.openai.transport import (
     proxy_for,
     ssl_context,
 )
+from vlmkd.caption.shard_file import MAX_CAPTION_CHARS, caption_problem
 from vlmkd.errors import InputError, ServiceError
 from vlmkd.version import __version__
 
 CHAT_PATH = "/chat/completions"
+CHARS_PER_NEW_TOKEN = 32  # longer answers did not keep to max_tokens (a token decodes to a few characters)
 MODELS_PATH = "/models"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -114,6 +122,12 @@ def decoding_fields(settings: GenerationSettings) -> dict[str, Any]:
     }
 
 
+def default_caption_cap(settings: GenerationSettings) -> int:
+    """The longest caption accepted by default: `CHARS_PER_NEW_TOKEN` per requested token, at least 1,024
+    characters and at most what a caption store holds."""
+    return min(MAX_CAPTION_CHARS, max(1024, CHARS_PER_NEW_TOKEN * settings.max_new_tokens))
+
+
 def served_models(listing: Any) -> list[str]:
     """Model ids in a `GET /v1/models` answer (`{"data": [{"id": ...}, ...]}`)."""
     data = listing.get("data") if isinstance(listing, dict) else None
@@ -153,6 +167,8 @@ class OpenAIEngine(CaptionEngine):
         ca_bundle: str | Path | None = None,
         uvloop: bool | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_caption_chars: int | None = None,
+        served_model: str = "require",
         log: Callable[[str], None] | None = None,
     ) -> None:
         if not api_bases:
@@ -161,6 +177,10 @@ class OpenAIEngine(CaptionEngine):
             raise InputError(f"concurrency must be >= 1, got {concurrency}")
         if max_body_bytes < 1024:
             raise InputError(f"max_body_bytes must be >= 1024, got {max_body_bytes}")
+        if max_caption_chars is not None and not 1 <= max_caption_chars <= MAX_CAPTION_CHARS:
+            raise InputError(f"--max-caption-chars must be in [1, {MAX_CAPTION_CHARS}], got {max_caption_chars}")
+        if served_model not in SERVED_MODEL_CHOICES:
+            raise InputError(f"--served-model must be one of {', '.join(SERVED_MODEL_CHOICES)}, got {served_model!r}")
         endpoints = [Endpoint.parse(url) for url in api_bases]
         if len({e.base for e in endpoints}) != len(endpoints):
             raise InputError(f"--api-base lists a server twice: {', '.join(e.url for e in endpoints)}")
@@ -172,6 +192,9 @@ class OpenAIEngine(CaptionEngine):
                 raise InputError(f"engine_options.policy: {error}") from None
         policy = policy or RetryPolicy()
         self.settings = settings
+        self.max_caption_chars = max_caption_chars or default_caption_cap(settings)
+        self.served_model = served_model
+        self.served_as: dict[str, collections.Counter[str]] = {}  # server -> other model names it answered as
         self.concurrency = concurrency
         self.submit_ahead = 2 * concurrency
         self.servers_per_image: collections.Counter[int] = collections.Counter()  # servers that answered -> images
@@ -237,14 +260,19 @@ class OpenAIEngine(CaptionEngine):
         if wanted is None:
             names = sorted({name for names in served.values() for name in names})
             if len(names) != 1:
-                raise InputError(f"the servers serve {len(names)} models ({', '.join(names) or 'none'}); "
+                raise InputError(f"the servers serve {len(names)} models ({self._names(names) or 'none'}); "
                                  "choose one with --model")  # fmt: skip
             wanted = names[0]
         lacking = {url: names for url, names in served.items() if wanted not in names}
         if lacking:
-            detail = "; ".join(f"{url} serves {', '.join(names) or 'nothing'}" for url, names in lacking.items())
-            raise InputError(f"model {wanted!r} is not served by every server ({detail})")
+            detail = "; ".join(f"{url} serves {self._names(names) or 'nothing'}" for url, names in lacking.items())
+            raise InputError(f"model {short_repr(wanted)} is not served by every server ({detail})")
         return wanted
+
+    def _names(self, names: list[str], shown: int = 5) -> str:
+        """Model names a server listed, for a message: secrets masked, then each and the list cut short."""
+        cut = [(n if len(n) <= 80 else n[:77] + "...") for n in map(self.redact, names[:shown])]
+        return ", ".join(cut) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
     # ------------------------------------------------------------------------------------ captioning
     def caption(self, requests: Sequence[ImageRequest]) -> list[list[Caption]]:
@@ -281,20 +309,47 @@ class OpenAIEngine(CaptionEngine):
         self.images_on_first_choice += route.on_first_choice
         return [first, *rest]
 
-    async def _caption_one(self, body: bytes, route: Route) -> Caption:
-        return self._answer(await self.dispatcher.post(CHAT_PATH, body, route))
+    async def _caption_one(self, body: bytes, route: Route | None) -> Caption:
+        outcome = await self.dispatcher.post(CHAT_PATH, body, route, self._read_caption)
+        return RequestFailure(outcome.reason) if isinstance(outcome, Refused) else outcome
 
-    def _answer(self, outcome: Completed | Refused) -> Caption:
-        """The caption in a server's answer, or the reason there is none."""
-        if not isinstance(outcome, Completed):
-            return RequestFailure(outcome.reason)
+    def _read_caption(self, answer: Any, server: str) -> str:
+        """The caption in a chat completion, checked before it is stored: the server says it served the model
+        asked for (else `WrongServer`, or with `served_model="record"` the name is recorded), the content is
+        text that is not empty or whitespace, and at most `max_caption_chars` long (else `Rejected`)."""
+        served = answer.get("model") if isinstance(answer, dict) else None
+        if isinstance(served, str) and not self._same_model(served):
+            self._served_other(served, server)
         try:
-            content = outcome.body["choices"][0]["message"]["content"]
+            content = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             content = None
         if not isinstance(content, str):
-            return RequestFailure(f"{outcome.server} answered without message content")
+            raise Rejected(f"{server} answered without message content")
+        problem = caption_problem(content)
+        if problem is None and len(content.strip()) > self.max_caption_chars:
+            problem = (f"answer of {len(content.strip()):,} characters, more than --max-caption-chars "
+                       f"{self.max_caption_chars:,} (the server did not keep to max_tokens "
+                       f"{self.settings.max_new_tokens})")  # fmt: skip
+        if problem is not None:
+            raise Rejected(f"{server}: {problem}")
         return content.strip()
+
+    def _same_model(self, served: str) -> bool:
+        """Whether a server's answer names the model asked for: the same name, or it with a revision
+        (`transformers serve` answers `repo@main` for `repo`)."""
+        return served == self.model_id or served.partition("@")[0] == self.model_id
+
+    def _served_other(self, served: str, server: str) -> None:
+        said = short_repr(self.redact(served))
+        if self.served_model != "record":
+            raise WrongServer(f"it answers as model {said} when asked for {short_repr(self.model_id)}: start it "
+                              "with that model, or pass --served-model record to keep its answers and record "
+                              "the name")  # fmt: skip
+        if served not in self.served_as.setdefault(server, collections.Counter()):
+            self._log(f"server {server} answers as model {said} when asked for {short_repr(self.model_id)}; "
+                      "keeping its answers and recording the name (--served-model record)")  # fmt: skip
+        self.served_as[server][served] += 1
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

@@ -11,6 +11,7 @@ from vlmkd.errors import InputError
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_CONCURRENCY = 64
+SERVED_MODEL_CHOICES = ("require", "record")  # what to do with answers that name another model than asked for
 
 
 @dataclass(frozen=True)
