@@ -74,8 +74,29 @@ def test_model_fingerprint_follows_the_weights_not_the_path(tiny_models, tmp_pat
 def test_unknown_engine_and_bad_model_directory_are_user_errors(tmp_path):
     with pytest.raises(InputError, match=r"engine must be one of hf, trt.*, got 'vllm'"):
         check_engine("vllm")
-    with pytest.raises(InputError, match="cannot load"):
+    with pytest.raises(InputError, match="not a model folder"):
         load_engine("hf", tmp_path, SETTINGS)
+
+
+def test_a_model_path_that_is_not_a_model_folder_is_one_line_saying_so(tmp_path, tiny_dataset, capsys):
+    from vlmkd.cli import main
+
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        str(tmp_path / "missing"): "directory not found",  # once transformers' "Repo id must be in the form..."
+        "runs/models/llava": "directory not found",
+        "./llava": "directory not found",
+        str(tmp_path / "weights.bin"): "not a directory",
+        str(tmp_path / "empty"): "not a model folder (no config.json in it)",
+        "nobody/no-such-model": "cannot load",  # shaped like a hub id: looked for in the local Hugging Face cache
+    }
+    for model, problem in cases.items():
+        out = tmp_path / "store"
+        assert main(["caption", str(tiny_dataset.source), "--model", model, "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"vlmkd caption: error: {model}: {problem}"), err
+        assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------- SmolVLM2

@@ -100,7 +100,7 @@ def test_nothing_is_written_before_the_model_loads_and_a_finished_store_never_lo
     tiny_dataset, tmp_path, fast, monkeypatch
 ):
     out = tmp_path / "s"
-    with pytest.raises(InputError, match="cannot load"):
+    with pytest.raises(InputError, match="not a model folder"):
         vlmkd.caption(dataset=tiny_dataset, out=out, **{**fast, "model": tmp_path})
     assert not out.exists()
     vlmkd.caption(dataset=tiny_dataset, out=out, num_shards=2, **fast)
