@@ -68,6 +68,11 @@ def build_parser() -> ArgumentParser:
         default=16,
         help="captions per batch at most (batches hold whole images with all their prompts, at least one)",
     )
+    gen.add_argument(
+        "--batch-tokens", type=int, default=None, metavar="N",
+        help="size batches by work instead of --batch-size: whole images while their captions' estimated tokens "
+        "(image, prompt and new tokens of each, as held in the KV cache) fit in N",
+    )  # fmt: skip
     gen.add_argument("--max-new-tokens", type=int, default=32, help="caption length limit, in tokens")
     gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")

@@ -25,6 +25,9 @@ class CaptionConfig(StageConfig):
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     # captions per batch at most; batches hold whole images (all their prompts), at least one
     batch_size: int = field(default=16, metadata=in_range(ge=1))
+    # size batches by work instead: whole images while the engine's estimated tokens of their captions (KV-cache
+    # tokens once generated: image, prompt and new tokens) fit; replaces batch_size
+    batch_tokens: int | None = field(default=None, metadata=in_range(ge=1))
     device: str = "cpu"  # cpu, cuda (this rank's GPU under torchrun), cuda:N
     trust_remote_code: bool = False
     engine_options: dict[str, Any] = field(default_factory=dict)  # to the engine (openai: api_bases, concurrency...)

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ DEFAULT_SHARD_SIZE = 256  # images per shard when --num-shards is not given: wha
 REFUSED_PREFIX = "refused by the server"  # how an image a server refused is recorded, unlike an unreadable one
 UNUSABLE_PREFIX = "unusable answer"  # an answer no store keeps (empty, whitespace, too long: `caption_problem`)
 MANIFEST_WAIT_S = 600.0  # how long other ranks wait for rank 0 to replace a store under --overwrite
+TOKEN_BUDGET_LOOKAHEAD = 64  # images decoded ahead when batches are sized by tokens (their count varies)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ def _run_captioning(
         if todo:
             if loaded is None:  # a shard went missing since the check above
                 loaded = load()
-            _caption_shards(store, dataset, prompt_set, loaded, todo, config.batch_size, config.progress, report)
+            limit = _BatchLimit.of(config, loaded, len(prompt_set.prompts))
+            _caption_shards(store, dataset, prompt_set, loaded, todo, limit, config.progress, report)
     finally:
         if engine is None and loaded is not None:
             loaded.close()
@@ -202,7 +204,7 @@ def _caption_shards(
     prompt_set: PromptSet,
     engine: CaptionEngine,
     shards: Sequence[int],
-    batch_size: int,
+    limit: _BatchLimit,
     progress: bool,
     report: CaptionReport,
 ) -> None:
@@ -255,8 +257,8 @@ def _caption_shards(
                 continue
             held.add(shard)
             work = _ShardWork(shard)
-            for indices, requests in _shard_batches(store.shard_range(shard), dataset, prompt_set, batch_size, pool,
-                                                    work, bar):  # fmt: skip
+            for indices, requests in _shard_batches(store.shard_range(shard), dataset, prompt_set, limit, pool, work,
+                                                    bar):  # fmt: skip
                 in_flight.append((work, indices, engine.submit(requests)))
                 captions_in_flight += len(indices) * len(prompt_ids)
                 work.batches_in_flight += 1
@@ -372,34 +374,52 @@ class _ShardWork:
         return rows, [(i, dataset.samples[i].path, reason) for i, reason in sorted(skipped)]
 
 
+@dataclass(frozen=True)
+class _BatchLimit:
+    """How full a batch of whole images may get: `limit` units of `cost` per image (captions for `batch_size`, the
+    engine's estimated tokens for `batch_tokens`), and how many images to decode ahead."""
+
+    limit: int
+    cost: Callable[[ImageRequest], int]
+    lookahead: int
+
+    @classmethod
+    def of(cls, config: CaptionConfig, engine: CaptionEngine, prompts: int) -> _BatchLimit:
+        if config.batch_tokens is not None:
+            return cls(config.batch_tokens, engine.estimated_tokens, TOKEN_BUDGET_LOOKAHEAD)
+        return cls(config.batch_size, lambda request: len(request.prompts), 2 * max(1, config.batch_size // prompts))
+
+
 def _shard_batches(
     indices: range,
     dataset: ImageList,
     prompt_set: PromptSet,
-    batch_size: int,
+    limit: _BatchLimit,
     pool: ThreadPoolExecutor,
     work: _ShardWork,
     bar: Any,
 ) -> Iterator[tuple[list[int], list[ImageRequest]]]:
-    """Batches of (image indices, requests) of one shard, each image whole with all its prompts, at most
-    `batch_size` captions (at least one image); unreadable images noted in `work`. Batches always start at
+    """Batches of (image indices, requests) of one shard, each image whole with all its prompts, filled while
+    the next image fits `limit` (at least one image); unreadable images noted in `work`. Batches always start at
     the shard's start, so a rerun builds the same batches."""
-    images_per_batch = max(1, batch_size // len(prompt_set.prompts))
     batch: list[int] = []
     requests: list[ImageRequest] = []
-    for index, image in _prefetch(pool, dataset, indices, lookahead=2 * images_per_batch):
+    used = 0
+    for index, image in _prefetch(pool, dataset, indices, lookahead=limit.lookahead):
         if isinstance(image, InputError):
             work.unreadable.append((index, str(image)))
             bar.write(f"skipping unreadable image: {image}", file=sys.stderr)
             bar.update(1)
             continue
         label = dataset.classnames[dataset.samples[index].label]
-        prompts = tuple(prompt.render(label) for prompt in prompt_set.prompts)
-        batch.append(index)
-        requests.append(ImageRequest(image, prompts, dataset.path(index)))
-        if len(requests) == images_per_batch:
+        request = ImageRequest(image, tuple(prompt.render(label) for prompt in prompt_set.prompts), dataset.path(index))
+        cost = limit.cost(request)
+        if requests and used + cost > limit.limit:
             yield batch, requests
-            batch, requests = [], []
+            batch, requests, used = [], [], 0
+        batch.append(index)
+        requests.append(request)
+        used += cost
     if requests:
         yield batch, requests
 
