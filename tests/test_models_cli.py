@@ -58,3 +58,26 @@ def test_make_tiny_is_seeded_refuses_a_full_directory_and_leaves_nothing_when_it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no half model, no staging left
     with pytest.raises(InputError, match="unknown tiny model 'gpt'"):
         tiny_models.make_tiny_vlm("gpt", tmp_path / "e")
+
+
+def test_make_tiny_llava_next_has_the_real_models_image_token_counts(tmp_path, capsys):
+    """LLaVA-NeXT-7B (336 px tiles of 14 px patches, grid [[336, 672], [672, 336], [672, 672], [1008, 336],
+    [336, 1008]], CLS dropped) gives a square image 576 base + 48 x 48 grid + 48 newline tokens = 2,928."""
+    from PIL import Image
+
+    from vlmkd.caption.engines import GenerationSettings, ImageRequest, load_engine
+
+    model = tmp_path / "next"
+    assert main(["models", "make-tiny", "llava-next", str(model)]) == 0
+    assert "LLaVA-NeXT" in capsys.readouterr().out
+    engine = load_engine("hf", model, GenerationSettings(max_new_tokens=2))
+    assert type(engine.model).__name__ == "LlavaNextForConditionalGeneration"
+    text = engine.model_text("Describe this image.")
+    image_tokens = {}
+    for shape in [(96, 96), (96, 48), (48, 144)]:  # (w, h): grids of 2 x 2, 1 x 2 and 3 x 1 tiles
+        ids = engine.processor(images=[[Image.new("RGB", shape)]], text=[text])["input_ids"][0]
+        image_tokens[shape] = ids.count(engine.image_token_id)
+    assert image_tokens[(96, 96)] == 576 + 48 * 48 + 48
+    assert len(set(image_tokens.values())) == 3 and min(image_tokens.values()) > 1500
+    (caption,) = engine.caption([ImageRequest(Image.new("RGB", (96, 96), "gray"), ("Describe this image.",))])
+    assert len(caption) == 1

@@ -1,4 +1,4 @@
-"""`vlmkd models make-tiny blip|llava DIR`: a local VLM with random weights, to try the CLI offline."""
+"""`vlmkd models make-tiny blip|llava|llava-next DIR`: a local VLM with random weights, to try the CLI offline."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ def _parser() -> ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tiny = commands.add_parser(
         "make-tiny",
-        help="save a tiny VLM with RANDOM weights (BLIP or LLaVA) to try vlmkd caption without a download",
+        help="save a tiny VLM with RANDOM weights (BLIP, LLaVA or LLaVA-NeXT) to try vlmkd caption without a download",
         description="Save a tiny vision-language model of a real architecture with RANDOM weights (never "
         "trained: its captions are gibberish) into DIR, loadable by `vlmkd caption --model DIR`. For trying the "
-        "commands offline; real captions need a real model (e.g. LLaVA-NeXT, BLIP-large) from a model hub.",
+        "commands offline; real captions need a real model (e.g. LLaVA-NeXT, BLIP-large) from a model hub. "
+        "llava-next has LLaVA-NeXT-7B's image-token counts (anyres grid scaled down), for realistic speed trials.",
     )
     tiny.add_argument("kind", choices=list(TINY_VLMS), metavar="{" + ",".join(TINY_VLMS) + "}", help="architecture")
     tiny.add_argument("dir", type=Path, metavar="DIR", help="directory to write (created)")

@@ -7,6 +7,7 @@ real `generate`, but their captions are gibberish. Build time is well under a se
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Callable
@@ -306,7 +307,12 @@ def build_tiny_paligemma(out_dir: Path, seed: int = 0) -> Path:
     prompt is the image tokens, then BOS, the prompt and a newline, all attending to each other (a prefix-LM).
     No chat template: the prompt is used as it is. Returns `out_dir`."""
     import torch
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
 
     out_dir = Path(out_dir)
     tokenizer = _bpe_tokenizer({"image_token": "<image>"}, kind="GemmaTokenizerFast")
@@ -359,7 +365,8 @@ def build_tiny_blip2(out_dir: Path, seed: int = 0, *, text_model: str = "opt") -
         text_config = {"model_type": "t5", **dims, **special, "decoder_start_token_id": tokenizer.pad_token_id}
     else:
         dims = {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-        text_config = {"model_type": "opt", **dims, **special, "word_embed_proj_dim": 32, "max_position_embeddings": 256}
+        text_config = {"model_type": "opt", **dims, **special, "word_embed_proj_dim": 32}
+        text_config["max_position_embeddings"] = 256
     qformer_config = {**_tiny_text_dims(), "encoder_hidden_size": 32, "vocab_size": len(tokenizer)}
     config = Blip2Config(
         vision_config=_tiny_vision_dims(),
@@ -381,12 +388,21 @@ def _save(out_dir: Path, model, processor) -> Path:
     return out_dir
 
 
-TINY_VLMS: dict[str, Callable[[Path, int], Path]] = {"blip": build_tiny_blip, "llava": build_tiny_llava}
+TINY_VLMS: dict[str, Callable[[Path, int], Path]] = {
+    "blip": build_tiny_blip,
+    "llava": build_tiny_llava,
+    "llava-next": functools.partial(build_tiny_llava_next, **LLAVA_NEXT_REAL_TOKENS),
+}
 RANDOM_WEIGHTS_NOTICE = (
     "its weights are RANDOM (a real {arch} architecture, randomly initialised, never trained): it writes "
     "gibberish captions. Use it to try the vlmkd commands offline, never to judge captions or VLM-KD."
 )
-_ARCHITECTURES = {"blip": "BLIP (BlipForConditionalGeneration)", "llava": "LLaVA-1.5 (LlavaForConditionalGeneration)"}
+_ARCHITECTURES = {
+    "blip": "BLIP (BlipForConditionalGeneration)",
+    "llava": "LLaVA-1.5 (LlavaForConditionalGeneration)",
+    "llava-next": "LLaVA-NeXT (LlavaNextForConditionalGeneration, with LLaVA-NeXT-7B's anyres grid scaled down 7x: "
+    "as many image tokens per image, 2,928 for a square one)",
+}
 _MODEL_CARD = """# Tiny random {kind} for trying vlmkd
 
 Built by `vlmkd models make-tiny {kind}` (seed {seed}): {notice}
@@ -398,7 +414,7 @@ real captioning path on the CPU in seconds.
 
 
 def make_tiny_vlm(kind: str, out_dir: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:
-    """Build the tiny random VLM `kind` (`blip` or `llava`) into `out_dir`, with a model card saying the
+    """Build the tiny random VLM `kind` (`blip`, `llava` or `llava-next`) into `out_dir`, with a model card saying the
     weights are random. Built beside `out_dir` and renamed into place, so a killed build leaves no half
     model; an existing non-empty `out_dir` is refused unless `overwrite` (which replaces it).
     """
