@@ -1,16 +1,24 @@
-"""Captioning throughput (images/s) of vlmkd's batched `hf` engine against a one-image-at-a-time loop.
+"""Captioning throughput (images/s) of vlmkd's `hf` engine: batching, and sharing each image's work among its prompts.
 
-Model: the tiny random-init BLIP of `vlmkd.testing.build_tiny_blip` (real architecture and `generate`, no
-real weights exist offline), greedy, 32 new tokens, one prompt per image (so images/s = captions/s).
-Rows, all reading the same PNG files:
+Part `batching`: the tiny random-init BLIP of `vlmkd.testing.build_tiny_blip`, greedy, 32 new tokens, one prompt per
+image (so images/s = captions/s); rows all reading the same PNG files:
 - loop: plain transformers, decode + processor + `generate` for one image at a time (the baseline);
 - bare batched: plain transformers, decode + processor + `generate` on batches of 32 (the ceiling);
 - vlmkd: the whole `run_captioning` stage (threaded decoding, request building, batched engine, shards
   written atomically every 32 images) at batch 8/16/32, with the share of wall time spent writing shards.
+
+Part `sharing`: tiny LLaVA-NeXT with LLaVA-NeXT-7B's image-token counts (`make-tiny llava-next`) and tiny LLaVA,
+the 5 default prompts, photo-sized images, batches of 3 images (15 captions, about the old default of 16
+requests), greedy: the engine captioning each image once for all its prompts against the same engine captioning
+prompt by prompt (the path before, the baseline), at equal captions (checked), with the vision tower's rows and
+the text model's prefill and decode tokens counted by hooks (`vlmkd.testing.work_counters`). Its report ends
+with the analytic cost of LLaVA-NeXT-7B on an H100 (`captioning_cost.py`).
+
 Timed repetitions are interleaved across rows (shared machines are noisy); best-of-N and median reported.
 
-    python benchmarks/bench_captioning.py            # writes benchmarks/results/captioning.md
-    python benchmarks/bench_captioning.py --quick    # small smoke run, prints only
+    python benchmarks/bench_captioning.py                  # both parts: results/captioning.md, captioning_sharing.md
+    python benchmarks/bench_captioning.py --part sharing
+    python benchmarks/bench_captioning.py --quick          # small smoke run, prints only
 """
 
 from __future__ import annotations
@@ -27,20 +35,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import Series, load_average, machine, rate_series, seconds_series
+from captioning_cost import cost_table
 from PIL import Image
 
-from vlmkd.caption import CaptionConfig, GenerationSettings, load_engine, run_captioning
+from vlmkd.caption import CaptionConfig, GenerationSettings, ImageRequest, load_engine, run_captioning
 from vlmkd.caption.engines.hf import HFEngine
-from vlmkd.caption.prompts import parse_prompt_set
+from vlmkd.caption.prompts import load_prompt_set, parse_prompt_set
 from vlmkd.data import ImageList, load_image_list
 from vlmkd.data.images import load_rgb
-from vlmkd.testing import build_tiny_blip
+from vlmkd.testing import build_tiny_blip, make_tiny_vlm
+from vlmkd.testing.work_counters import WorkCounts, counting_work
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPT = "Describe this image in detail."
 SHARD_IMAGES = 32
 TARGET_SPEEDUP, TARGET_STORE_SHARE = 8.0, 0.03
 RESULTS = Path(__file__).parent / "results" / "captioning.md"
+SHARING_RESULTS = Path(__file__).parent / "results" / "captioning_sharing.md"
+SHARING_MODELS = ("llava-next", "llava")
+PHOTO_SIZES = [(500, 375), (375, 500), (640, 480), (500, 333), (480, 640), (500, 500)]  # (w, h), ImageNet-like
+SHARING_BATCH = 3  # images per engine call: 15 captions, about the old default of 16 requests
+TARGET_SHARED_SPEEDUP = 3.0  # images/s of the tiny LLaVA-NeXT on the CPU
 
 
 @dataclass(frozen=True)
@@ -169,35 +184,180 @@ def verdict(results: list[Result]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    args = parser.parse_args()
-    images, repeats = (32, 1) if args.quick else (args.images, args.repeats)
-    results = run(images, repeats, (8, 16, 32), args.max_new_tokens)
-    report = "\n".join(
+# ------------------------------------------------------------------------------------------------------ sharing
+@dataclass
+class Sharing:
+    """One model captioned both ways: rates per timed repetition and the work counted once."""
+
+    model: str
+    image_tokens: float  # mean image tokens per image (placeholders expanded)
+    rates: dict[str, Series] = field(default_factory=dict)  # path -> images/s
+    counts: dict[str, WorkCounts] = field(default_factory=dict)
+    one_pass_rows: int = 0  # vision rows of one pass of every image (one prompt each, prompt by prompt)
+    captions_equal: tuple[int, int] = (0, 0)  # (equal, all)
+
+
+def photo_requests(count: int) -> list[ImageRequest]:
+    """Random photo-sized RGB images, each with the 5 default prompts (`{label}` as "digit")."""
+    rng = np.random.default_rng(0)
+    prompts = tuple(prompt.render("digit") for prompt in load_prompt_set().prompts)
+    return [
+        ImageRequest(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), prompts)
+        for w, h in (PHOTO_SIZES[k % len(PHOTO_SIZES)] for k in range(count))
+    ]
+
+
+def caption_all(engine: HFEngine, requests: list[ImageRequest]) -> list[list[str]]:
+    captions = []
+    for start in range(0, len(requests), SHARING_BATCH):
+        captions += engine.caption(requests[start : start + SHARING_BATCH])
+    return captions
+
+
+def run_sharing(num_images: int, repeats: int, max_new_tokens: int) -> list[Sharing]:
+    work = Path(tempfile.mkdtemp(prefix="vlmkd-bench-sharing-"))
+    requests = photo_requests(num_images)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    results = []
+    try:
+        for kind in SHARING_MODELS:
+            model = make_tiny_vlm(kind, work / kind)
+            paths = {"prompt by prompt": False, "shared": True}
+            engines = {path: load_engine("hf", model, settings, share_image_work=on) for path, on in paths.items()}
+            reference = engines["prompt by prompt"]
+            text = reference.model_text(requests[0].prompts[0])
+            tokens = [reference.image_tokens(r.image.size, text) for r in requests]
+            result = Sharing(kind, sum(tokens) / len(tokens))
+            with counting_work(reference.model) as once:
+                caption_all(reference, [ImageRequest(r.image, r.prompts[:1]) for r in requests])
+            result.one_pass_rows = once.vision_rows
+            captions = {}
+            for path, engine in engines.items():  # untimed: the work counted, the captions compared
+                with counting_work(engine.model) as counts:
+                    captions[path] = caption_all(engine, requests)
+                result.counts[path] = counts
+                result.rates[path] = rate_series()
+            pairs = [(a, b) for x, y in zip(*captions.values(), strict=True) for a, b in zip(x, y, strict=True)]
+            result.captions_equal = (sum(a == b for a, b in pairs), len(pairs))
+            for _ in range(repeats):
+                for path, engine in engines.items():
+                    start = time.perf_counter()
+                    caption_all(engine, requests)
+                    result.rates[path].add(num_images / (time.perf_counter() - start))
+            results.append(result)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def sharing_table(results: list[Sharing], num_images: int) -> str:
+    lines = [
+        "| model | image tokens per image | path | images/s best | images/s median | speed-up (median) "
+        "| vision passes per image | prefill tokens per image | decode tokens per image | captions equal |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        base = r.rates["prompt by prompt"].median
+        for path, rates in r.rates.items():
+            counts = r.counts[path]
+            lines.append(
+                f"| tiny {r.model} | {r.image_tokens:,.0f} | {path} | {rates.best:.2f} | {rates.median:.2f} | "
+                f"{rates.median / base:.2f}x | {counts.vision_rows / r.one_pass_rows:.2f} | "
+                f"{counts.prefill_tokens / num_images:,.0f} | {counts.decode_tokens / num_images:,.0f} | "
+                f"{r.captions_equal[0]}/{r.captions_equal[1]} |"
+            )
+    return "\n".join(lines)
+
+
+def sharing_verdict(results: list[Sharing]) -> str:
+    parts = []
+    for r in results:
+        speedup = r.rates["shared"].median / r.rates["prompt by prompt"].median
+        prefill = r.counts["shared"].prefill_tokens / r.counts["prompt by prompt"].prefill_tokens
+        passes = r.counts["shared"].vision_rows / r.one_pass_rows
+        met = "met" if speedup >= TARGET_SHARED_SPEEDUP else "NOT met"
+        target = f" (target >= {TARGET_SHARED_SPEEDUP:.0f}x: {met})"
+        parts.append(
+            f"tiny {r.model}: {speedup:.2f}x images/s{target if r.model == 'llava-next' else ''}, "
+            f"{passes:.2f} vision passes per image (target 1), prefill tokens {prefill:.2f} of prompt by prompt's "
+            f"(target ~1/5), captions equal {r.captions_equal[0]}/{r.captions_equal[1]}"
+        )
+    return "Shared vs prompt by prompt: " + "; ".join(parts) + "."
+
+
+def sharing_report(num_images: int, repeats: int, max_new_tokens: int) -> str:
+    results = run_sharing(num_images, repeats, max_new_tokens)
+    return "\n".join(
+        [
+            "# Captioning each image once for all its prompts: `hf` engine, shared vs prompt by prompt",
+            "",
+            f"{num_images} random photo-sized images ({', '.join(f'{w}x{h}' for w, h in PHOTO_SIZES)}), the 5 default "
+            f"prompts, batches of {SHARING_BATCH} images ({5 * SHARING_BATCH} captions), greedy, {max_new_tokens} new "
+            f"tokens, torch {torch.get_num_threads()} thread(s); {repeats} interleaved repetitions after an untimed "
+            f"pass that counts the work and compares the captions. {machine()}, load average {load_average()} at "
+            "the end (the machine was shared with other jobs). Vision passes per image: vision-tower rows (tiles) "
+            "embedded, over the rows of one pass of every image; prefill tokens: text-model positions computed in "
+            "calls of more than one token per row, padding included.",
+            "",
+            sharing_table(results, num_images),
+            "",
+            sharing_verdict(results),
+            "",
+            "## LLaVA-NeXT-7B on one H100, per image (analytic, `python benchmarks/captioning_cost.py`)",
+            "",
+            cost_table(),
+            "",
+            "Reproduce: `python benchmarks/bench_captioning.py --part sharing --threads 1`.",
+        ]
+    )
+
+
+def batching_report(images: int, repeats: int, max_new_tokens: int) -> str:
+    results = run(images, repeats, (8, 16, 32), max_new_tokens)
+    return "\n".join(
         [
             "# Captioning throughput: batched `hf` engine vs one image at a time",
             "",
             f"Tiny random-init BLIP (`build_tiny_blip`), {images} random 64 px PNGs, one prompt, greedy, "
-            f"{args.max_new_tokens} new tokens; {repeats} interleaved repetitions after a warm-up. "
+            f"{max_new_tokens} new tokens; {repeats} interleaved repetitions after a warm-up. "
             f"{machine()}, load average {load_average()} at the end of the run.",
             "",
             table(results),
             "",
             verdict(results),
             "",
-            "Reproduce: `python benchmarks/bench_captioning.py`.",
+            "Reproduce: `python benchmarks/bench_captioning.py --part batching`.",
         ]
     )
-    print(report)
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(report + "\n")
-        print(f"\nwrote {RESULTS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", "batching", "sharing"), default="all")
+    parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
+    parser.add_argument("--images", type=int, default=96, help="images of the batching part")
+    parser.add_argument("--sharing-images", type=int, default=12, help="images of the sharing part")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 1 if args.quick else args.repeats
+    parts = {
+        "batching": (RESULTS, lambda: batching_report(32 if args.quick else args.images, repeats, args.max_new_tokens)),
+        "sharing": (SHARING_RESULTS, lambda: sharing_report(3 if args.quick else args.sharing_images, repeats,
+                                                            args.max_new_tokens)),
+    }  # fmt: skip
+    for name, (path, build) in parts.items():
+        if args.part not in ("all", name):
+            continue
+        report = build()
+        print(report)
+        if not args.quick:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(report + "\n")
+            print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
