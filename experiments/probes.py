@@ -53,7 +53,10 @@ class TextAdaptor:
         self.config = info["config"]
         state = {k.removeprefix("contrastive."): v for k, v in train_state["objective"].items()}
         self.store = FeatureStore.open(self.config["features"])
-        self.loss = build_contrastive(TrainConfig(**self.config), self.store.dim, state["adaptor.weight"].shape[0])
+        counts = load_classifier(checkpoint)[1]["train_counts"]  # class-balanced contrasts weigh anchors by them
+        self.loss = build_contrastive(
+            TrainConfig(**self.config), self.store.dim, state["adaptor.weight"].shape[0], class_counts=counts
+        )
         self.loss.load_state_dict({k: v for k, v in state.items()})
         self.loss.eval()
         conditioning = saved_conditioning(train_state, info)  # the map the adaptor was trained behind

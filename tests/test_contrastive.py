@@ -358,8 +358,12 @@ def test_bias_none_and_float_logit_scale_equal_zero_bias_and_tensor() -> None:
 # The loss module
 
 
-def test_module_starts_at_temperature_007_and_learns_adaptor_and_temperature() -> None:
-    module = VlmkdContrastiveLoss(37, 65).double()
+# The module as the bare op: raw image features, an adaptor bias and a learnt temperature (not the defaults).
+BARE = {"image_center": False, "image_projection": False, "adaptor_bias": True}
+
+
+def test_module_with_a_learnt_temperature_and_adaptor_bias_trains_both() -> None:
+    module = VlmkdContrastiveLoss(37, 65, temperature=0.07, learn_temperature=True, **BARE).double()
     assert module.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     assert {name for name, _ in module.named_parameters()} == {"adaptor.weight", "adaptor.bias", "logit_scale"}
     inputs = _inputs(41, 37, 65)
@@ -371,14 +375,14 @@ def test_module_starts_at_temperature_007_and_learns_adaptor_and_temperature() -
 
 
 def test_module_with_fixed_temperature_keeps_it_as_a_buffer() -> None:
-    module = VlmkdContrastiveLoss(37, 65, learn_temperature=False, init_temperature=0.1)
+    module = VlmkdContrastiveLoss(37, 65, learn_temperature=False, temperature=0.1)
     assert "logit_scale" in dict(module.named_buffers())
     assert "logit_scale" not in dict(module.named_parameters())
     assert module.logit_scale.item() == pytest.approx(math.log(10.0))
 
 
 def test_module_class_positives_and_mlp_adaptor_train_every_layer() -> None:
-    module = VlmkdContrastiveLoss(37, 65, positives="class", hidden_dim=48).double()
+    module = VlmkdContrastiveLoss(37, 65, positives="class", adaptor_hidden=48, **BARE).double()
     inputs = _inputs(41, 37, 65)
     loss = module(inputs["v"], inputs["t"], inputs["labels"])
     hidden = module.adaptor[:-1](inputs["t"])

@@ -64,7 +64,10 @@ def _within_class_infonce(v, u, labels, scale):
 def test_negatives_within_the_class_equal_a_masked_contrast_forward_and_backward(backend: str) -> None:
     torch.manual_seed(3)
     labels = torch.tensor([0, 2, 0, 1, 1, 1, 0, 3, 2])  # class 3 alone: it adds nothing
-    module = VlmkdContrastiveLoss(7, 5, negatives="class", init_temperature=0.3, backend=backend).double()
+    module = VlmkdContrastiveLoss(
+        7, 5, negatives="class", temperature=0.3, image_center=False, image_projection=False, adaptor_bias=True,
+        backend=backend,
+    ).double()  # fmt: skip
     with torch.no_grad():
         module.adaptor.bias.normal_()
     v = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)

@@ -207,7 +207,7 @@ def test_objective_reports_the_within_class_chance_level_for_negatives_within_th
     from vlmkd.losses import VlmkdContrastiveLoss
 
     logits, labels = _batch(12)
-    contrastive = VlmkdContrastiveLoss(3, 5, negatives="class").double()
+    contrastive = VlmkdContrastiveLoss(3, 5, negatives="class")  # the objective feeds it float32
     parts = VlmkdObjective(TaskLoss("ce"), contrastive, vlmkd_weight=1.0)(
         logits, torch.randn(6, 5, dtype=torch.float64), labels, text=torch.randn(6, 3).double()
     )

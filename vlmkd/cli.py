@@ -6,17 +6,13 @@ only routes to it and turns user errors (`VlmkdError`) into one-line messages in
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from types import ModuleType
 
 import torch
 
 from vlmkd.arguments import ArgumentParser, closest
-from vlmkd.errors import InputError, VlmkdError, describe_os_error
+from vlmkd.errors import VlmkdError, describe_os_error
 from vlmkd.registry import Registry
 from vlmkd.version import __version__
 
@@ -49,8 +45,8 @@ COMMANDS.register("eval", "vlmkd.evaluate.cli:main", "Many/Medium/Few/All top-1,
 COMMANDS.register("demo", "vlmkd.demo:main", "run the whole pipeline on the embedded MNIST-LT with a tiny VLM")
 COMMANDS.register(
     "experiment",
-    "vlmkd.cli:experiment_main",
-    "(source checkout) baseline vs VLM-KD over seeds, controls, positive control",
+    "vlmkd.experiment.cli:main",
+    "does VLM-KD help your data? baseline vs VLM-KD arms over seeds, paired report",
 )
 
 
@@ -120,31 +116,6 @@ def _registries() -> dict[str, Registry]:
     from vlmkd.models.zoo import BACKBONES
 
     return {"engines (--engine)": ENGINES, "backbones (--arch)": BACKBONES, "task losses (--task-loss)": TASK_LOSSES}
-
-
-def import_experiments(root: Path) -> ModuleType:
-    """The `experiments` package of the vlmkd source checkout at `root` (it is not installed with the library)."""
-    init = root / "experiments" / "__init__.py"
-    if not init.is_file():
-        raise InputError(
-            f"{root}: no experiments/ here; `vlmkd experiment` runs from a vlmkd source checkout (the experiments "
-            "are an application of the library, not part of the installed package): cd into the repository"
-        )
-    loaded = sys.modules.get("experiments")
-    if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == init.resolve():
-        return loaded
-    spec = importlib.util.spec_from_file_location("experiments", init, submodule_search_locations=[str(init.parent)])
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["experiments"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def experiment_main(argv: list[str] | None = None) -> int:
-    """`vlmkd experiment`: run `experiments.run` of the source checkout in the working directory."""
-    import_experiments(Path.cwd())
-    return importlib.import_module("experiments.run").main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,21 +20,25 @@ def _no_gather(
     return features, text, labels
 
 
-def contrast_chance(labels: torch.Tensor, positives: str, negatives: str = "batch") -> torch.Tensor:
+def contrast_chance(
+    labels: torch.Tensor, positives: str, negatives: str = "batch", weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """The VLM-KD loss of a contrast that tells nothing apart (all similarities equal) for this batch.
 
-    log B for instance positives; for class positives the mean over anchors of log(B / same-label count); with
-    negatives only within each class, the mean over anchors in classes of n >= 2 images of log n (0 when there
-    is none). In float64, so that a logged fraction of chance is exact.
+    log B for instance positives (also with soft targets); for class positives the mean over anchors of
+    log(B / same-label count); with negatives only within each class, the mean over anchors in classes of
+    n >= 2 images of log n (0 when there is none). Means are weighted by the anchors' class-balance `weights`
+    where given. In float64, so that a logged fraction of chance is exact.
     """
     batch = labels.shape[0]
     same = (labels[:, None] == labels[None, :]).sum(dim=1).double()
+    a = torch.ones_like(same) if weights is None else weights.to(same.device, torch.float64)
     if negatives == "class":
-        counted = same[same >= 2]
-        return counted.log().mean() if counted.numel() else same.new_zeros(())
+        counted = same >= 2
+        return (a[counted] * same[counted].log()).sum() / a[counted].sum() if counted.any() else same.new_zeros(())
     if positives != "class":
         return torch.tensor(math.log(batch), dtype=torch.float64, device=labels.device)
-    return (math.log(batch) - same.log()).mean()
+    return (a * (math.log(batch) - same.log())).sum() / a.sum()
 
 
 class VlmkdObjective(nn.Module):
@@ -85,8 +89,12 @@ class VlmkdObjective(nn.Module):
                 raise ValueError("the VLM-KD term needs text features for the batch")
             v, t, y = self.gather(features.float(), text.float(), labels)
             vlmkd_loss = self.contrastive(v, t, y)
+            weights = getattr(self.contrastive, "anchor_weights", lambda labels: None)(y)
             chance = contrast_chance(
-                y, getattr(self.contrastive, "positives", "instance"), getattr(self.contrastive, "negatives", "batch")
+                y,
+                getattr(self.contrastive, "positives", "instance"),
+                getattr(self.contrastive, "negatives", "batch"),
+                weights,
             )
         if self.kd_weight > 0:
             if teacher_logits is None:

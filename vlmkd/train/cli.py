@@ -53,6 +53,15 @@ HELP = {
     "image_center": "subtract the (global) batch mean of the image features before the contrast",
     "image_standardize": "standardise image features per dimension over the (global) batch before the contrast",
     "image_projection": "a learnt linear map of the image features before the contrast (CLIP's image projection)",
+    "projection_hidden": "make the image projection a 2-layer MLP head of this width (Linear, ReLU, Linear), so the "
+    "contrast shapes the head's output rather than the classifier's features",
+    "soft_targets": "soft contrastive targets: softmax of caption-caption cosine over this temperature, so "
+    "near-identical captions of different images are not negatives (plain-PyTorch contrast)",
+    "contrast_balance": "weight each image and caption of the contrast by its class's training count ** -1/2 "
+    "(sqrt) or ** -1 (inverse), mean 1 per batch (plain-PyTorch contrast)",
+    "vlmkd_warmup_epochs": "ramp the VLM-KD weight linearly from 0 over these epochs",
+    "vlmkd_decay": "after the warm-up, decay the VLM-KD weight linearly or by a cosine to 0 at the off epochs",
+    "vlmkd_off_epochs": "train the last epochs without the VLM-KD term (weight 0): the classifier settles on its task",
     "contrastive_backend": "backend of the fused VLM-KD loss",
     "teacher": "frozen vision teacher: a classifier saved by vlmkd-train",
     "kd_weight": "weight of logit KD from --teacher (0: off)",
@@ -81,6 +90,8 @@ DEFAULT_MEANING = {
     "features": "none",
     "prompts": "all in the feature store",
     "adaptor_hidden": "a linear adaptor",
+    "projection_hidden": "a linear projection",
+    "soft_targets": "one-hot: each image's own caption",
     "contrastive_backend": "the fastest usable",
     "teacher": "none",
     "threads": f"the idle cores, at most {MAX_DEFAULT_THREADS}",

@@ -8,6 +8,7 @@ from typing import Any
 
 from vlmkd.config import StageConfig, coerce_settings, in_range, read_yaml_mapping, setting_names
 from vlmkd.errors import InputError
+from vlmkd.losses.contrastive_settings import CONTRASTIVE_DEFAULTS
 from vlmkd.registry import Registry, choice_error
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -32,13 +33,21 @@ def registries() -> dict[str, Registry]:
 
 
 def component_choices() -> dict[str, tuple[str, ...]]:
-    """Settings whose values are defined by the component that takes them: the contrast's positives and negatives
-    and the data loaders."""
+    """Settings whose values are defined by the component that takes them: the contrast's positives, negatives and
+    anchor balance, the VLM-KD weight's decay and the data loaders."""
     from vlmkd.data.loaders import LOADERS
+    from vlmkd.losses.contrast_targets import BALANCES
     from vlmkd.losses.contrastive import NEGATIVES
     from vlmkd.ops.contrastive_reference import POSITIVES
+    from vlmkd.train.schedule import DECAYS
 
-    return {"positives": POSITIVES, "negatives": NEGATIVES, "loader": LOADERS.names()}
+    return {
+        "positives": POSITIVES,
+        "negatives": NEGATIVES,
+        "contrast_balance": BALANCES,
+        "vlmkd_decay": DECAYS,
+        "loader": LOADERS.names(),
+    }
 
 
 def choices(name: str) -> tuple[str, ...] | None:
@@ -84,23 +93,29 @@ class TrainConfig(StageConfig):
     la_tau: float = field(default=1.0, metadata=in_range(ge=0))
     # lambda; None: DEFAULT_VLMKD_WEIGHT with features, else 0 (off)
     vlmkd_weight: float | None = field(default=None, metadata=in_range(ge=0))
-    positives: str = "instance"
-    negatives: str = "batch"  # contrast each image with every caption of the batch, or only its class's
+    # the VLM-KD term (defaults: vlmkd.losses.contrastive_settings, shared with VlmkdContrastiveLoss)
+    positives: str = CONTRASTIVE_DEFAULTS.positives
+    negatives: str = CONTRASTIVE_DEFAULTS.negatives  # every caption of the batch, or only its class's
     caption_mix: str = "sample"
     prompts: list[str] | None = None  # prompt ids to use; None = all in the store
     text_center: str = "prompt"  # subtract the training set's mean text feature: per prompt, over all, or none
     text_whiten: bool = False  # also ZCA-whiten the centred text features
-    temperature: float = field(default=0.5, metadata=in_range(gt=0))  # measured: docs/training.md
-    learn_temperature: bool = False  # fixed by default: learnt at the backbone's lr it runs away (docs/training.md)
+    temperature: float = field(default=CONTRASTIVE_DEFAULTS.temperature, metadata=in_range(gt=0))
+    learn_temperature: bool = CONTRASTIVE_DEFAULTS.learn_temperature
     temperature_lr: float | None = field(default=None, metadata=in_range(ge=0))  # logit scale's own lr (default: lr)
     adaptor_lr: float | None = field(default=None, metadata=in_range(ge=0))  # text adaptor's lr (default: lr)
-    adaptor_hidden: int | None = field(
-        default=None, metadata=in_range(ge=1)
-    )  # 2-layer MLP adaptor of this width (default: linear)
-    adaptor_bias: bool = False  # a bias in the text adaptor (redundant once text features are centred)
-    image_center: bool = True  # subtract the batch mean of the image features before the contrast
-    image_standardize: bool = False  # standardise them per dimension instead (hurts the classifier: docs)
-    image_projection: bool = True  # a learnt linear map of the image features before the contrast
+    adaptor_hidden: int | None = field(default=CONTRASTIVE_DEFAULTS.adaptor_hidden, metadata=in_range(ge=1))
+    adaptor_bias: bool = CONTRASTIVE_DEFAULTS.adaptor_bias
+    image_center: bool = CONTRASTIVE_DEFAULTS.image_center
+    image_standardize: bool = CONTRASTIVE_DEFAULTS.image_standardize
+    image_projection: bool = CONTRASTIVE_DEFAULTS.image_projection
+    projection_hidden: int | None = field(default=CONTRASTIVE_DEFAULTS.projection_hidden, metadata=in_range(ge=1))
+    soft_targets: float | None = field(default=CONTRASTIVE_DEFAULTS.soft_targets, metadata=in_range(gt=0))
+    contrast_balance: str = CONTRASTIVE_DEFAULTS.contrast_balance
+    # schedule of the VLM-KD weight: linear ramp from 0, then decay to 0 by the start of the last `off` epochs
+    vlmkd_warmup_epochs: float = field(default=0.0, metadata=in_range(ge=0))
+    vlmkd_decay: str = "none"
+    vlmkd_off_epochs: float = field(default=0.0, metadata=in_range(ge=0))
     contrastive_backend: str | None = None  # a name in vlmkd.backends(); default: the fastest usable
     teacher: Path | None = None  # a vlmkd classifier checkpoint: frozen vision teacher
     kd_weight: float | None = field(default=None, metadata=in_range(ge=0))  # None: DEFAULT_KD_WEIGHT with a teacher
@@ -144,6 +159,18 @@ class TrainConfig(StageConfig):
         # Ranges of single settings are field metadata (`in_range`), checked with the types; these involve two.
         if self.warmup_epochs > self.epochs:
             raise InputError(f"warmup_epochs ({self.warmup_epochs:g}) must be at most epochs ({self.epochs})")
+        if self.vlmkd_warmup_epochs + self.vlmkd_off_epochs > self.epochs:
+            raise InputError(
+                f"vlmkd_warmup_epochs + vlmkd_off_epochs ({self.vlmkd_warmup_epochs:g} + {self.vlmkd_off_epochs:g}) "
+                f"must be at most epochs ({self.epochs})"
+            )
+        if self.soft_targets is not None and (self.positives, self.negatives) != ("instance", "batch"):
+            raise InputError(
+                "soft_targets replace the one-hot targets of positives 'instance' with negatives 'batch'; "
+                f"got positives {self.positives!r}, negatives {self.negatives!r}"
+            )
+        if self.projection_hidden is not None and not self.image_projection:
+            raise InputError("projection_hidden makes the image projection an MLP head: it needs image_projection")
         for name in ("crop_scale", "crop_ratio"):
             low, high = getattr(self, name)
             if low > high:
@@ -206,8 +233,17 @@ class TrainConfig(StageConfig):
             notes += [
                 f"{_flag(n)} has no effect: the VLM-KD term is off ({why})" for n in VLMKD_SETTINGS if n in changed
             ]
-        elif "temperature_lr" in changed and not self.learn_temperature:
-            notes.append("--temperature-lr has no effect: the temperature is fixed (add --learn-temperature)")
+        else:
+            if "temperature_lr" in changed and not self.learn_temperature:
+                notes.append("--temperature-lr has no effect: the temperature is fixed (add --learn-temperature)")
+            if self.contrastive_backend not in (None, "reference") and (
+                self.soft_targets is not None or (self.contrast_balance != "none" and self.negatives == "batch")
+            ):
+                notes.append(
+                    f"--contrastive-backend {self.contrastive_backend} is not used: --soft-targets and "
+                    "--contrast-balance compute the contrast in plain PyTorch (the fused kernels take uniform "
+                    "anchors and one-hot or same-class targets only)"
+                )
         if self.kd_weight == 0:
             if self.teacher:
                 notes.append("--teacher is unused: --kd-weight 0 turns logit KD off")
@@ -223,8 +259,9 @@ class TrainConfig(StageConfig):
 # Settings of the VLM-KD term and of logit KD: inert while their term is off.
 VLMKD_SETTINGS = (
     "positives", "negatives", "caption_mix", "prompts", "text_center", "text_whiten", "temperature",
-    "learn_temperature", "temperature_lr", "adaptor_lr", "adaptor_hidden", "image_standardize", "image_projection",
-    "contrastive_backend",
+    "learn_temperature", "temperature_lr", "adaptor_lr", "adaptor_hidden", "adaptor_bias", "image_center",
+    "image_standardize", "image_projection", "projection_hidden", "soft_targets", "contrast_balance",
+    "vlmkd_warmup_epochs", "vlmkd_decay", "vlmkd_off_epochs", "contrastive_backend",
 )  # fmt: skip
 KD_SETTINGS = ("kd_temperature",)
 DEFAULT_VLMKD_WEIGHT = 1.0  # lambda when --features is given without --vlmkd-weight

@@ -17,6 +17,31 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+DECAYS = ("none", "linear", "cosine")  # how the VLM-KD weight falls after its warm-up
+
+
+def vlmkd_weight_at(
+    step: int, total_steps: int, weight: float, *, warmup_steps: int = 0, off_steps: int = 0, decay: str = "none"
+) -> float:
+    """The VLM-KD weight at optimizer step `step` (0-based), a pure function of the step like `lr_at`.
+
+    A linear ramp from 0 over the first `warmup_steps`, then `weight`, decaying (`linear` or `cosine`) to 0 at the
+    start of the last `off_steps`, during which it is 0 (the classifier then trains on its task loss alone).
+    """
+    active_end = total_steps - off_steps
+    if step >= active_end:
+        return 0.0
+    ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if decay == "none" or step < warmup_steps:
+        return weight * ramp
+    progress = (step - warmup_steps) / max(1, active_end - warmup_steps)
+    if decay == "linear":
+        return weight * (1.0 - progress)
+    if decay == "cosine":
+        return weight * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"decay must be one of {', '.join(DECAYS)}, got {decay!r}")
+
+
 def build_optimizer(
     modules: Iterable[nn.Module],
     kind: str,

@@ -40,23 +40,18 @@ def open_text_source(config: TrainConfig, dataset: ImageList, store: FeatureStor
     return CaptionFeatures(store, mix=config.caption_mix, prompts=config.prompts, conditioning=conditioning)
 
 
-def build_contrastive(config: TrainConfig, text_dim: int, image_dim: int) -> nn.Module:
-    """The VLM-KD loss module: adaptor text_dim -> image_dim and the (fixed or learnable) temperature."""
+def build_contrastive(
+    config: TrainConfig, text_dim: int, image_dim: int, class_counts: list[int] | None = None
+) -> nn.Module:
+    """The VLM-KD loss module of `config`: adaptor text_dim -> image_dim, temperature, image side and targets
+    (`class_counts`, training images per class, weight the anchors when the contrast is class-balanced)."""
     from vlmkd.losses import VlmkdContrastiveLoss
+    from vlmkd.losses.contrastive_settings import ContrastiveSettings
 
+    settings = ContrastiveSettings(**{name: getattr(config, name) for name in ContrastiveSettings.__dataclass_fields__})
+    counts = class_counts if config.contrast_balance != "none" else None
     return VlmkdContrastiveLoss(
-        text_dim,
-        image_dim,
-        positives=config.positives,
-        negatives=config.negatives,
-        init_temperature=config.temperature,
-        learn_temperature=config.learn_temperature,
-        hidden_dim=config.adaptor_hidden,
-        image_projection=config.image_projection,
-        image_standardize=config.image_standardize,
-        image_center=config.image_center,
-        adaptor_bias=config.adaptor_bias,
-        backend=config.contrastive_backend,
+        text_dim, image_dim, **settings.kwargs(), class_counts=counts, backend=config.contrastive_backend
     )
 
 

@@ -36,7 +36,7 @@ from vlmkd.train.header import run_header
 from vlmkd.train.metrics_log import MetricsLog, read_metrics
 from vlmkd.train.record_fields import FRACTION, LOSS_TERMS
 from vlmkd.train.run_dir import check_run_directory
-from vlmkd.train.schedule import build_optimizer, lr_at
+from vlmkd.train.schedule import build_optimizer, lr_at, vlmkd_weight_at
 from vlmkd.train.tensorboard_log import TensorBoardLog
 from vlmkd.train.text import TextSource, build_contrastive, conditioning_tensors, open_text_source
 
@@ -114,6 +114,26 @@ class Run:
     @property
     def warmup_steps(self) -> int:
         return round(self.config.warmup_epochs * self.steps_per_epoch)
+
+    @property
+    def inert_check_step(self) -> int:
+        """When the text term is checked for learning: a quarter into the steps where its weight is on."""
+        config, per_epoch = self.config, self.steps_per_epoch
+        start = round(config.vlmkd_warmup_epochs * per_epoch)
+        active = self.total_steps - start - round(config.vlmkd_off_epochs * per_epoch)
+        return start + active // 4
+
+    def vlmkd_weight_at(self, step: int) -> float:
+        """The VLM-KD weight at optimizer step `step` under the configured schedule."""
+        config, per_epoch = self.config, self.steps_per_epoch
+        return vlmkd_weight_at(
+            step,
+            self.total_steps,
+            config.vlmkd_weight,
+            warmup_steps=round(config.vlmkd_warmup_epochs * per_epoch),
+            off_steps=round(config.vlmkd_off_epochs * per_epoch),
+            decay=config.vlmkd_decay,
+        )
 
 
 @dataclass
@@ -206,7 +226,7 @@ def build_run(config: TrainConfig, ctx: Dist) -> Run:
     apply_speed_settings(model, channels_last=config.channels_last, compile=config.compile)
     store = FeatureStore.open(config.features) if config.vlmkd_weight > 0 else None
     text = open_text_source(config, dataset, store) if store is not None else None
-    contrastive = build_contrastive(config, text.dim, model.feature_dim) if text is not None else None
+    contrastive = build_contrastive(config, text.dim, model.feature_dim, counts.tolist()) if text is not None else None
     objective = VlmkdObjective(
         TaskLoss(config.task_loss, counts, tau=config.la_tau),
         contrastive,
@@ -301,6 +321,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
         labels = labels.to(ctx.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress.step, run.total_steps, run.warmup_steps, group["base_lr"])
+        run.objective.vlmkd_weight = run.vlmkd_weight_at(progress.step)
         batch_text = run.text(indices, sampler).to(ctx.device) if run.text is not None else None
         teacher_logits = None
         with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -337,10 +358,11 @@ def train_one_epoch(run: Run, epoch: int, progress: Progress, log: MetricsLog | 
             bar.set_postfix(loss=f"{values[0].item():.3f}", **shown)
         if log is not None and (progress.step % config.log_every == 0 or not finite):
             record = {"kind": "step", "epoch": epoch + 1, "step": progress.step, "lr": optimizer.param_groups[0]["lr"]}
+            record |= {"vlmkd_weight": run.objective.vlmkd_weight} if run.objective.contrastive is not None else {}
             record |= dict(zip(LOSS_KEYS, values.tolist(), strict=False))
             record |= _temperature(run) | text_term | {"skipped": not finite}
             log.write(record)
-        if progress.step == run.total_steps // 4 and ctx.is_main and counted:
+        if progress.step == run.inert_check_step and ctx.is_main and counted:
             _warn_if_inert(run, sums, counted)
     bar.close()
     progress.epoch = epoch + 1
