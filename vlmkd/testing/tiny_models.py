@@ -400,8 +400,7 @@ RANDOM_WEIGHTS_NOTICE = (
 _ARCHITECTURES = {
     "blip": "BLIP (BlipForConditionalGeneration)",
     "llava": "LLaVA-1.5 (LlavaForConditionalGeneration)",
-    "llava-next": "LLaVA-NeXT (LlavaNextForConditionalGeneration, with LLaVA-NeXT-7B's anyres grid scaled down 7x: "
-    "as many image tokens per image, 2,928 for a square one)",
+    "llava-next": "LLaVA-NeXT (LlavaNextForConditionalGeneration; LLaVA-NeXT-7B's image-token counts)",
 }
 _MODEL_CARD = """# Tiny random {kind} for trying vlmkd
 
