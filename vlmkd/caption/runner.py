@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from vlmkd.caption.shard_file import caption_problem
 from vlmkd.caption.store import CaptionStore, Failure, Row, make_manifest
 from vlmkd.data import ImageList, load_image_list, load_rgb
 from vlmkd.errors import InputError, StoreMismatchError
+from vlmkd.output_lock import holding
 
 DEFAULT_SHARD_SIZE = 256  # images per shard when --num-shards is not given: what a crash can cost at most
 REFUSED_PREFIX = "refused by the server"  # how an image a server refused is recorded, unlike an unreadable one
@@ -106,7 +108,9 @@ def run_captioning(
     """
     from vlmkd.threads import torch_threads
 
-    with torch_threads(config.threads):
+    # Captioning processes share a store (they split its shards); import and merge, which rewrite it, wait.
+    lock = holding(config.out, what="caption store", shared=True) if config.out is not None else nullcontext()
+    with torch_threads(config.threads), lock:
         return _run_captioning(config, dataset, prompts, engine, assignment)
 
 

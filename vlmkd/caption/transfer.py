@@ -33,6 +33,7 @@ from vlmkd.caption.store import CaptionStore, Row, make_manifest, prompt_set_rec
 from vlmkd.data import ImageList
 from vlmkd.errors import InputError
 from vlmkd.folder_kind import refuse_file_unless
+from vlmkd.output_lock import holding
 
 ENGINE = "import"
 IMPORTED_PROMPT_SET = "imported"  # name of the prompt set recorded when no `prompts` is given
@@ -107,13 +108,14 @@ def import_captions(
         num_shards=num_shards,
     )
     manifest["source"] = {"path": str(source), "sha256": sha256, "format": fmt, "rows": len(cells)}
-    store = CaptionStore.create(out, manifest, overwrite=overwrite)
-    todo = store.missing_shards()
-    for shard in todo:
-        rows: list[Row] = [
-            (i, dataset.samples[i].path, p, cells[i, p]) for i in store.shard_range(shard) for p in prompt_ids
-        ]
-        store.write_shard(shard, rows)
+    with holding(out, what="caption store"):  # alone: no captioning process may share a store being replaced
+        store = CaptionStore.create(out, manifest, overwrite=overwrite)
+        todo = store.missing_shards()
+        for shard in todo:
+            rows: list[Row] = [
+                (i, dataset.samples[i].path, p, cells[i, p]) for i in store.shard_range(shard) for p in prompt_ids
+            ]
+            store.write_shard(shard, rows)
     return ImportReport(store, source, sha256, len(cells), len(todo))
 
 

@@ -15,6 +15,7 @@ from vlmkd.encode.store import FORMAT, VERSION, FeatureStore
 from vlmkd.encode.text_encoder import TextEncoder, load_text_encoder
 from vlmkd.encode.writer import FeatureWriter
 from vlmkd.errors import InputError
+from vlmkd.output_lock import holding
 
 
 def encode_captions(
@@ -54,6 +55,11 @@ def run_encoding(
     grid = read_caption_grid(store)
     text_encoder = encoder if encoder is not None else load_text_encoder(config.encoder, config.device, config.dtype)
     manifest = feature_manifest(store, grid, text_encoder, config.normalize)
+    with holding(config.out, what="feature store"):  # one writer at a time
+        return _write_features(config, manifest, grid, text_encoder)
+
+
+def _write_features(config: EncodeConfig, manifest: dict[str, Any], grid: CaptionGrid, text_encoder: TextEncoder):
     writer = FeatureWriter(config.out, manifest, chunk_size=config.chunk_size, overwrite=config.overwrite)
     width = len(grid.prompt_ids)
     total = sum(len(writer.chunk_rows(chunk)) for chunk in writer.pending) * width

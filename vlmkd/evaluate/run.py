@@ -23,6 +23,7 @@ from vlmkd.evaluate.config import EvalConfig
 from vlmkd.evaluate.metrics import per_class_accuracy, predict, split_accuracy
 from vlmkd.folder_kind import EVAL, refuse_unless
 from vlmkd.models.speed import apply_speed_settings
+from vlmkd.output_lock import holding
 from vlmkd.reporting.eval_plots import MIN_DISTINCT_CAPTIONS, Plot, plot_per_class_accuracy, plot_tsne
 from vlmkd.train.checkpoint import load_classifier
 
@@ -73,6 +74,11 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
     """
     if config.checkpoint is None or config.dataset is None:
         raise InputError("evaluation needs a checkpoint and a test dataset")
+    with holding(config.out_dir, what="folder of evaluation results"):  # one evaluation writes it at a time
+        return _evaluate(config)
+
+
+def _evaluate(config: EvalConfig) -> EvalResult:
     checkpoint, dataset, out, progress = config.checkpoint, config.dataset, config.out_dir, config.progress
     many_threshold, few_threshold, tsne_max = config.many_threshold, config.few_threshold, config.tsne_max
     refuse_unless(out, {EVAL}, stage="folder of evaluation results")  # it is replaced as a whole

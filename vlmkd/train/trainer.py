@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from vlmkd.losses.contrastive import temperature
 from vlmkd.models import Classifier, ModelSpec, build_model
 from vlmkd.models.speed import apply_speed_settings, batch_layout
 from vlmkd.models.zoo import check_image_size
+from vlmkd.output_lock import holding
 from vlmkd.threads import torch_threads
 from vlmkd.train.checkpoint import (
     MODEL_META,
@@ -154,13 +156,17 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     config.check_paths()
     with torch_threads(config.threads) as threads:
         ctx = init_distributed(config.device)
-        if ctx.is_main:
-            print("\n".join(run_header(config, threads=threads, device=str(ctx.device), processes=ctx.world_size)))
-            for note in config.inert_settings():
-                print(f"vlmkd-train: warning: {note}", file=sys.stderr)
-            sys.stdout.flush()
+        # One writer per run folder (the main rank writes it): a second run into it refuses, naming the first.
+        lock = holding(Path(config.output), what="training run", flag="--output") if ctx.is_main else nullcontext()
         try:
-            return _train(config, resume, ctx)
+            with lock:
+                if ctx.is_main:
+                    header = run_header(config, threads=threads, device=str(ctx.device), processes=ctx.world_size)
+                    print("\n".join(header))
+                    for note in config.inert_settings():
+                        print(f"vlmkd-train: warning: {note}", file=sys.stderr)
+                    sys.stdout.flush()
+                return _train(config, resume, ctx)
         finally:
             cleanup(ctx)
 
