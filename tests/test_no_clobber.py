@@ -99,6 +99,7 @@ FOLDER_WRITERS: dict[str, Callable[[dict[str, Path], Path], list[str]]] = {
         "--overwrite",
         "--no-progress",
     ],  # fmt: skip
+    "caption merge": lambda w, out: ["caption", "merge", out, w["captions"]],
     "encode --overwrite": lambda w, out: ["encode", w["captions"], "--out", out, "--overwrite", "--quiet"],
     "train": lambda w, out: [
         "train",
@@ -140,8 +141,8 @@ FOLDER_WRITERS: dict[str, Callable[[dict[str, Path], Path], list[str]]] = {
     "demo": lambda w, out: ["demo", "--out", out, "--no-progress"],
 }
 OWN = {"models make-tiny --overwrite": "model", "caption --overwrite": "captions",
-       "caption import --overwrite": "captions", "encode --overwrite": "features", "train --resume": "run",
-       "eval": "eval", "data longtail": "vlmkd dataset"}  # fmt: skip
+       "caption import --overwrite": "captions", "caption merge": "captions", "encode --overwrite": "features",
+       "train --resume": "run", "eval": "eval", "data longtail": "vlmkd dataset"}  # fmt: skip
 FOREIGN_FOLDERS = ("captions", "features", "run", "eval", "model", "hf model", "vlmkd dataset", "user dataset",
                    "user folder", "user file")  # fmt: skip
 

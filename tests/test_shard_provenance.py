@@ -5,42 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _scripted import PROMPTS, ScriptedEngine, plain
 
 import vlmkd
-from vlmkd.caption.engines import CaptionEngine, GenerationSettings, ImageRequest
-from vlmkd.caption.prompts import Prompt, PromptSet
 from vlmkd.caption.runner import UNUSABLE_PREFIX
 from vlmkd.caption.shard_file import MAX_CAPTION_CHARS
 from vlmkd.caption.store import CaptionStore
 from vlmkd.cli import main as vlmkd_main
-
-PROMPTS = PromptSet("two", (Prompt("G", "Describe this image."), Prompt("T2", "Describe the {label}.")))
-
-
-class ScriptedEngine(CaptionEngine):
-    """An in-process engine (vlmkd's own interface) whose answer for (image path, prompt) is `answer(...)`.
-    Named like the hf engine so the runner's registry check passes; its model id says what it is."""
-
-    name = "hf"
-
-    def __init__(self, answer: Callable[[str, str], str], model_id: str = "scripted") -> None:
-        self.answer = answer
-        self.model_id = model_id
-        self.settings = GenerationSettings(max_new_tokens=4)
-
-    def caption(self, requests: Sequence[ImageRequest]) -> list[list[str]]:
-        return [[self.answer(Path(r.path).name, prompt) for prompt in r.prompts] for r in requests]
-
-
-def plain(name: str, prompt: str) -> str:
-    return f"{prompt} of {name}"
 
 
 def caption(dataset, out: Path, answer=plain, model_id: str = "scripted", **settings):

@@ -26,7 +26,11 @@ from vlmkd.data import load_image_list
 from vlmkd.reporting.gallery import GalleryOptions, gallery_summary, write_gallery
 
 FAILURES_SHOWN = 20
-SUBCOMMANDS = {"import": "import_main", "export": "export_main"}  # in vlmkd.caption.transfer_cli
+SUBCOMMANDS = {  # `vlmkd caption NAME ...`: module:function
+    "import": "vlmkd.caption.transfer_cli:import_main",
+    "export": "vlmkd.caption.transfer_cli:export_main",
+    "merge": "vlmkd.caption.merge:main",
+}
 
 
 def build_parser() -> ArgumentParser:
@@ -36,7 +40,8 @@ def build_parser() -> ArgumentParser:
         "into a sharded Parquet caption store. Reruns resume; finished shards are never rewritten.",
         epilog="Several processes share a store through --num-shards/--shard-index, or automatically under "
         "torchrun (RANK/WORLD_SIZE): rank r writes shards r, r+W, r+2W... Captions you already have: "
-        "`vlmkd caption import FILE --dataset DATASET --out STORE`; a store to JSONL: `vlmkd caption export`.",
+        "`vlmkd caption import FILE --dataset DATASET --out STORE`; a store to JSONL: `vlmkd caption export`; "
+        "stores captioned on several machines into one: `vlmkd caption merge OUT STORE...`.",
     )
     parser.add_argument("dataset", type=Path, help="list file (`relative/path label` lines) or ImageFolder dir")
     parser.add_argument(
@@ -168,9 +173,10 @@ def header_setting(text: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """`vlmkd-caption DATASET --model PATH --out STORE [...]`, or `vlmkd caption import|export ...`."""
     if argv and argv[0] in SUBCOMMANDS:  # a dataset literally named so is reachable as ./import
-        from vlmkd.caption import transfer_cli
+        import importlib
 
-        return getattr(transfer_cli, SUBCOMMANDS[argv[0]])(argv[1:])
+        module, function = SUBCOMMANDS[argv[0]].split(":")
+        return getattr(importlib.import_module(module), function)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.engine == "openai" and not args.api_base:

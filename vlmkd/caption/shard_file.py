@@ -89,7 +89,7 @@ def footer_problem(path: Path, shard: int, maker: Mapping[str, Any], footer: Any
             "the Parquet key-value metadata when editing a shard"
         )
     if recorded != str(shard).encode():
-        return f"the file holds shard {short_repr(recorded.decode(errors='replace')) if recorded else '?'}"
+        return f"the file holds shard {recorded.decode(errors='replace')[:20] if recorded else '?'}"
     if sum(len(key) + len(value) for key, value in found.items()) > MAX_METADATA_BYTES:
         return f"its Parquet metadata is larger than {MAX_METADATA_BYTES >> 20} MiB"
     if MADE_BY_KEY in found:
