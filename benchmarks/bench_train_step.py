@@ -183,13 +183,21 @@ def speed_summary(results: list[Result]) -> str:
     return " ".join(sentences)
 
 
+def run_part(
+    cases: list[Case], setup: Setup, repeats: int, steps: int, warmup: int, render: Callable[[list[Result], Setup], str]
+) -> tuple[list[Result], str, str]:
+    """Time a part's cases; (results, the load average at the start, their table, printed)."""
+    started = load_average()
+    results = run(cases, setup, repeats=repeats, steps=steps, warmup=warmup)
+    body = render(results, setup)
+    print(body)
+    return results, started, body
+
+
 def vlmkd_part(setup: Setup, repeats: int, steps: int, quick: bool) -> str:
     cases = [Case("VLM-KD off (task loss only)", None), Case("VLM-KD on, reference loss", "reference")]
     cases += [Case(f"VLM-KD on, fused loss ({name})", name) for name in usable_backends()]
-    started = load_average()
-    results = run(cases, setup, repeats=repeats, steps=steps, warmup=2)
-    body = table(results, setup)
-    print(body)
+    results, started, body = run_part(cases, setup, repeats, steps, warmup=2, render=table)
     if quick:
         return body
     fused = [r for r in results if r.case.backend not in (None, "reference")]
@@ -222,10 +230,7 @@ def speed_part(setup: Setup, repeats: int, steps: int, timm_model: str, quick: b
     for arch in ("resnet32", timm_model):
         cases += [Case("eager", None, arch), Case("channels-last", None, arch, channels_last=True)]
         cases += [Case("torch.compile (inductor)", None, arch, compile=True)]
-    started = load_average()
-    results = run(cases, setup, repeats=repeats, steps=steps, warmup=3)
-    body = speed_table(results, setup)
-    print(body)
+    results, started, body = run_part(cases, setup, repeats, steps, warmup=3, render=speed_table)
     if quick:
         return body
     header = [

@@ -84,11 +84,7 @@ def parse_prompt_set(text: str, where: str, *, default_name: str = "custom", is_
         data = {"prompts": data}
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping with a 'prompts' list, got {type(data).__name__}")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise InputError(
-            f"{where}: unknown keys {short_repr(sorted(map(str, unknown)))} (allowed: {sorted(_TOP_KEYS)})"
-        )
+    _reject_unknown_keys(data, _TOP_KEYS, where)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"{where}: 'name' must be a non-empty string")
@@ -104,14 +100,16 @@ def parse_prompt_set(text: str, where: str, *, default_name: str = "custom", is_
     return PromptSet(name=name.strip(), prompts=tuple(prompts))
 
 
+def _reject_unknown_keys(mapping: dict, allowed: frozenset[str], where: str) -> None:
+    unknown = set(mapping) - allowed
+    if unknown:
+        raise InputError(f"{where}: unknown keys {short_repr(sorted(map(str, unknown)))} (allowed: {sorted(allowed)})")
+
+
 def _parse_prompt(item: object, where: str) -> Prompt:
     if not isinstance(item, dict):
         raise InputError(f"{where}: expected a mapping with 'id' and 'template', got {type(item).__name__}")
-    unknown = set(item) - _PROMPT_KEYS
-    if unknown:
-        raise InputError(
-            f"{where}: unknown keys {short_repr(sorted(map(str, unknown)))} (allowed: {sorted(_PROMPT_KEYS)})"
-        )
+    _reject_unknown_keys(item, _PROMPT_KEYS, where)
     prompt_id, template = item.get("id"), item.get("template")
     if not isinstance(prompt_id, str) or not _ID_RE.fullmatch(prompt_id):
         raise InputError(
