@@ -96,11 +96,7 @@ def build_tiny_blip(out_dir: str | Path, seed: int = 0) -> Path:
     model = BlipForConditionalGeneration(config).eval()
     image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with transformers_bars_off():
-        model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save(out_dir, model, processor)
 
 
 def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
@@ -135,11 +131,7 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with transformers_bars_off():
-        model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save(out_dir, model, processor)
 
 
 # LLaVA-NeXT's anyres grid in tiles (LLaVA-NeXT-7B's [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]).
@@ -482,11 +474,7 @@ def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0) -> Path:
         image_seq_len=(IMAGE_SIZE // PATCH_SIZE) ** 2 // SMOLVLM_SCALE_FACTOR**2,
         chat_template=SMOLVLM_CHAT_TEMPLATE,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with transformers_bars_off():
-        model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save(out_dir, model, processor)
 
 
 def _bpe_tokenizer(special: dict[str, str], extra: tuple[str, ...] = (), kind: str = "PreTrainedTokenizerFast"):
