@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -115,6 +116,15 @@ def timer(run: Callable[[], object], clock: str = "wall") -> Callable[[], float]
     return timed
 
 
+def benchmark_parser(doc: str, quick: bool = True) -> argparse.ArgumentParser:
+    """A script's argument parser, described by its docstring's first line; with `--quick` (a small smoke run
+    that prints its report and writes nothing) unless `quick` is False."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if quick:
+        parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
+    return parser
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, e.g. "1.9, 2.3, 2.0" (how busy the shared machine was)."""
     return ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -167,10 +177,12 @@ def write_image_dataset(
     suffix: str = "png",
     classes: int = 10,
     pixels: Callable[[np.random.Generator, int, int], np.ndarray | Image.Image] = noise_image,
+    classnames: Sequence[str] | None = None,
     seed: int = 0,
 ) -> ImageList:
     """`count` RGB images as `root/<label>/<index>.<suffix>` (label = index % classes; JPEG at quality 90) listed in
-    `root/train.txt`, loaded back as an `ImageList`. `pixels(rng, index, size)` draws image `index`."""
+    `root/train.txt` (and `classnames` in classnames.txt), loaded back as an `ImageList`. `pixels(rng, index,
+    size)` draws image `index`."""
     from vlmkd.data import load_image_list
 
     rng = np.random.default_rng(seed)
@@ -184,4 +196,6 @@ def write_image_dataset(
         image.convert("RGB").save(root / relative, **({"quality": 90} if suffix in ("jpg", "jpeg") else {}))
         lines.append(f"{relative} {label}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
+    if classnames is not None:
+        (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
     return load_image_list(root / "train.txt")

@@ -23,25 +23,36 @@ Timed repetitions are interleaved across rows (shared machines are noisy); best-
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import Series, load_average, machine, rate_series, seconds_series
+from _common import (
+    Series,
+    benchmark_parser,
+    interleave,
+    load_average,
+    machine,
+    rate_series,
+    seconds_series,
+    timer,
+    write_image_dataset,
+    write_report,
+)
 from captioning_cost import cost_table
 from PIL import Image
 
 from vlmkd.caption import CaptionConfig, GenerationSettings, ImageRequest, load_engine, run_captioning
 from vlmkd.caption.engines.hf import HFEngine
 from vlmkd.caption.prompts import load_prompt_set, parse_prompt_set
-from vlmkd.data import ImageList, load_image_list
+from vlmkd.data import ImageList
 from vlmkd.data.images import load_rgb
 from vlmkd.testing import build_tiny_blip, make_tiny_vlm
 from vlmkd.testing.work_counters import WorkCounts, counting_work
@@ -75,19 +86,6 @@ class Result:
     store_shares: Series = field(default_factory=seconds_series)  # share of wall time writing shards (vlmkd rows)
 
 
-def make_images(folder: Path, count: int, size: int = 64) -> ImageList:
-    """`count` random RGB PNGs in two classes, with a list file; returns the loaded dataset."""
-    rng = np.random.default_rng(0)
-    lines = []
-    for k in range(count):
-        relative = f"img/{k % 2}/{k}.png"
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / relative)
-        lines.append(f"{relative} {k % 2}")
-    (folder / "train.txt").write_text("\n".join(lines) + "\n")
-    return load_image_list(folder / "train.txt")
-
-
 def bare_generate(engine: HFEngine, dataset: ImageList, batch_size: int) -> None:
     """Plain transformers: decode, process and generate `batch_size` images at a time; no vlmkd code."""
     for start in range(0, len(dataset), batch_size):
@@ -98,17 +96,21 @@ def bare_generate(engine: HFEngine, dataset: ImageList, batch_size: int) -> None
         engine.tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
-def timed(function: Callable[[], float | None], count: int) -> tuple[float, float, float | None]:
-    """(images/s, CPU ms per image, the function's result)."""
-    start, cpu = time.perf_counter(), time.process_time()
-    share = function()
-    return count / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / count, share
+def timed(function: Callable[[], float | None], count: int) -> Callable[[], tuple[float, float, float | None]]:
+    """A row: (images/s, CPU ms per image, the function's result) of one call."""
+
+    def one_round() -> tuple[float, float, float | None]:
+        start, cpu = time.perf_counter(), time.process_time()
+        share = function()
+        return count / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / count, share
+
+    return one_round
 
 
 def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens: int) -> list[Result]:
     work = Path(tempfile.mkdtemp(prefix="vlmkd-bench-captioning-"))
     try:
-        dataset = make_images(work / "data", num_images)
+        dataset = write_image_dataset(work / "data", num_images, size=64, classes=2)
         model = build_tiny_blip(work / "blip")
         engine = load_engine("hf", model, GenerationSettings(max_new_tokens=max_new_tokens))
         prompts = parse_prompt_set(f"prompts:\n  - {{id: G, template: '{PROMPT}'}}\n", "<bench>")
@@ -136,17 +138,14 @@ def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens:
             ),
         }
         rows |= {Row(f"vlmkd run_captioning, batch {b}", b): vlmkd(b) for b in batches}
-        results = {row: Result(row) for row in rows}
         for function in rows.values():  # warm-up: first-call allocations, lazy imports
             function()
-        for _ in range(repeats):
-            for row, function in rows.items():
-                rate, cpu_ms, share = timed(function, num_images)
-                results[row].rates.add(rate)
-                results[row].cpu_ms.add(cpu_ms)
-                if share is not None:
-                    results[row].store_shares.add(share)
-        return list(results.values())
+        measured = interleave({row: timed(function, num_images) for row, function in rows.items()}, rounds=repeats)
+        return [
+            Result(row, rate_series(r for r, _, _ in rounds), seconds_series(c for _, c, _ in rounds),
+                   seconds_series(s for _, _, s in rounds if s is not None))
+            for row, rounds in measured.items()
+        ]  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -236,14 +235,11 @@ def run_sharing(num_images: int, repeats: int, max_new_tokens: int) -> list[Shar
                 with counting_work(engine.model) as counts:
                     captions[path] = caption_all(engine, requests)
                 result.counts[path] = counts
-                result.rates[path] = rate_series()
             pairs = [(a, b) for x, y in zip(*captions.values(), strict=True) for a, b in zip(x, y, strict=True)]
             result.captions_equal = (sum(a == b for a, b in pairs), len(pairs))
-            for _ in range(repeats):
-                for path, engine in engines.items():
-                    start = time.perf_counter()
-                    caption_all(engine, requests)
-                    result.rates[path].add(num_images / (time.perf_counter() - start))
+            rows = {path: timer(partial(caption_all, engine, requests)) for path, engine in engines.items()}
+            measured = interleave(rows, rounds=repeats)
+            result.rates = {path: rate_series(num_images / s for s in seconds) for path, seconds in measured.items()}
             results.append(result)
         return results
     finally:
@@ -332,9 +328,8 @@ def batching_report(images: int, repeats: int, max_new_tokens: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--part", choices=("all", "batching", "sharing"), default="all")
-    parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
     parser.add_argument("--images", type=int, default=96, help="images of the batching part")
     parser.add_argument("--sharing-images", type=int, default=12, help="images of the sharing part")
     parser.add_argument("--repeats", type=int, default=3)
@@ -355,9 +350,7 @@ def main() -> None:
         report = build()
         print(report)
         if not args.quick:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(report + "\n")
-            print(f"\nwrote {path}")
+            write_report(path, report)
 
 
 if __name__ == "__main__":

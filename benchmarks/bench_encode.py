@@ -18,18 +18,19 @@ import argparse
 import itertools
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import Series, load_average, machine, rate_series
+from _common import Series, benchmark_parser, interleave, load_average, machine, rate_series, timer, write_report
 
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.encode import DEFAULT_ENCODER, TextEncoder, encode_captions, load_text_encoder
 from vlmkd.encode.text_encoder import DTYPES
+from vlmkd.threads import torch_threads
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPTS = {"G": "Describe this image in detail.", "T1": "What is the main object?"}
@@ -130,16 +131,15 @@ def measure(args: argparse.Namespace) -> list[Result]:
             for row in ROWS:
                 timed[case, row] = runner(row, captions, encoder, baseline, store, work)
         for (_, row), function in timed.items():  # warm-up: allocator, thread pools, page cache
-            torch.set_num_threads(row.threads)
-            function()
-        rates: dict[tuple[Case, Row], list[float]] = {key: [] for key in timed}
-        for _ in range(args.repeats):
-            for key, function in timed.items():
-                torch.set_num_threads(key[1].threads)
-                start = time.perf_counter()
+            with torch_threads(row.threads):
                 function()
-                rates[key].append(args.captions / (time.perf_counter() - start))
-        torch.set_num_threads(DEFAULT_THREADS)
+
+        def captions_per_second(row: Row, function: Callable[[], object]) -> float:
+            with torch_threads(row.threads):
+                return args.captions / timer(function)()
+
+        rows = {key: partial(captions_per_second, key[1], function) for key, function in timed.items()}
+        rates = interleave(rows, rounds=args.repeats)
     return [Result(case, row, rate_series(rates[case, row]), tokens[case]) for case, row in timed]
 
 
@@ -183,8 +183,7 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run; print only, write nothing")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--captions", type=int, default=1024, help="captions per case and repetition (default: 1024)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per row (default: 5)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -197,9 +196,7 @@ def main() -> None:
     text = report(measure(args), args, load_before)
     print(text)
     if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}")
+        write_report(args.out, text)
 
 
 if __name__ == "__main__":

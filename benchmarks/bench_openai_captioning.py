@@ -20,7 +20,6 @@ bare chat requests (same payloads, concurrency 64): vlmkd's own, httpx, and the 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
@@ -30,11 +29,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from _common import Series, load_average, machine, rate_series
+from _common import (
+    Series,
+    benchmark_parser,
+    interleave,
+    load_average,
+    machine,
+    rate_series,
+    write_image_dataset,
+    write_report,
+)
 from PIL import Image
 
 import vlmkd
@@ -42,7 +52,7 @@ from vlmkd.caption import GenerationSettings
 from vlmkd.caption.engines.openai.dispatch import Dispatcher, RetryPolicy
 from vlmkd.caption.engines.openai.engine import request_body_parts
 from vlmkd.caption.engines.openai.transport import Endpoint, Transport, ssl_context
-from vlmkd.data import ImageList, load_image_list
+from vlmkd.data import ImageList
 
 RESULTS = Path(__file__).parent / "results" / "openai_captioning.md"
 TARGET_RATE, TARGET_STORE_SHARE = 1000.0, 0.03
@@ -67,22 +77,19 @@ class Result:
     cpu_shares: list[float] = field(default_factory=list)  # CPU time of the writing, share of wall
 
 
+def smooth_shapes(rng: np.random.Generator, index: int, size: int) -> np.ndarray:
+    """Smooth random shapes with a little noise: JPEGs of photo-like sizes (~10-20 KB at 224 px)."""
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+    noise = rng.normal(0, 6, (size, size, 3))
+    return np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+
+
 def make_images(folder: Path, count: int) -> ImageList:
-    """`count` 224 px JPEGs of smooth random shapes (photo-like sizes, ~10-20 KB), in two classes."""
-    rng = np.random.default_rng(0)
-    lines = []
-    for k in range(count):
-        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
-        noise = rng.normal(0, 6, (IMAGE_SIZE, IMAGE_SIZE, 3))
-        pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
-        relative = f"img/{k % 2}/{k}.jpg"
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / relative, quality=90)
-        lines.append(f"{relative} {k % 2}")
-    (folder / "train.txt").write_text("\n".join(lines) + "\n")
-    (folder / "classnames.txt").write_text("cat\ndog\n")
-    return load_image_list(folder / "train.txt")
+    """`count` 224 px JPEGs of smooth random shapes, in two classes (cat, dog)."""
+    return write_image_dataset(
+        folder, count, size=IMAGE_SIZE, suffix="jpg", classes=2, pixels=smooth_shapes, classnames=("cat", "dog")
+    )
 
 
 def start_stubs(count: int) -> tuple[subprocess.Popen, list[str]]:
@@ -115,18 +122,19 @@ def run_stage(dataset: ImageList, rounds: int, concurrencies: tuple[int, ...], w
     stubs = {count: start_stubs(count) for count in (1, 4)}
     try:
         rows = [Row(count, c) for count in (1, 4) for c in concurrencies]
-        results = {row: Result(row) for row in rows}
         caption_once(dataset, stubs[1][1], 64, work / "warm-up")  # imports, first shard write (pyarrow, pandas)
-        for _ in range(rounds):
-            for row in rows:
-                rate, cpu_us, share, wait, store_cpu = caption_once(dataset, stubs[row.servers][1], row.concurrency,
-                                                         work / "store")  # fmt: skip
-                results[row].rates.add(rate)
-                results[row].cpu_us.append(cpu_us)
-                results[row].store_shares.append(share)
-                results[row].wait_shares.append(wait)
-                results[row].cpu_shares.append(store_cpu)
-        return list(results.values())
+        measured = interleave(
+            {
+                row: partial(caption_once, dataset, stubs[row.servers][1], row.concurrency, work / "store")
+                for row in rows
+            },
+            rounds=rounds,
+        )
+        results = []
+        for row, values in measured.items():
+            rates, cpu_us, shares, waits, cpu_shares = zip(*values, strict=True)
+            results.append(Result(row, rate_series(rates), list(cpu_us), list(shares), list(waits), list(cpu_shares)))
+        return results
     finally:
         for process, _ in stubs.values():
             process.kill()
@@ -201,16 +209,18 @@ def run_clients(dataset: ImageList, rounds: int, count: int) -> dict[str, tuple[
     bodies = payloads(dataset, count)
     process, (url,) = start_stubs(1)
     try:
-        results = {name: (rate_series(), []) for name in clients}
         for function in clients.values():
             asyncio.run(function(url, bodies[:200], 64))  # warm-up
-        for _ in range(rounds):
-            for name, function in clients.items():
-                start, cpu = time.perf_counter(), time.process_time()
-                asyncio.run(function(url, bodies, 64))
-                results[name][0].add(count / (time.perf_counter() - start))
-                results[name][1].append(1e6 * (time.process_time() - cpu) / count)
-        return results
+
+        def requests_once(function: Callable) -> tuple[float, float]:
+            """(requests/s, client CPU µs per request) of sending every body."""
+            start, cpu = time.perf_counter(), time.process_time()
+            asyncio.run(function(url, bodies, 64))
+            return count / (time.perf_counter() - start), 1e6 * (time.process_time() - cpu) / count
+
+        measured = interleave({name: partial(requests_once, function) for name, function in clients.items()},
+                              rounds=rounds)  # fmt: skip
+        return {name: (rate_series(r for r, _ in v), [c for _, c in v]) for name, v in measured.items()}
     finally:
         process.kill()
         process.wait(10)
@@ -257,8 +267,7 @@ def verdict(results: list[Result]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -295,9 +304,7 @@ def main() -> None:
     ])  # fmt: skip
     print(report)
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(report + "\n")
-        print(f"\nwrote {RESULTS}")
+        write_report(RESULTS, report)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ not logged (n/a).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -39,7 +40,15 @@ ROOT = Path(__file__).resolve().parents[1]
 STAND_INS = ROOT / "tests" / "stand_ins"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import load_average, machine, rate_series, seconds_series  # noqa: E402
+from _common import (  # noqa: E402
+    interleave,
+    load_average,
+    machine,
+    markdown_table,
+    rate_series,
+    seconds_series,
+    write_image_dataset,
+)
 
 import vlmkd  # noqa: E402
 from vlmkd.caption.engines import ENGINES  # noqa: E402
@@ -120,42 +129,36 @@ def main() -> None:
         sys.path.insert(0, str(STAND_INS))
         os.environ["VLMKD_TRT_STANDIN_STEP_S"] = str(args.step_ms / 1000)
     assert ENGINES.get("trt") is TRTEngine
-    from PIL import Image
-
     from vlmkd.testing.tiny_models import build_tiny_llava_next
 
     work = Path(tempfile.mkdtemp(prefix="bench_trt_"))
     model = args.model or build_tiny_llava_next(work / "model")
-    rng = np.random.default_rng(0)
-    lines = []
-    for k in range(args.images):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(work / f"{k}.png")
-        lines.append(f"{k}.png {k % 10}")
-    (work / "train.txt").write_text("\n".join(lines) + "\n")
-    (work / "classnames.txt").write_text("\n".join(f"class{k}" for k in range(10)) + "\n")
-    kinds = ("today", "async")
-    rows = {kind: {"rate": rate_series(), "cpu": seconds_series(), "mean": [], "max": []} for kind in kinds}
-    traces = {}
-    for round_ in range(args.rounds):
-        for kind in rows:
-            options = {} if args.real else {"max_batch_size": args.gpu_batch}
-            result = run(kind, work / "train.txt", model, work / f"store-{kind}-{round_}", args.batch_size, options)
-            rows[kind]["rate"].add(result["captions"] / result["wall"])
-            rows[kind]["cpu"].add(result["cpu"] / result["captions"])
-            rows[kind]["mean"].append(result["mean_in_flight"])
-            rows[kind]["max"].append(result["max_in_flight"])
-            traces[kind] = result["stats"]
+    dataset = write_image_dataset(work / "data", args.images, classnames=[f"class{k}" for k in range(10)])
+    options = {} if args.real else {"max_batch_size": args.gpu_batch}
+
+    def caption_with(kind: str) -> Callable[[], dict]:
+        stores = (work / f"store-{kind}-{n}" for n in itertools.count())
+        return lambda: run(kind, dataset.source, model, next(stores), args.batch_size, options)
+
+    measured = interleave({kind: caption_with(kind) for kind in ("today", "async")}, rounds=args.rounds)
+    rows = {
+        kind: {"rate": rate_series(r["captions"] / r["wall"] for r in results),
+               "cpu": seconds_series(r["cpu"] / r["captions"] for r in results),
+               "mean": [r["mean_in_flight"] for r in results], "max": [r["max_in_flight"] for r in results]}
+        for kind, results in measured.items()
+    }  # fmt: skip
+    traces = {kind: results[-1]["stats"] for kind, results in measured.items()}
     if not args.real:
         plot(traces, args.plot)
     where = "TensorRT-LLM " + __import__("tensorrt_llm").__version__ if args.real else "strict stand-in"
     print(f"# trt engine feeding, {where}, {args.images} images x 5 prompts, batches of {args.batch_size} "
           f"captions, simulated GPU: {args.gpu_batch} requests per {args.step_ms:g} ms step\n")  # fmt: skip
     print(f"{machine()}; load average {load_average()}; {args.rounds} interleaved rounds\n")
-    print("| engine | captions/s (median, best) | host CPU ms per caption (median) | in flight: mean / max (median) |")
-    print("|---|---|---|---|")
-    for kind, row in rows.items():
-        print(f"| {kind} | {row['rate'].median:.0f}, {row['rate'].best:.0f} | {1000 * row['cpu'].median:.2f} | "
-              f"{np.median(row['mean']):.0f} / {np.median(row['max']):.0f} |")  # fmt: skip
+    header = ["engine", "captions/s (median, best)", "host CPU ms per caption (median)",
+              "in flight: mean / max (median)"]  # fmt: skip
+    cells = [[kind, f"{row['rate'].median:.0f}, {row['rate'].best:.0f}", f"{1000 * row['cpu'].median:.2f}",
+              f"{np.median(row['mean']):.0f} / {np.median(row['max']):.0f}"] for kind, row in rows.items()]  # fmt: skip
+    print(markdown_table(header, cells, "llll"))
     ratio = rows["async"]["rate"].median / rows["today"]["rate"].median
     cpu = rows["today"]["cpu"].median / rows["async"]["cpu"].median
     print(f"\nasync vs today: {ratio:.1f}x captions/s, {cpu:.1f}x less host CPU per caption; plot: {args.plot}")

@@ -44,8 +44,10 @@ def make_data(root: Path) -> tuple[Path, Path]:
         base = np.zeros((size, size, 3)) + 60 * (index % CLASSES)
         return np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
 
-    dataset = write_image_dataset(root, CLASSES * PER_CLASS, size=SIZE, classes=CLASSES, pixels=patch)
-    (root / "classnames.txt").write_text("\n".join(f"class{c}" for c in range(CLASSES)) + "\n")
+    classnames = [f"class{c}" for c in range(CLASSES)]
+    dataset = write_image_dataset(
+        root, CLASSES * PER_CLASS, size=SIZE, classes=CLASSES, pixels=patch, classnames=classnames
+    )
     rng = np.random.default_rng(0)
     directions = rng.standard_normal((CLASSES, TEXT_DIM))
     values = directions[dataset.labels()][:, None, :] + 0.3 * rng.standard_normal((len(dataset), 1, TEXT_DIM))
