@@ -116,12 +116,14 @@ def timer(run: Callable[[], object], clock: str = "wall") -> Callable[[], float]
     return timed
 
 
-def benchmark_parser(doc: str, quick: bool = True) -> argparse.ArgumentParser:
-    """A script's argument parser, described by its docstring's first line; with `--quick` (a small smoke run
-    that prints its report and writes nothing) unless `quick` is False."""
+def benchmark_parser(
+    doc: str, quick: str | None = "small smoke run; prints, writes nothing"
+) -> argparse.ArgumentParser:
+    """A script's argument parser, described by its docstring's first line, with `--quick` (a small smoke run that
+    prints its report and writes nothing; `quick` is its help) unless `quick` is None."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    if quick:
-        parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=quick)
     return parser
 
 

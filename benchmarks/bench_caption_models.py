@@ -10,14 +10,13 @@ reports wall and CPU seconds: CPU time shows the cost of OpenMP threads spinning
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
-from _common import interleave, load_average, machine, markdown_table, seconds_series, write_report
+from _common import benchmark_parser, interleave, load_average, machine, markdown_table, seconds_series, write_report
 
 from vlmkd.caption.engines import GenerationSettings, ImageRequest, load_engine
 from vlmkd.caption.prompts import load_prompt_set
@@ -32,7 +31,7 @@ TOKENS = 32
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, quick=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "caption_models.md")
     args = parser.parse_args()

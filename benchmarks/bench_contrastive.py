@@ -14,7 +14,6 @@ from the CUDA allocator on a GPU and from the profiler's record of PyTorch's CPU
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
 import statistics
@@ -26,7 +25,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from _common import CLOCKS, Series, interleave, load_average, machine, seconds_series, timer, write_report
+from _common import (
+    CLOCKS,
+    Series,
+    benchmark_parser,
+    interleave,
+    load_average,
+    machine,
+    seconds_series,
+    timer,
+    write_report,
+)
 from torch.profiler import ProfilerActivity, profile
 
 from vlmkd.errors import InputError
@@ -226,8 +235,7 @@ def report(results: list[Result], seconds: float, clock: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="B=256, 512 and Dv=512 only; print only")
+    parser = benchmark_parser(__doc__, "B=256, 512 and Dv=512 only; print only")
     parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--image-dim", type=int, nargs="+", default=list(IMAGE_DIMS))
     parser.add_argument("--seconds", type=float, default=30.0, help="timing budget per shape (default: 30)")

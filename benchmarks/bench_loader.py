@@ -14,7 +14,6 @@ its epoch falls into the next loader's untimed epoch; rounds interleave loaders 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import tempfile
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from _common import (
     Series,
+    benchmark_parser,
     interleave,
     load_average,
     machine,
@@ -228,9 +228,8 @@ def table(results: list[Result], reps: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, "small files and one rep; print, do not write")
     parser.add_argument("--reps", type=int, default=5, help="timed epochs per loader")
-    parser.add_argument("--quick", action="store_true", help="small files and one rep; print, do not write")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loader.md")
     args = parser.parse_args()
     cases = CASES

@@ -18,14 +18,13 @@ compiled rows compile during warm-up; the time of that first step is reported se
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _common import Series, interleave, load_average, machine, seconds_series
+from _common import Series, benchmark_parser, interleave, load_average, machine, seconds_series
 
 from vlmkd.backends import backends
 from vlmkd.losses import TaskLoss, VlmkdContrastiveLoss, VlmkdObjective
@@ -261,8 +260,7 @@ def write_sections(sections: dict[str, str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run; prints only")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--part", choices=("all", "vlmkd", "speed"), default="all")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

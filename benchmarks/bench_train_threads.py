@@ -10,7 +10,6 @@ wall seconds, the load average before and after, and the thread count vlmkd-trai
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import interleave, load_average, machine, markdown_table, seconds_series
+from _common import benchmark_parser, interleave, load_average, machine, markdown_table, seconds_series
 
 
 def train_seconds(data: Path, out: Path, threads: str | None, epochs: int) -> tuple[float, str]:
@@ -39,7 +38,7 @@ def train_seconds(data: Path, out: Path, threads: str | None, epochs: int) -> tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, quick=None)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-train-per-class", type=int, default=None)

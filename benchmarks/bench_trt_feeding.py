@@ -24,7 +24,6 @@ not logged (n/a).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
@@ -41,6 +40,7 @@ STAND_INS = ROOT / "tests" / "stand_ins"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import (  # noqa: E402
+    benchmark_parser,
     interleave,
     load_average,
     machine,
@@ -115,7 +115,7 @@ def plot(traces: dict[str, list[tuple[float, int]]], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, quick=None)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--step-ms", type=float, default=200.0, help="simulated GPU time per executor step")
     parser.add_argument("--gpu-batch", type=int, default=8, help="requests the simulated GPU serves per step")

@@ -12,7 +12,6 @@ every step agrees. Also writes a tiny list-file dataset and a feature store for 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
-from _common import write_image_dataset  # noqa: E402
+from _common import benchmark_parser, write_image_dataset  # noqa: E402
 
 from vlmkd.data import load_image_list
 from vlmkd.encode.store import FORMAT, VERSION
@@ -106,7 +105,7 @@ def check(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, quick=None)
     parser.add_argument("--out", type=Path, default=Path("amp-check"), help="folder for data and amp_check.json")
     parser.add_argument("--dry-run", action="store_true", help="build the data only (no GPU needed)")
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to try the check itself")

@@ -13,7 +13,6 @@ B = 16384 to 262144 (doubling, Dv = 512, TF32) until it runs out of memory.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the CPU benchmark's shared pieces
-from _common import interleave, machine, markdown_table, write_report  # noqa: E402
+from _common import benchmark_parser, interleave, machine, markdown_table, write_report  # noqa: E402
 from bench_contrastive import COMPILED, GEMM, MODES, REF, Case, make_inputs, peak_bytes, runner  # noqa: E402
 
 from vlmkd.ops import contrastive_ref  # noqa: E402
@@ -186,7 +185,7 @@ def probe_table(probes: list[Probe]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, quick=None)
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for contrastive_gpu.md and .json")
     parser.add_argument("--budget", type=float, default=0.15, help="seconds of timed runs per row and mode")
     parser.add_argument("--no-probe", action="store_true", help="skip the largest-batch probe")
