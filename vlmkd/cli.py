@@ -50,6 +50,11 @@ COMMANDS.register(
 )
 
 
+def _resolve(name: str) -> Callable[[list[str]], int]:
+    """The `main(argv)` of subcommand `name`, imported now."""
+    return COMMANDS.get(name)
+
+
 def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
     """Run subcommand `name` with `argv`; user errors become a one-line message and exit code 2.
 
@@ -57,7 +62,7 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
     """
     prog = prog or f"vlmkd {name}"
     try:
-        return COMMANDS.get(name)(list(argv))
+        return _resolve(name)(list(argv))
     except VlmkdError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
