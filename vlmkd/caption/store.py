@@ -225,6 +225,14 @@ class CaptionStore:
         start = shard * base + min(shard, extra)
         return range(start, start + base + (1 if shard < extra else 0))
 
+    def shard_of(self, image: int) -> int:
+        """The shard holding image `image` (the inverse of `shard_range`)."""
+        if not 0 <= image < self.num_images:
+            raise InputError(f"{self.path}: image index {image} is out of range [0, {self.num_images})")
+        base, extra = divmod(self.num_images, self.num_shards)
+        large = extra * (base + 1)  # the first `extra` shards hold one image more
+        return image // (base + 1) if image < large else extra + (image - large) // base
+
     def shard_path(self, shard: int) -> Path:
         self._check_shard(shard)
         return self.path / f"shard-{shard:05d}-of-{self.num_shards:05d}.parquet"
@@ -344,6 +352,11 @@ class CaptionStore:
         """All rows in (image, prompt) order; `InputError` listing the missing shards if incomplete."""
         import pyarrow as pa
 
+        self.check_complete()
+        return pa.concat_tables([self.read_shard(k) for k in range(self.num_shards)])
+
+    def check_complete(self) -> None:
+        """`InputError` listing the missing shards if the store is not complete."""
         missing = self.missing_shards()
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
@@ -351,12 +364,12 @@ class CaptionStore:
                 f"{self.path}: caption store is incomplete: {len(missing)} of {self.num_shards} shards missing "
                 f"({shown}); rerun vlmkd-caption with the same settings to finish it"
             )
-        return pa.concat_tables([self.read_shard(k) for k in range(self.num_shards)])
 
-    def failed_images(self) -> list[Failure]:
-        """(image_index, image_path, reason) of every image skipped as unreadable, over finished shards."""
+    def failed_images(self, shards: Iterable[int] | None = None) -> list[Failure]:
+        """(image_index, image_path, reason) of every image skipped as unreadable, over finished shards (of
+        `shards`, default all)."""
         failures: list[Failure] = []
-        for shard in range(self.num_shards):
+        for shard in range(self.num_shards) if shards is None else shards:
             path = self.shard_path(shard)
             if path.exists():
                 footer = self.checked_footer(shard)

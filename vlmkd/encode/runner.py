@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vlmkd.caption.store import CaptionStore
-from vlmkd.encode.captions import CaptionGrid, read_caption_grid
+from vlmkd.encode.captions import StoreCaptions
 from vlmkd.encode.config import EncodeConfig
 from vlmkd.encode.store import FORMAT, VERSION, FeatureStore
 from vlmkd.encode.text_encoder import TextEncoder, load_text_encoder
@@ -52,39 +52,44 @@ def run_encoding(
     if config.out is None or (captions is None and config.captions is None):
         raise InputError("encoding needs a caption store (captions) and an output feature store (out)")
     store = captions if captions is not None else CaptionStore.open(config.captions)
-    grid = read_caption_grid(store)
+    texts = StoreCaptions(store)  # read shard by shard: never every caption at once
+    digest = texts.digest()  # checks every shard before anything is loaded or written
     text_encoder = encoder if encoder is not None else load_text_encoder(config.encoder, config.device, config.dtype)
-    manifest = feature_manifest(store, grid, text_encoder, config.normalize)
+    manifest = feature_manifest(store, digest, text_encoder, config.normalize)
     with holding(config.out, what="feature store"):  # one writer at a time
-        return _write_features(config, manifest, grid, text_encoder)
+        return _write_features(config, manifest, texts, text_encoder)
 
 
-def _write_features(config: EncodeConfig, manifest: dict[str, Any], grid: CaptionGrid, text_encoder: TextEncoder):
+def _write_features(
+    config: EncodeConfig, manifest: dict[str, Any], texts: StoreCaptions, text_encoder: TextEncoder
+) -> FeatureStore:
     writer = FeatureWriter(config.out, manifest, chunk_size=config.chunk_size, overwrite=config.overwrite)
-    width = len(grid.prompt_ids)
+    width = len(texts.prompt_ids)
     total = sum(len(writer.chunk_rows(chunk)) for chunk in writer.pending) * width
     with tqdm(total=total, unit="caption", desc="encode", disable=not config.progress or total == 0) as bar:
         for chunk in writer.pending:
             images = writer.chunk_rows(chunk)
-            vectors = encode_unique(text_encoder, grid.rows(images), batch_size=config.batch_size)
+            captions = texts.rows(images)
+            vectors = encode_unique(text_encoder, captions, batch_size=config.batch_size)
             if config.normalize:
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             features = vectors.reshape(len(images), width, text_encoder.dim).astype(np.float16)
-            check_finite(features, images, grid)
+            check_finite(features, images, captions, texts.prompt_ids)
             writer.write(chunk, features)
             bar.update(len(images) * width)
     return writer.finish()
 
 
-def check_finite(features: np.ndarray, images: range, grid: CaptionGrid) -> None:
-    """Refuse NaN/inf features (fp16 turns values beyond +-65504 into inf), naming the image, prompt and caption."""
+def check_finite(features: np.ndarray, images: range, captions: list[str], prompt_ids: tuple[str, ...]) -> None:
+    """Refuse NaN/inf features (fp16 turns values beyond +-65504 into inf), naming the image, prompt and caption
+    (`captions`: the chunk's, in (image, prompt) order)."""
     bad = np.argwhere(~np.isfinite(features).all(axis=2))
     if bad.size:
         offset, prompt = (int(i) for i in bad[0])
         image = images.start + offset
-        caption = grid.texts[image * len(grid.prompt_ids) + prompt]
+        caption = captions[offset * len(prompt_ids) + prompt]
         raise InputError(
-            f"image {image}, prompt {grid.prompt_ids[prompt]}: the text encoder gave a non-finite feature "
+            f"image {image}, prompt {prompt_ids[prompt]}: the text encoder gave a non-finite feature "
             f"(NaN, inf, or beyond float16's range) for the caption {caption[:80]!r}; "
             f"{len(bad)} such feature(s) in this chunk, nothing of it was stored"
         )
@@ -97,8 +102,9 @@ def encode_unique(encoder: TextEncoder, texts: list[str], *, batch_size: int) ->
     return encoder.encode(list(first), batch_size=batch_size)[inverse]
 
 
-def feature_manifest(store: CaptionStore, grid: CaptionGrid, encoder: TextEncoder, normalize: bool) -> dict[str, Any]:
-    """The manifest of the features of `store` under `encoder`: everything that defines them, nothing else."""
+def feature_manifest(store: CaptionStore, digest: str, encoder: TextEncoder, normalize: bool) -> dict[str, Any]:
+    """The manifest of the features of `store` (whose captions hash to `digest`, `StoreCaptions.digest`) under
+    `encoder`: everything that defines them, nothing else."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -112,5 +118,5 @@ def feature_manifest(store: CaptionStore, grid: CaptionGrid, encoder: TextEncode
         "dataset_fingerprint": store.manifest["dataset_fingerprint"],
         "caption_store_fingerprint": store.fingerprint(),
         "caption_model_id": store.manifest["model_id"],
-        "captions_digest": grid.digest(),
+        "captions_digest": digest,
     }
