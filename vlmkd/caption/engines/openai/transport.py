@@ -209,8 +209,13 @@ class Transport:
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, ssl=self.ssl_context, enable_cleanup_closed=False)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers=self.headers, timeout=self.timeout, trust_env=False, auto_decompress=True
+        self._session = aiohttp.ClientSession(  # no cookies: a server's Set-Cookie changes nothing we send
+            connector=connector,
+            headers=self.headers,
+            timeout=self.timeout,
+            trust_env=False,
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self._session
 
@@ -262,11 +267,11 @@ class Transport:
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """The body, decompressed, or `TooLarge` as soon as it passes the cap (the connection is then dropped)."""
-        limit = self.max_body_bytes
-        length = response.content_length
+        limit, headers = self.max_body_bytes, response.headers
+        length = response.content_length if "content-length" in headers else None
         if length is not None and length > limit:
             raise TooLarge(f"answer body of {length} bytes is larger than the {limit}-byte cap")
-        if length is not None and "content-encoding" not in response.headers:
+        if length is not None and "content-encoding" not in headers:
             return await response.read()  # framed and within the cap
         parts, total = [], 0
         while chunk := await response.content.readany():
