@@ -1,4 +1,4 @@
-"""The Python blocks of the project's Markdown, for tests that run or type-check the docs as written."""
+"""The fenced blocks of the project's Markdown, for tests that run or type-check the docs as written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"^```(?P<language>[^\n`]*)\n(?P<text>.*?)^```", re.DOTALL | re.MULTILINE)
+COMMENT = re.compile(r"^<!--\s*(?P<comment>.*?)\s*-->$")
 FILE_COMMENT = re.compile(r"# (vlmkd/[\w/]+\.py)\n")
 
 
@@ -16,6 +17,8 @@ class CodeBlock:
     text: str
     markdown: str  # the file it is in, relative to the repository root
     line: int  # the Markdown line of its first line of code
+    language: str = "python"  # the fence's info string: python, bash, text, yaml... ("" when it has none)
+    comment: str | None = None  # the HTML comment on the line just before the fence (`not-run: gpu`), if any
 
     @property
     def source(self) -> str:
@@ -41,12 +44,23 @@ class CodeBlock:
         return self.file is not None and (ROOT / self.file).is_file()
 
 
+def blocks(markdown: str) -> list[CodeBlock]:
+    """Every fenced block of `markdown` (a path relative to the repository root), in order."""
+    text = (ROOT / markdown).read_text()
+    found_blocks = []
+    for found in FENCE.finditer(text):
+        line_before = text[: found.start() - 1].rpartition("\n")[2]  # exactly the line above the fence
+        comment = COMMENT.match(line_before.strip())
+        line = text.count("\n", 0, found.start("text")) + 1
+        found_blocks.append(
+            CodeBlock(found["text"], markdown, line, found["language"].strip(), comment and comment["comment"])
+        )
+    return found_blocks
+
+
 def python_blocks(markdown: str) -> list[CodeBlock]:
     """Every ```python block of `markdown` (a path relative to the repository root), in order."""
-    text = (ROOT / markdown).read_text()
-    return [
-        CodeBlock(found.group(1), markdown, text.count("\n", 0, found.start(1)) + 1) for found in FENCE.finditer(text)
-    ]
+    return [block for block in blocks(markdown) if block.language == "python"]
 
 
 def block_after(markdown: str, marker: str) -> CodeBlock:
