@@ -32,7 +32,10 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_da
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, "-m", "vlmkd", *_command(tiny_dataset, single, features)], check=True, timeout=300)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    subprocess.run([*launcher, "-m", "vlmkd", *_command(tiny_dataset, ddp, features)], check=True, timeout=300)
+    two_ranks = subprocess.run(
+        [*launcher, "-m", "vlmkd", *_command(tiny_dataset, ddp, features)], capture_output=True, text=True, timeout=300
+    )
+    assert two_ranks.returncode == 0, two_ranks.stderr
     one, two = load_file(str(single / "model.safetensors")), load_file(str(ddp / "model.safetensors"))
     assert one.keys() == two.keys()
     after_first = load_file(str(single / "epoch_0001" / "model.safetensors"))
@@ -40,6 +43,12 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_da
     assert moved > 1e-3  # training changed the weights, so agreement below is not trivial
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    # The job's messages come from rank 0 alone: the run header, each epoch's line and the final one, once each
+    lines = two_ranks.stdout.splitlines()
+    headers = [line for line in lines if line.startswith("vlmkd-train: resnet32 from scratch")]
+    assert len(headers) == 1 and "2 processes" in headers[0], two_ranks.stdout
+    assert sum(line.startswith("epoch ") for line in lines) == 3, two_ranks.stdout
+    assert [line for line in lines if line.startswith("model saved")] == [f"model saved to {ddp}"], two_ranks.stdout
     # TensorBoard events come from rank 0 alone: one event file, each step once
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from vlmkd.train.trainer import train
 
     result = train(config, resume=resume)
+    if not result.main_process:  # under torchrun, rank 0 says once what the job did
+        return 0
     if result.skipped_steps:
         print(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
     print(f"model: {result.output} (reused, nothing trained)" if result.reused else f"model saved to {result.output}")

@@ -67,6 +67,7 @@ class TrainResult:
     skipped_steps: int
     last_epoch: dict[str, float]
     reused: bool = False  # the run was already finished: nothing was trained or written
+    main_process: bool = True  # False on the other ranks under torchrun, which leave the job's messages to rank 0
 
 
 class TrainStep(nn.Module):
@@ -205,7 +206,7 @@ def _train(config: TrainConfig, resume: str | None, ctx: Dist) -> TrainResult:
     if ctx.is_main:
         save_classifier(run.output, run.model, run.spec, {**run.model_meta, "config": config.to_dict()})
     barrier()
-    return TrainResult(output=run.output, steps=progress.step, skipped_steps=progress.skipped, last_epoch=summary)
+    return TrainResult(run.output, progress.step, progress.skipped, summary, main_process=ctx.is_main)
 
 
 def _finished_run(run: Run, progress: Progress) -> TrainResult:
@@ -214,7 +215,7 @@ def _finished_run(run: Run, progress: Progress) -> TrainResult:
     last = {k: v for k, v in epochs[-1].items() if isinstance(v, (int, float))} if epochs else {}
     if run.ctx.is_main:
         print(f"{run.output}: already trained for {run.config.epochs} epochs; reusing its model", flush=True)
-    return TrainResult(run.output, progress.step, progress.skipped, last, reused=True)
+    return TrainResult(run.output, progress.step, progress.skipped, last, reused=True, main_process=run.ctx.is_main)
 
 
 def build_run(config: TrainConfig, ctx: Dist) -> Run:
