@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"^```(?P<language>[^\n`]*)\n(?P<text>.*?)^```", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"^(?P<indent> *)```(?P<language>[^\n`]*)\n(?P<text>.*?)^(?P=indent)```", re.DOTALL | re.MULTILINE)
 COMMENT = re.compile(r"^<!--\s*(?P<comment>.*?)\s*-->$")
 FILE_COMMENT = re.compile(r"# (vlmkd/[\w/]+\.py)\n")
 
@@ -52,10 +52,14 @@ def blocks(markdown: str) -> list[CodeBlock]:
         line_before = text[: found.start() - 1].rpartition("\n")[2]  # exactly the line above the fence
         comment = COMMENT.match(line_before.strip())
         line = text.count("\n", 0, found.start("text")) + 1
-        found_blocks.append(
-            CodeBlock(found["text"], markdown, line, found["language"].strip(), comment and comment["comment"])
-        )
+        code, language = unindent(found["text"], found["indent"]), found["language"].strip()
+        found_blocks.append(CodeBlock(code, markdown, line, language, comment and comment["comment"]))
     return found_blocks
+
+
+def unindent(text: str, indent: str) -> str:
+    """A fenced block's code without the indentation of its fence (a block inside a list item)."""
+    return "".join(line.removeprefix(indent) for line in text.splitlines(keepends=True))
 
 
 def python_blocks(markdown: str) -> list[CodeBlock]:
