@@ -46,7 +46,6 @@ REASONS = {  # why a block cannot run in the test: the fixed set a `<!-- not-run
     "installs": "installs packages into the environment (.ci/run runs the README's test command)",
     "test-suite": "runs the project's tests or benchmarks, which CI runs itself",
     "interactive": "starts a program that runs until it is stopped (a viewer, a server in the foreground)",
-    "pending": "does not run as written yet: being fixed (issue 29)",
 }
 MARKERS_THAT_MEAN_NOT_RUN = {"test-command": "installs"}  # .ci/run reads the README's test command after its marker
 RUNNERS = {"bash": ["bash", "-e", "-o", "pipefail"], "python": [sys.executable]}
@@ -54,7 +53,11 @@ TEXT_LANGUAGES = {"text", "yaml"}
 RECIPE_TESTS = {"docs/extending.md": "tests/test_extending.py"}  # documents whose blocks are files of the tree
 RUN_ELSEWHERE = {"notebook-example": "tests/test_api.py"}  # a marker -> the test that runs the block after it
 BLOCK_TIMEOUT_S = 900
-VLMKD_SCRIPTS = {"vlmkd-caption": "caption", "vlmkd-encode": "encode", "vlmkd-train": "train", "vlmkd-eval": "eval"}
+VLMKD_SCRIPTS = {  # vlmkd-caption -> caption ...: the console scripts that are `vlmkd COMMAND`
+    script.name: script.name.removeprefix("vlmkd-")
+    for script in importlib.metadata.entry_points(group="console_scripts")
+    if script.name.startswith("vlmkd-") and script.module == "vlmkd.cli"
+}
 
 
 @dataclass(frozen=True)
