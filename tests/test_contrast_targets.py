@@ -223,3 +223,46 @@ def test_settings_that_leave_the_contrast_undefined_are_refused() -> None:
         VlmkdContrastiveLoss(3, 2, image_projection=False, projection_hidden=8)
     with pytest.raises(InputError, match="labels are required"):
         VlmkdContrastiveLoss(3, 2, contrast_balance="sqrt", class_counts=[1])(torch.ones(2, 2), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_min_count_contrasts_only_the_images_of_classes_with_enough_training_images(backend: str) -> None:
+    """contrast_min_count K equals the plain contrast of the batch's rows from classes with >= K training images,
+    forward and backward, on every backend; the left-out images get no gradient from the term."""
+    v, t, _, labels = _case(batch=7, dt=6, dv=5, seed=3)
+    counts = [40, 3, 25, 1]  # classes 1 and 3 are the tail
+    kept = torch.tensor([counts[label] >= 20 for label in labels])
+    tail_out = VlmkdContrastiveLoss(6, 5, contrast_min_count=20, class_counts=counts, backend=backend, **RAW)
+    plain = VlmkdContrastiveLoss(6, 5, backend="reference", **RAW).double()
+    tail_out = tail_out.double()
+    tail_out.load_state_dict(plain.state_dict())
+    v_all, v_kept = v.clone().requires_grad_(True), v[kept].clone().requires_grad_(True)
+    loss = tail_out(v_all, t, labels)
+    expected = plain(v_kept, t[kept], labels[kept])
+    loss.backward()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+    torch.testing.assert_close(v_all.grad[kept], v_kept.grad)
+    assert not v_all.grad[~kept].any()
+
+
+def test_min_count_with_fewer_than_two_images_left_is_an_exact_zero_and_its_chance_counts_the_kept_images() -> None:
+    from vlmkd.losses.objective import VlmkdObjective
+    from vlmkd.losses.task import TaskLoss
+
+    module = VlmkdContrastiveLoss(3, 2, contrast_min_count=10, class_counts=[50, 2, 2]).double()
+    v = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    loss = module(v, torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 1]))
+    loss.backward()
+    assert loss.item() == 0.0 and not v.grad.any()
+    objective = VlmkdObjective(TaskLoss("ce"), module.float(), vlmkd_weight=1.0)
+    labels = torch.tensor([0, 0, 1, 0, 2])
+    parts = objective(torch.randn(5, 3), torch.randn(5, 2), labels, torch.randn(5, 3))
+    assert parts["vlmkd_chance"].item() == pytest.approx(math.log(3))  # three images of class 0 enter
+
+
+def test_min_count_is_refused_without_counts_or_below_zero() -> None:
+    with pytest.raises(InputError, match="contrast_min_count=5 needs class_counts"):
+        VlmkdContrastiveLoss(3, 2, contrast_min_count=5)
+    with pytest.raises(InputError, match="contrast_min_count must be >= 0"):
+        VlmkdContrastiveLoss(3, 2, contrast_min_count=-1, class_counts=[1])

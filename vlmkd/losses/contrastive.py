@@ -80,11 +80,16 @@ class VlmkdContrastiveLoss(nn.Module):
         projection_hidden: int | None = DEFAULTS.projection_hidden,
         soft_targets: float | None = DEFAULTS.soft_targets,
         contrast_balance: str = DEFAULTS.contrast_balance,
+        contrast_min_count: int = DEFAULTS.contrast_min_count,
         class_counts: torch.Tensor | list[int] | None = None,
         backend: str | None = None,
     ) -> None:
         super().__init__()
         _check_settings(positives, negatives, temperature, soft_targets, contrast_balance, class_counts)
+        if contrast_min_count < 0:
+            raise InputError(f"contrast_min_count must be >= 0, got {contrast_min_count}")
+        if contrast_min_count > 0 and class_counts is None:
+            raise InputError(f"contrast_min_count={contrast_min_count} needs class_counts (training images per class)")
         _check_head(image_projection, projection_hidden)
         if adaptor_hidden is None:
             self.adaptor: nn.Module = nn.Linear(text_dim, image_dim, bias=adaptor_bias)
@@ -120,25 +125,32 @@ class VlmkdContrastiveLoss(nn.Module):
         else:
             self.register_buffer("logit_scale", logit_scale)
         self.class_counts: torch.Tensor | None
-        counts = None if contrast_balance == "none" else torch.as_tensor(class_counts, dtype=torch.float64)
+        needs_counts = contrast_balance != "none" or contrast_min_count > 0
+        counts = torch.as_tensor(class_counts, dtype=torch.float64) if needs_counts else None
         self.register_buffer("class_counts", counts, persistent=False)
         self.positives = positives
         self.negatives = negatives
         self.soft_targets = soft_targets
         self.contrast_balance = contrast_balance
+        self.contrast_min_count = contrast_min_count
         self.backend = backend
 
     def forward(self, v: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Loss between image features v (B, Dv) and text features t (B, Dt); labels for positives="class",
         negatives="class" and contrast_balance."""
         v = self._image_side(v)
+        kept = self.contrast_mask(labels)
+        if kept is not None:
+            if int(kept.sum()) < 2:  # nothing to contrast: an exact zero that keeps the graph
+                return (v * 0).sum() + (t * 0).sum()
+            v, t, labels = v[kept], t[kept], labels[kept]
         text = t
         if isinstance(self.adaptor, nn.Linear):
             last, backend = self.adaptor, self.backend
         else:
             last, t, backend = self.adaptor[-1], self.adaptor[:-1](t), REFERENCE
-        if (self.positives == "class" or self.negatives == "class" or self.contrast_balance != "none") and (
-            labels is None
+        if labels is None and (
+            self.positives == "class" or self.negatives == "class" or self.contrast_balance != "none"
         ):
             raise InputError(
                 f"labels are required with positives={self.positives!r}, negatives={self.negatives!r}, "
@@ -161,6 +173,16 @@ class VlmkdContrastiveLoss(nn.Module):
             positive_mask=labels[:, None] == labels[None, :] if self.positives == "class" else None,
             anchor_weights=weights,
         )
+
+    def contrast_mask(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """(B,) True for the images that enter the contrast: those of classes with at least `contrast_min_count`
+        training images (None: every image)."""
+        if self.contrast_min_count == 0:
+            return None
+        if labels is None:
+            raise InputError(f"labels are required with contrast_min_count={self.contrast_min_count}")
+        assert self.class_counts is not None
+        return self.class_counts.to(labels.device)[labels] >= self.contrast_min_count
 
     def anchor_weights(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """(B,) class-balance weights of the batch's anchors, mean 1 (None: uniform)."""
@@ -209,7 +231,8 @@ class VlmkdContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"positives={self.positives!r}, negatives={self.negatives!r}, soft_targets={self.soft_targets!r}, "
-            f"contrast_balance={self.contrast_balance!r}, backend={self.backend!r}"
+            f"contrast_balance={self.contrast_balance!r}, contrast_min_count={self.contrast_min_count}, "
+            f"backend={self.backend!r}"
         )
 
 

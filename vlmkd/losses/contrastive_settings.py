@@ -23,6 +23,7 @@ class ContrastiveSettings:
     projection_hidden: int | None = None  # that map as a 2-layer MLP head of this width (None: linear)
     soft_targets: float | None = None  # targets softmax(caption cosine / this) instead of one positive per image
     contrast_balance: str = "none"  # weight each anchor by its class's training count ** -1/2 or -1
+    contrast_min_count: int = 0  # leave images of classes with fewer training images out of the contrast
 
     def kwargs(self) -> dict[str, object]:
         """The settings as `VlmkdContrastiveLoss` keyword arguments."""

@@ -89,12 +89,19 @@ class VlmkdObjective(nn.Module):
                 raise ValueError("the VLM-KD term needs text features for the batch")
             v, t, y = self.gather(features.float(), text.float(), labels)
             vlmkd_loss = self.contrastive(v, t, y)
+            kept = getattr(self.contrastive, "contrast_mask", lambda labels: None)(y)
+            if kept is not None:  # the images left out of the contrast do not count in its chance level
+                y = y[kept]
             weights = getattr(self.contrastive, "anchor_weights", lambda labels: None)(y)
-            chance = contrast_chance(
-                y,
-                getattr(self.contrastive, "positives", "instance"),
-                getattr(self.contrastive, "negatives", "batch"),
-                weights,
+            chance = (
+                contrast_chance(
+                    y,
+                    getattr(self.contrastive, "positives", "instance"),
+                    getattr(self.contrastive, "negatives", "batch"),
+                    weights,
+                )
+                if y.numel() >= 2
+                else chance
             )
         if self.kd_weight > 0:
             if teacher_logits is None:

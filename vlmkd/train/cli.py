@@ -59,6 +59,8 @@ HELP = {
     "near-identical captions of different images are not negatives (plain-PyTorch contrast)",
     "contrast_balance": "weight each image and caption of the contrast by its class's training count ** -1/2 "
     "(sqrt) or ** -1 (inverse), mean 1 per batch (plain-PyTorch contrast)",
+    "contrast_min_count": "leave the images of classes with fewer training images than this out of the contrast "
+    "(their features are shaped by the task loss alone; 0: every image; any backend)",
     "vlmkd_warmup_epochs": "ramp the VLM-KD weight linearly from 0 over these epochs",
     "vlmkd_decay": "after the warm-up, decay the VLM-KD weight linearly or by a cosine to 0 at the off epochs",
     "vlmkd_off_epochs": "train the last epochs without the VLM-KD term (weight 0): the classifier settles on its task",

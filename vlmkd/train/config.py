@@ -112,6 +112,7 @@ class TrainConfig(StageConfig):
     projection_hidden: int | None = field(default=CONTRASTIVE_DEFAULTS.projection_hidden, metadata=in_range(ge=1))
     soft_targets: float | None = field(default=CONTRASTIVE_DEFAULTS.soft_targets, metadata=in_range(gt=0))
     contrast_balance: str = CONTRASTIVE_DEFAULTS.contrast_balance
+    contrast_min_count: int = field(default=CONTRASTIVE_DEFAULTS.contrast_min_count, metadata=in_range(ge=0))
     # schedule of the VLM-KD weight: linear ramp from 0, then decay to 0 by the start of the last `off` epochs
     vlmkd_warmup_epochs: float = field(default=0.0, metadata=in_range(ge=0))
     vlmkd_decay: str = "none"
@@ -261,7 +262,7 @@ VLMKD_SETTINGS = (
     "positives", "negatives", "caption_mix", "prompts", "text_center", "text_whiten", "temperature",
     "learn_temperature", "temperature_lr", "adaptor_lr", "adaptor_hidden", "adaptor_bias", "image_center",
     "image_standardize", "image_projection", "projection_hidden", "soft_targets", "contrast_balance",
-    "vlmkd_warmup_epochs", "vlmkd_decay", "vlmkd_off_epochs", "contrastive_backend",
+    "contrast_min_count", "vlmkd_warmup_epochs", "vlmkd_decay", "vlmkd_off_epochs", "contrastive_backend",
 )  # fmt: skip
 KD_SETTINGS = ("kd_temperature",)
 DEFAULT_VLMKD_WEIGHT = 1.0  # lambda when --features is given without --vlmkd-weight

@@ -44,12 +44,13 @@ def build_contrastive(
     config: TrainConfig, text_dim: int, image_dim: int, class_counts: list[int] | None = None
 ) -> nn.Module:
     """The VLM-KD loss module of `config`: adaptor text_dim -> image_dim, temperature, image side and targets
-    (`class_counts`, training images per class, weight the anchors when the contrast is class-balanced)."""
+    (`class_counts`, training images per class, weight the anchors when the contrast is class-balanced and pick
+    the classes that enter it with `contrast_min_count`)."""
     from vlmkd.losses import VlmkdContrastiveLoss
     from vlmkd.losses.contrastive_settings import ContrastiveSettings
 
     settings = ContrastiveSettings(**{name: getattr(config, name) for name in ContrastiveSettings.__dataclass_fields__})
-    counts = class_counts if config.contrast_balance != "none" else None
+    counts = class_counts if config.contrast_balance != "none" or config.contrast_min_count > 0 else None
     return VlmkdContrastiveLoss(
         text_dim, image_dim, **settings.kwargs(), class_counts=counts, backend=config.contrastive_backend
     )
