@@ -14,11 +14,13 @@ TODAY: dict[str, Any] = {
     "text_center": "prompt", "text_whiten": False, "temperature": 0.5, "learn_temperature": False,
     "adaptor_hidden": None, "adaptor_bias": False, "image_center": True, "image_standardize": False,
     "image_projection": True, "projection_hidden": None, "soft_targets": None, "contrast_balance": "none",
-    "vlmkd_warmup_epochs": 0.0, "vlmkd_decay": "none", "vlmkd_off_epochs": 0.0,
+    "vlmkd_warmup_epochs": 0.0, "vlmkd_decay": "none", "vlmkd_off_epochs": 0.0, "contrast_min_count": 0,
 }  # fmt: skip
 
 # Each training option of issue #27 on top of TODAY (screened at IF 256; the full study keeps the best of each).
 OPTIONS: dict[str, dict[str, Any]] = {
+    "warm-2": {"vlmkd_warmup_epochs": 2.0},
+    "warm-4": {"vlmkd_warmup_epochs": 4.0},
     "sched-cos": {"vlmkd_warmup_epochs": 2.0, "vlmkd_decay": "cosine"},
     "sched-off": {"vlmkd_warmup_epochs": 2.0, "vlmkd_off_epochs": 4.0},
     "bal-sqrt": {"contrast_balance": "sqrt"},
@@ -26,6 +28,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "soft-0.1": {"soft_targets": 0.1},
     "soft-0.03": {"soft_targets": 0.03},
     "head-128": {"projection_hidden": 128},
+    "min-20": {"contrast_min_count": 20},
     "sched-half": {"vlmkd_decay": "cosine", "vlmkd_off_epochs": 8.0},
     "all": {
         "vlmkd_warmup_epochs": 2.0,
