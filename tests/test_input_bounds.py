@@ -178,3 +178,71 @@ def test_the_decode_estimate_bounds_the_real_peak_memory(tmp_path: Path, mode: s
     peak = int(done.stdout.split()[-1])
     estimate = decode_bytes(mode, side * side)
     assert 0 < peak <= estimate, json.dumps({"mode": mode, "peak": peak, "estimate": estimate})
+
+
+# ---------------------------------------------------------------------------------- rule 5 across commands
+def _command_reading(command: str, listing: Path, tmp_path: Path) -> list[str]:
+    """The command line of each command that reads a list file, pointed at `listing`."""
+    return {
+        "data info": ["data", "info", str(listing)],
+        "data load": ["data", "load", str(listing), "--workers", "0", "--image-size", "8"],
+        "caption": [
+            "caption",
+            str(listing),
+            "--model",
+            str(tmp_path / "no-model"),
+            "--out",
+            str(tmp_path / "s"),
+            "--no-progress",
+        ],  # fmt: skip
+        "train": [
+            "train",
+            "--train",
+            str(listing),
+            "--output",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ],  # fmt: skip
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["data info", "data load", "caption", "train"])
+@pytest.mark.parametrize("case", ["path-too-long", "label-of-a-million-digits", "label-beyond-the-class-limit"])
+def test_every_command_reading_a_list_file_bounds_a_huge_line_before_sizing_anything(tmp_path, capsys, command, case):
+    """Rule 5 across commands: what a list line sizes (a path, a label, the class count it implies) is checked
+    before anything is allocated from it, and the message quoting it stays one short line, in every command
+    that reads a list file, and nothing is written."""
+    listing = tmp_path / "train.txt"
+    listing.write_text(HUGE_LINES[case], encoding="utf-8")
+    argv = _command_reading(command, listing, tmp_path)
+    assert vlmkd_main(argv) == 2
+    line = one_line(capsys, argv[0])
+    assert f"{listing}:1: " in line and len(line) < MESSAGE_LIMIT, line[:MESSAGE_LIMIT]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.txt"]
+
+
+def test_captioning_skips_an_image_too_large_to_decode_and_records_why(tmp_path: Path) -> None:
+    """Rule 5 in captioning: the 16-bit 12000 x 12000 PNG that took 4.5 GB to decode is skipped from its header
+    (the decode budget), recorded in the store with the reason, and every other image is captioned."""
+    from _scripted import PROMPTS, ScriptedEngine, plain
+
+    import vlmkd
+    from vlmkd.caption import CaptionStore
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "big.png").write_bytes(gray16_png(12000, 12000))
+    _png(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "images" / "small.png")
+    (tmp_path / "train.txt").write_text("images/big.png 0\nimages/small.png 1\n", encoding="utf-8")
+    (tmp_path / "classnames.txt").write_text("zero\none\n", encoding="utf-8")
+    dataset = load_image_list(tmp_path / "train.txt")
+    vlmkd.caption(dataset=dataset, prompts=PROMPTS, engine=ScriptedEngine(plain), out=tmp_path / "s", progress=False)
+    store = CaptionStore.open(tmp_path / "s")
+    ((index, path, reason),) = store.failed_images()
+    assert (index, path) == (0, "images/big.png") and "mode I;16 would take 1.9 GiB to decode" in reason, reason
+    assert store.read_table().column("image_index").to_pylist() == [1, 1]
