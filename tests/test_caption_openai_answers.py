@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 
 import pytest
-from _openai_cases import FAST, caption, dispatcher_for, expected_rows, store_rows, stub_fleet
+from _openai_cases import FAST, PROMPTS, caption, dispatcher_for, expected_rows, store_rows, stub_fleet
 
 from vlmkd.caption import CaptionStore, GenerationSettings
 from vlmkd.caption.engines.openai.dispatch import REASON_CHARS, RetryPolicy
@@ -17,7 +18,7 @@ from vlmkd.caption.engines.openai.engine import OpenAIEngine
 from vlmkd.caption.engines.openai.redaction import FRAGMENT_CHARS, Redactor
 from vlmkd.caption.engines.openai.transport import Response
 from vlmkd.errors import InputError, ServiceError
-from vlmkd.testing.openai_stub import Error, Reply, echo, request_image_bytes
+from vlmkd.testing.openai_stub import Error, Reply, echo, request_image_bytes, request_prompt
 
 KEY = "sk-proj-" + "Zq7Lm2Xv9Rt4Wb6Ny1Kc8Hd3Jf5Gs0Pa" * 2  # 72 characters, as long as real project keys
 
@@ -165,10 +166,84 @@ def test_a_server_answering_as_another_model_is_given_up_or_with_record_kept_and
     assert [line for line in logs if "answers as model" in line] == [
         f"openai engine: server {other.url} answers as model 'llava-13b-swapped' when asked for 'stub-model'; keeping "
         "its answers "
-        "and recording the name (--served-model record)"]  # fmt: skip
+        "and recording the name in each caption's shard (--served-model record)"]  # fmt: skip
 
     (revisioned,) = servers(1, answers_as="stub-model@main")  # transformers serve names hub models repo@revision
     assert caption(tiny_dataset, tmp_path / "v", [revisioned]).store.failed_images() == []
+
+
+def shard_served_as(store_path):
+    """(model name, image index, prompt id) of every caption the shard files on disk record as answered under
+    another model's name, read with pyarrow from each file's footer (not through vlmkd's reader)."""
+    recorded = []
+    for path in sorted(store_path.glob("shard-*.parquet")):
+        served = (pq_metadata(path) or {}).get(b"vlmkd.served_as")
+        for name, captions in json.loads(served or b"{}").items():
+            recorded += [(name, index, prompt) for index, prompt in captions]
+    return sorted(recorded)
+
+
+def test_with_served_model_record_the_name_a_server_gave_is_written_into_each_captions_shard(
+    tiny_dataset, tmp_path, servers, monkeypatch, capsys
+):
+    """`--served-model record` once only logged what a server said it served: the store said nothing of it. Now
+    each caption's shard records the name its answer gave, for exactly the captions that server answered (its
+    received requests, by image bytes and prompt text); an honest server's captions record nothing, and a
+    hostile name is masked of the key and cut before it is stored."""
+    from vlmkd.cli import main
+
+    images = {tiny_dataset.path(i).read_bytes(): i for i in range(len(tiny_dataset))}
+    prompts = {}  # rendered prompt text -> prompt id, per image
+    for index, sample in enumerate(tiny_dataset.samples):
+        for prompt in PROMPTS.prompts:
+            prompts[index, prompt.render(tiny_dataset.classnames[sample.label])] = prompt.id
+
+    def received(server):
+        return sorted((images[request_image_bytes(p)], prompts[images[request_image_bytes(p)], request_prompt(p)])
+                      for p in server.requests)  # fmt: skip
+
+    (honest,) = servers(1, keep_payloads=True)
+    (other,) = servers(1, answers_as="llava-13b-swapped", keep_payloads=True)
+    out = tmp_path / "mixed"
+    kept = caption(tiny_dataset, out, [honest, other], num_shards=4, engine_options_extra={"served_model": "record"})
+    assert store_rows(kept.store) == expected_rows(tiny_dataset)
+    answered = received(other)
+    assert answered and received(honest)  # both servers took part
+    assert shard_served_as(out) == [("llava-13b-swapped", i, p) for i, p in answered]
+    assert {name: sorted(c) for name, c in CaptionStore.open(out).served_as().items()} == {
+        "llava-13b-swapped": answered}  # fmt: skip
+    clean = caption(tiny_dataset, tmp_path / "honest", [honest], num_shards=4)
+    assert shard_served_as(clean.store.path) == [] and clean.store.served_as() == {}
+    for path in sorted(clean.store.path.glob("shard-*.parquet")):  # nothing added where nothing was served as
+        assert b"vlmkd.served_as" not in (pq_metadata(path) or {})
+
+    hostile = "x" * 300 + KEY  # a name quoting the key past a 256-character cut
+    (liar,) = servers(1, answers_as=hostile)
+    monkeypatch.setenv("VLMKD_TEST_KEY", KEY)
+    out = tmp_path / "cli"
+    argv = ["caption", str(tiny_dataset.source), "--engine", "openai", "--api-base", liar.url, "--no-progress",
+            "--api-key-env", "VLMKD_TEST_KEY", "--served-model", "record", "--out", str(out), "--max-new-tokens",
+            "5", "--num-shards", "3"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    recorded = shard_served_as(out)
+    assert len(recorded) == len(tiny_dataset) * len(PROMPTS.prompts)
+    (name,) = {name for name, _, _ in recorded}
+    assert len(name) <= 256 and name.startswith("x" * 200) and leaks(name) == []
+    for text in (captured.out, captured.err):
+        assert leaks(text) == []
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert leaks(path.read_bytes().decode("latin-1")) == [], path
+    assert main(["caption-info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [len(captions) for captions in info["served_as"].values()] == [len(recorded)]
+
+
+def pq_metadata(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).metadata
 
 
 # ------------------------------------------------------------------------------------------- settings

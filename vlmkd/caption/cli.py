@@ -133,7 +133,7 @@ def build_parser() -> ArgumentParser:
     servers.add_argument(
         "--served-model", choices=SERVED_MODEL_CHOICES, default="require",
         help="a server whose answers name another model than --model: given up (require), or its answers kept "
-        "and the name it gave logged (record)",
+        "and the name it gave logged and recorded in each caption's shard (record)",
     )  # fmt: skip
     store = parser.add_argument_group("store")
     store.add_argument(
@@ -316,4 +316,8 @@ def store_info(store: CaptionStore) -> dict:
         "missing_shards": missing,
         "captions": captions,
         "failed": [{"image_index": i, "image_path": p, "reason": r} for i, p, r in store.failed_images()],
+        "served_as": {
+            name: [{"image_index": i, "prompt_id": p} for i, p in captions]
+            for name, captions in store.served_as().items()
+        },  # fmt: skip
     }

@@ -1,10 +1,12 @@
 """One caption shard's Parquet file: what it must hold, what made it, and the checks every reader makes.
 
 A shard file holds the columns `image_index` (int64), `image_path`, `prompt_id` and `caption` (strings), and in
-its Parquet metadata its shard number (`vlmkd.shard`), its unreadable or refused images (`vlmkd.failed`) and
+its Parquet metadata its shard number (`vlmkd.shard`), its unreadable or refused images (`vlmkd.failed`),
 what made it (`vlmkd.made_by`: dataset, prompt set, engine, model and generation settings, sharding: the
-store's settings). Readers check all of it from the footer before reading a caption, and then read the
-strings as dictionaries so that their sizes are checked before they are expanded:
+store's settings) and, where a server answered as another model than asked for and `--served-model record` kept
+its answers, the name it gave for each such caption (`vlmkd.served_as`). Readers check all of it from the
+footer before reading a caption, and then read the strings as dictionaries so that their sizes are checked
+before they are expanded:
 
 - columns: an extra column is dropped, `large_string` (as polars writes it) and narrower integers are cast;
   a missing column or one of another type (a binary or integer caption) is refused naming the file;
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 FAILED_KEY = b"vlmkd.failed"
+SERVED_AS_KEY = b"vlmkd.served_as"
 SHARD_KEY = b"vlmkd.shard"
 MADE_BY_KEY = b"vlmkd.made_by"
 STRING_COLUMNS = ("image_path", "prompt_id", "caption")
@@ -69,13 +72,23 @@ def made_by(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(record))  # the form it has once read back
 
 
-def metadata(shard: int, failed: list[list[Any]], maker: Mapping[str, Any]) -> dict[bytes, bytes]:
-    """The Parquet metadata of a shard written now."""
-    return {
+def metadata(
+    shard: int,
+    failed: list[list[Any]],
+    maker: Mapping[str, Any],
+    served_as: Mapping[str, list[list[Any]]] | None = None,
+) -> dict[bytes, bytes]:
+    """The Parquet metadata of a shard written now; `served_as` (model name the server gave -> [image_index,
+    prompt_id] of each caption answered under it), only where a server answered as another model than asked for
+    and the user kept its answers (`--served-model record`)."""
+    found = {
         SHARD_KEY: str(shard).encode(),
         FAILED_KEY: json.dumps(failed).encode(),
         MADE_BY_KEY: json.dumps(maker, sort_keys=True).encode(),
     }
+    if served_as:
+        found[SERVED_AS_KEY] = json.dumps(served_as, sort_keys=True).encode()
+    return found
 
 
 def footer_problem(path: Path, shard: int, maker: Mapping[str, Any], footer: Any) -> str | None:
@@ -138,6 +151,15 @@ def failures(footer: Any) -> list[tuple[int, str, str]]:
     """(image_index, image_path, reason) of the images a shard records as skipped."""
     failed = json.loads((footer.metadata or {}).get(FAILED_KEY, b"[]"))
     return [(int(i), str(p), str(r)) for i, p, r in failed]
+
+
+def served_as(footer: Any) -> dict[str, list[tuple[int, str]]]:
+    """What a shard records of captions whose server named another model than asked for: model name ->
+    (image_index, prompt_id) of each such caption; empty for a shard whose answers all named the model."""
+    recorded = json.loads((footer.metadata or {}).get(SERVED_AS_KEY, b"{}"))
+    if not isinstance(recorded, dict):
+        raise ValueError("vlmkd.served_as is not a mapping")
+    return {str(name): [(int(i), str(p)) for i, p in captions] for name, captions in recorded.items()}
 
 
 def _schema_problem(schema: pa.Schema) -> str | None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from vlmkd.atomic_files import atomic_write, remove_stale_temporaries, write_json_atomic
 from vlmkd.bounded_read import read_json_file
 from vlmkd.caption import shard_file, shard_locks
+from vlmkd.caption.engines.base import ServedCaption
 from vlmkd.errors import InputError, StoreMismatchError
 from vlmkd.folder_kind import CAPTIONS, refuse_unless
 
@@ -298,6 +299,10 @@ class CaptionStore:
 
         rows = list(rows)
         self._check_shard_content(shard, rows, failed)
+        served_as: dict[str, list[list[Any]]] = {}  # captions kept from a server that named another model
+        for index, _, prompt_id, caption in rows:
+            if isinstance(caption, ServedCaption):
+                served_as.setdefault(caption.served_as, []).append([index, prompt_id])
         columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
         table = pa.table(
             {
@@ -306,7 +311,7 @@ class CaptionStore:
                 "prompt_id": pa.array(columns[2], type=pa.string()),
                 "caption": pa.array(columns[3], type=pa.string()),
             }
-        ).replace_schema_metadata(shard_file.metadata(shard, [list(f) for f in failed], self.made_by))
+        ).replace_schema_metadata(shard_file.metadata(shard, [list(f) for f in failed], self.made_by, served_as))
         target = self.shard_path(shard)
         with atomic_write(target, replace=replace, ignore_dir_errors=True) as handle:  # some filesystems refuse it
             pq.write_table(table, handle, compression="zstd")
@@ -378,6 +383,23 @@ class CaptionStore:
                 except (TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
                     raise _unreadable_shard(path, error) from None
         return failures
+
+    def served_as(self, shards: Iterable[int] | None = None) -> dict[str, list[tuple[int, str]]]:
+        """Model name -> (image_index, prompt_id) of every caption whose server said it served that model instead
+        of the one asked for (kept with `--served-model record`), over finished shards (of `shards`, default
+        all); empty when every answer named the model asked for."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        for shard in range(self.num_shards) if shards is None else shards:
+            path = self.shard_path(shard)
+            if path.exists():
+                footer = self.checked_footer(shard)
+                try:
+                    recorded = shard_file.served_as(footer)
+                except (TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
+                    raise _unreadable_shard(path, error) from None
+                for name, captions in recorded.items():
+                    found.setdefault(name, []).extend(captions)
+        return found
 
     # --------------------------------------------------------------------------------------- checking
     def _check_shard(self, shard: int) -> None:

@@ -52,6 +52,21 @@ class RequestFailure:
     reason: str
 
 
+class ServedCaption(str):
+    """A caption from a server whose answer named another model than the one asked for, kept because the user
+    passed `--served-model record`: the text, and in `served_as` the model name the answer gave (secrets masked,
+    at most `MAX_SERVED_NAME_CHARS` characters). The runner stores the name in the caption's shard
+    (`vlmkd.served_as`, read back by `CaptionStore.served_as`)."""
+
+    served_as: str
+
+    def __new__(cls, text: str, served_as: str) -> ServedCaption:
+        caption = super().__new__(cls, text)
+        caption.served_as = served_as
+        return caption
+
+
+MAX_SERVED_NAME_CHARS = 256  # a server names its model; a hostile one could send a megabyte as the name
 Caption = str | RequestFailure
 
 

@@ -29,11 +29,13 @@ from typing import Any, TypeVar
 
 from vlmkd.bounded_read import short_repr
 from vlmkd.caption.engines.base import (
+    MAX_SERVED_NAME_CHARS,
     Caption,
     CaptionEngine,
     GenerationSettings,
     ImageRequest,
     RequestFailure,
+    ServedCaption,
 )
 from vlmkd.caption.engines.openai.dispatch import Dispatcher, Refused, Rejected, WrongServer
 from vlmkd.caption.engines.openai.redaction import Redactor, looks_secret
@@ -318,8 +320,9 @@ class OpenAIEngine(CaptionEngine):
         asked for (else `WrongServer`, or with `served_model="record"` the name is recorded), the content is
         text that is not empty or whitespace, and at most `max_caption_chars` long (else `Rejected`)."""
         served = answer.get("model") if isinstance(answer, dict) else None
+        served_as = None
         if isinstance(served, str) and not self._same_model(served):
-            self._served_other(served, server)
+            served_as = self._served_other(served, server)
         try:
             content = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -333,23 +336,29 @@ class OpenAIEngine(CaptionEngine):
                        f"{self.settings.max_new_tokens})")  # fmt: skip
         if problem is not None:
             raise Rejected(f"{server}: {problem}")
-        return content.strip()
+        return content.strip() if served_as is None else ServedCaption(content.strip(), served_as)
 
     def _same_model(self, served: str) -> bool:
         """Whether a server's answer names the model asked for: the same name, or it with a revision
         (`transformers serve` answers `repo@main` for `repo`)."""
         return served == self.model_id or served.partition("@")[0] == self.model_id
 
-    def _served_other(self, served: str, server: str) -> None:
+    def _served_other(self, served: str, server: str) -> str:
+        """Refuse a server answering as another model (`WrongServer`), or with `--served-model record` log it
+        once per server and name and return the name to record with the caption (masked, then cut)."""
         said = short_repr(self.redact(served))
         if self.served_model != "record":
             raise WrongServer(f"it answers as model {said} when asked for {short_repr(self.model_id)}: start it "
                               "with that model, or pass --served-model record to keep its answers and record "
                               "the name")  # fmt: skip
-        if served not in self.served_as.setdefault(server, collections.Counter()):
+        masked = self.redact(served)
+        recorded = masked if len(masked) <= MAX_SERVED_NAME_CHARS else masked[: MAX_SERVED_NAME_CHARS - 3] + "..."
+        if recorded not in self.served_as.setdefault(server, collections.Counter()):
             self._log(f"server {server} answers as model {said} when asked for {short_repr(self.model_id)}; "
-                      "keeping its answers and recording the name (--served-model record)")  # fmt: skip
-        self.served_as[server][served] += 1
+                      "keeping its answers and recording the name in each caption's shard "
+                      "(--served-model record)")  # fmt: skip
+        self.served_as[server][recorded] += 1
+        return recorded
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
