@@ -8,6 +8,7 @@ change of either side's format shows here; the figures are worked out by hand fr
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,39 @@ def test_env_check_fails_only_on_what_the_gpu_steps_need(tmp_path: Path) -> None
     assert "no-such-package-here>=1: not installed" in result.stdout
     assert "numpy" not in result.stdout  # its marker excludes it
     assert "pybind11>=2.12: " in result.stdout
+
+
+@pytest.mark.slow
+def test_the_training_benchmark_runs_on_the_cpu(tmp_path: Path) -> None:
+    """bench_train_gpu.py end to end on a tiny case (--device cpu: wall clock, no memory figures)."""
+    args = ["--device", "cpu", "--arch", "resnet32", "--image-size", "32", "--batch", "4", "--amp", "none"]
+    args += ["--rows", "reference", "--steps", "1", "--rounds", "2", "--warmup", "1", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, str(GPU / "bench_train_gpu.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((tmp_path / "train_gpu.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["off", "reference"]  # the row without the term is always added
+    assert all(r["step_ms"] > 0 and r["term_ms"] > 0 and len(r["step_rounds"]) == 2 for r in data["rows"])
+    assert all(r["peak_mib"] is None for r in data["rows"])
+    assert data["target"] == {"met": None}  # no fused row: not judged
+    assert "Target not judged" in (tmp_path / "train_gpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_captioning_benchmark_runs_on_the_cpu(tmp_path: Path) -> None:
+    """bench_caption_gpu.py end to end on 2 images in float32 on the CPU: the shared path embeds each image once
+    (5 tiles of the tiny LLaVA-NeXT's anyres grid) where prompt by prompt embeds it for each of the 5 prompts,
+    and the captions are the same."""
+    args = ["--device", "cpu", "--images", "2", "--batch-images", "2", "--max-new-tokens", "3", "--rounds", "1"]
+    args += ["--dtypes", "float32", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, str(GPU / "bench_caption_gpu.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (case,) = json.loads((tmp_path / "caption_gpu.json").read_text())["cases"]
+    shared, per_prompt = case["counts"]["shared"], case["counts"]["prompt by prompt"]
+    assert per_prompt["vision_rows"] == 5 * shared["vision_rows"] > 0
+    assert shared["prefill_tokens"] < 0.3 * per_prompt["prefill_tokens"]
+    assert case["captions_equal"] == [10, 10]
+    assert set(case["rates"]) == {"shared", "prompt by prompt"} and case["notices"] == []
