@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import os
 import signal
 import subprocess
@@ -80,7 +82,10 @@ def test_saved_classifier_excludes_the_adaptor_and_the_checkpoint_keeps_it(tiny_
     assert len(steps) == result.steps
     assert all({"loss", "task_loss", "vlmkd_loss", "kd_loss", "temperature"} <= set(r) for r in steps)
     assert all(r["vlmkd_loss"] > 0 and r["kd_loss"] == 0 for r in steps)
-    assert steps[0]["loss"] == pytest.approx(steps[0]["task_loss"] + steps[0]["vlmkd_loss"], rel=1e-5)
+    for step in steps:  # the weight follows its schedule (a warm-up, then a cosine decay, by default)
+        expected = step["task_loss"] + step["vlmkd_weight"] * step["vlmkd_loss"]
+        assert step["loss"] == pytest.approx(expected, rel=1e-5)
+    assert 0 < steps[0]["vlmkd_weight"] < 1
 
 
 def test_amp_bf16_step_runs_in_bfloat16_on_cpu(tiny_dataset, tmp_path, monkeypatch) -> None:
@@ -188,6 +193,31 @@ def test_resume_refuses_changed_settings(tiny_dataset, tmp_path) -> None:
     train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=1))
     with pytest.raises(InputError, match=r"lr \(0\.1 -> 0\.2\)"):
         train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=1, lr=0.2), resume="auto")
+
+
+def test_a_checkpoint_saved_before_a_setting_existed_resumes_as_it_trained_and_says_how_otherwise(
+    tiny_dataset, tmp_path
+) -> None:
+    """A run saved by a vlmkd without the tail options (their keys absent from state.json) resumes when they have
+    the values it trained with; with today's defaults (a warm-up and a cosine decay) the refusal names the flags
+    that resume it as it started."""
+    import json
+
+    from vlmkd.train.config import ADDED_SETTINGS
+
+    old = {"vlmkd_warmup_epochs": 0.0, "vlmkd_decay": "none"}
+    train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=2, **old))
+    first = tmp_path / "run" / "epoch_0001"
+    state = json.loads((first / "state.json").read_text())
+    for key in ADDED_SETTINGS:
+        del state["config"][key]
+    (first / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(tmp_path / "run" / "epoch_0002")
+    (tmp_path / "run" / "model.safetensors").unlink()
+    with pytest.raises(InputError, match=r"vlmkd_decay \('none' -> 'cosine'\).*--vlmkd-decay none"):
+        train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=2), resume="auto")
+    result = train(tiny_config(tiny_dataset, tmp_path / "run", batch_size=6, epochs=2, **old), resume="auto")
+    assert (result.output / "epoch_0002").is_dir()
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,7 @@ DEFAULT_MEANING = {
     "teacher": "none",
     "threads": f"the idle cores, at most {MAX_DEFAULT_THREADS}",
     "vlmkd_weight": f"{DEFAULT_VLMKD_WEIGHT} with --features, else 0",
+    "vlmkd_warmup_epochs": "an eighth of --epochs",
     "kd_weight": f"{DEFAULT_KD_WEIGHT} with --teacher, else 0",
 }
 

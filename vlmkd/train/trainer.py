@@ -32,7 +32,7 @@ from vlmkd.train.checkpoint import (
     save_classifier,
     sweep_temporary,
 )
-from vlmkd.train.config import TrainConfig, write_config
+from vlmkd.train.config import ADDED_SETTINGS, TrainConfig, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.header import run_header
 from vlmkd.train.metrics_log import MetricsLog, read_metrics
@@ -455,14 +455,29 @@ def _find_resume(resume: str | None, output: Path) -> Path | None:
     return path
 
 
+def _as_flag(name: str, value: object) -> str:
+    """A saved setting as it is written on `vlmkd-train`'s command line."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else flag.replace("--", "--no-", 1)
+    if value is None:
+        return f"no {flag}"
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+
+
 def restore(run: Run, checkpoint: Path) -> Progress:
     """Load a checkpoint of this run into its model, objective, optimizer, scaler and RNG; refuse other settings."""
     model_state, train_state, info = load_checkpoint(checkpoint)
-    saved, current = info["config"], run.config.to_dict()
+    saved = {**ADDED_SETTINGS, **info["config"]}  # a setting added since the run started: it trained without it
+    current = run.config.to_dict()
     changed = sorted(k for k in current if k not in RESUME_FREE and saved.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k} ({saved.get(k)!r} -> {current[k]!r})" for k in changed)
-        raise InputError(f"{checkpoint}: cannot resume with different settings: {detail}")
+        flags = ", ".join(_as_flag(k, saved.get(k)) for k in changed)
+        raise InputError(
+            f"{checkpoint}: cannot resume with different settings: {detail}; to resume it as it started: {flags} "
+            "(or start a new --output)"
+        )
     for key, value in run.identity.items():
         if info.get(key) != value:
             raise StoreMismatchError(
