@@ -30,6 +30,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "head-128": {"projection_hidden": 128},
     "min-20": {"contrast_min_count": 20},
     "sched-half": {"vlmkd_decay": "cosine", "vlmkd_off_epochs": 8.0},
+    "cos-soft": {"vlmkd_warmup_epochs": 2.0, "vlmkd_decay": "cosine", "soft_targets": 0.1},
+    "cos-min": {"vlmkd_warmup_epochs": 2.0, "vlmkd_decay": "cosine", "contrast_min_count": 20},
     "all": {
         "vlmkd_warmup_epochs": 2.0,
         "vlmkd_decay": "cosine",
