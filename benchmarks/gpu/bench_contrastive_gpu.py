@@ -2,10 +2,12 @@
 
 Rows per shape (Dt = 384, B in 1024/4096/16384, Dv in 512/2048): the GEMMs alone in cuBLAS (the floor a fused
 op cannot beat), the reference eager and under torch.compile, and the Triton and CUDA backends; forward and
-forward + backward; float32 at matmul precision "highest" (exact fp32) and "high" (TF32), and bf16 autocast.
-Times are medians of CUDA-event timed runs (a fixed budget per row after a warm-up); peak memory is what one
-forward + backward adds to the allocator's peak. Then each of eager / triton / cuda is probed upward from
-B = 16384 to 262144 (doubling, Dv = 512, TF32) until it runs out of memory.
+forward + backward; bf16 autocast, float32 at matmul precision "high" (TF32) and "highest" (exact fp32), in that
+order (the targets' precisions first). Times are medians of CUDA-event timed runs (a fixed budget per row after
+a warm-up); peak memory is what one forward + backward adds to the allocator's peak. Before the timings, each of
+eager / triton / cuda is probed upward from B = 16384 to 262144 (doubling, Dv = 512, TF32) until it runs out of
+memory. The report is rewritten after the probe and after each shape, so a run stopped at its time limit keeps
+what it measured (its title says "partial").
 
     python benchmarks/gpu/bench_contrastive_gpu.py --out $OUT        # on a GPU: writes contrastive_gpu.{md,json}
     python benchmarks/gpu/bench_contrastive_gpu.py --dry-run         # anywhere: lists the cases, times nothing
@@ -32,7 +34,7 @@ from vlmkd.ops import contrastive_ref  # noqa: E402
 
 BATCHES = (1024, 4096, 16384)
 IMAGE_DIMS = (512, 2048)
-PRECISIONS = ("fp32-highest", "fp32-high", "bf16")
+PRECISIONS = ("bf16", "fp32-high", "fp32-highest")  # the targets' precisions first
 ROWS = (GEMM, REF, COMPILED, "triton", "cuda")
 PROBE_ROWS = (REF, "triton", "cuda")
 PROBE_BATCHES = (16384, 32768, 65536, 131072, 262144)
@@ -109,8 +111,9 @@ def median_ms(run: Callable[[str], None], mode: str, budget_s: float, min_runs: 
     return statistics.median(times), len(times)
 
 
-def measure(budget_s: float) -> list[Timing]:
-    results = []
+def measure(budget_s: float, measured: Callable[[list[Timing]], None] = lambda results: None) -> list[Timing]:
+    """Every timed case; `measured(results so far)` after each shape (all rows and modes of one B, Dv, precision)."""
+    results: list[Timing] = []
     for name in PRECISIONS:
         torch._dynamo.reset()
         compiled = torch.compile(contrastive_ref, fullgraph=True, dynamic=True)
@@ -130,6 +133,7 @@ def measure(budget_s: float) -> list[Timing]:
                 del inputs
                 gc.collect()
                 torch.cuda.empty_cache()
+                measured(results)
     return results
 
 
@@ -199,14 +203,34 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_contrastive_gpu: no CUDA device", file=sys.stderr)
         return 2
-    results = measure(args.budget)
-    probes = [] if args.no_probe else [probe(row) for row in PROBE_ROWS]
-    text = "\n".join(
+    shapes = len(PRECISIONS) * len(IMAGE_DIMS) * len(BATCHES)
+    probes: list[Probe] = []
+
+    def save(results: list[Timing], final: bool = False) -> None:
+        """The report so far: a step stopped at its time limit keeps what it measured."""
+        done = len(results) // (len(ROWS) * len(MODES))
+        text = report(results, probes, args.budget, None if final else f"{done} of {shapes} shapes timed so far")
+        if final:
+            print(text)
+        write_report(args.out / "contrastive_gpu.md", text, {"timings": results, "probes": probes})
+
+    # The probe first: it is short, and a target (B=131072 fits) rests on it alone.
+    for row in [] if args.no_probe else PROBE_ROWS:
+        probes.append(probe(row))
+        save([])
+    # bf16 and TF32 first: the targets are judged on them.
+    results = measure(args.budget, save)
+    save(results, final=True)
+    return 0
+
+
+def report(results: list[Timing], probes: list[Probe], budget: float, partial: str | None) -> str:
+    return "\n".join(
         [
-            "# VLM-KD contrastive loss on the GPU",
+            "# VLM-KD contrastive loss on the GPU" + (f" (partial: {partial})" if partial else ""),
             "",
             f"{machine()}; Triton {_triton_version()}. Dt = 384, instance positives, fp32 inputs (bf16: autocast). "
-            f"Median of CUDA-event timed runs ({args.budget:g} s per row and mode after a warm-up). "
+            f"Median of CUDA-event timed runs ({budget:g} s per row and mode after a warm-up). "
             "*GEMM floor*: the same matrix products alone in cuBLAS. *peak*: memory one forward + backward adds.",
             "",
             table(results),
@@ -219,9 +243,6 @@ def main() -> int:
             "",
         ]
     )
-    print(text)
-    write_report(args.out / "contrastive_gpu.md", text, {"timings": results, "probes": probes})
-    return 0
 
 
 def _triton_version() -> str:
