@@ -151,6 +151,30 @@ def test_cuda_tests_green_needs_a_pass_and_no_failure(tmp_path: Path) -> None:
     )
 
 
+def test_cuda_tests_stopped_at_the_time_limit_are_not_green(tmp_path: Path) -> None:
+    """Interrupted as run.sh's `timeout -s INT` does, pytest still writes the report of the tests that ran: one
+    passed, the interrupted one leaves a nameless entry; the exit status file says the step timed out."""
+    (tmp_path / "test_sample.py").write_text(
+        "import time\n\ndef test_a():\n    pass\n\ndef test_b():\n    time.sleep(60)\n"
+    )
+    report = tmp_path / "report.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", "test_sample.py"]
+    done = subprocess.run(["timeout", "-s", "INT", "-k", "10", "8", *command], cwd=tmp_path, capture_output=True)
+    assert done.returncode == 124
+    exit_file = tmp_path / "cuda_tests.exit"
+    exit_file.write_text("124\n")
+    alone = targets.judge(None, report, None)[-2]
+    assert (alone.verdict, alone.figure) == (targets.MET, "1 passed, 0 failed or errored, 0 skipped")  # looks green
+    result = targets.judge(None, report, None, exit_file)[-2]
+    assert result.verdict == targets.NOT_MET
+    assert result.figure == (
+        "pytest exit 124 (stopped at the step's time limit: the tests after it did not run); "
+        "1 passed, 0 failed or errored, 0 skipped"
+    )
+    exit_file.write_text("1\n")  # pytest's "tests failed" with every recorded test passed: not green either
+    assert targets.judge(None, report, None, exit_file)[-2].figure.startswith("pytest exit 1; ")
+
+
 def test_missing_files_are_not_measured_and_say_which(tmp_path: Path) -> None:
     verdicts = targets.judge(tmp_path / "contrastive_gpu.json", tmp_path / "cuda_tests.xml", tmp_path / "nope.json")
     assert [v.verdict for v in verdicts] == [targets.NOT_MEASURED] * 7

@@ -102,8 +102,8 @@ dry_check() {
 }
 
 # step NAME SECONDS COMMAND...: run it under `timeout` (at most what is left of $BUDGET less $RESERVE), log it,
-# record the outcome; a step whose log has a line "NOT RUN: why" is recorded as not run (not a failure). In a
-# dry run, check it with dry_check instead.
+# record the outcome (and its exit status in $LOGS/NAME.exit); a step whose log has a line "NOT RUN: why" is
+# recorded as not run (not a failure). In a dry run, check it with dry_check instead.
 step() {
     local name=$1 limit=$2
     shift 2
@@ -125,8 +125,11 @@ step() {
     # Scripts, though, import their neighbours (benchmarks/_common.py) from their own folder: no safe path there.
     local path_mode=(-u PYTHONSAFEPATH)
     [ "${2:-}" = "-m" ] && path_mode=(PYTHONSAFEPATH=1)
-    env "${path_mode[@]}" timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+    # SIGINT at the limit, not SIGTERM: pytest then still writes its JUnit report of the tests that ran (and
+    # python prints where it was); SIGKILL 10 s later if that does not end it.
+    env "${path_mode[@]}" timeout -s INT -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
     local rc=$?
+    echo "$rc" >"$LOGS/$name.exit"
     local verdict=ok skipped
     skipped=$(grep -m1 '^NOT RUN: ' "$LOGS/$name.log")
     if [ "$rc" != 0 ]; then
@@ -217,7 +220,7 @@ fi
 
 # 11. Every target of issue #28 item 2, met / NOT met / not measured, with its figure and the versions.
 step targets "$RESERVE" "$PYTHON" benchmarks/gpu/targets.py --contrastive "$OUT/contrastive_gpu.json" \
-    --tests "$LOGS/cuda_tests.xml" --train "$LOGS/train_gpu.json" --out "$LOGS"
+    --tests "$LOGS/cuda_tests.xml" --tests-exit "$LOGS/cuda_tests.exit" --train "$LOGS/train_gpu.json" --out "$LOGS"
 
 if [ "$DRY_RUN" = 0 ]; then
     cp "$LOGS/targets.md" "$OUT/" 2>/dev/null

@@ -13,7 +13,7 @@ card, driver, torch, Triton and CUDA versions. Targets:
 5. the VLM-KD term <= 5% of a ResNet-50 AMP training step (the fused backends; the term timed alone).
 
     python benchmarks/gpu/targets.py --contrastive OUT/contrastive_gpu.json --tests LOGS/cuda_tests.xml \
-        --train LOGS/train_gpu.json --out OUT
+        --tests-exit LOGS/cuda_tests.exit --train LOGS/train_gpu.json --out OUT
 """
 
 from __future__ import annotations
@@ -128,9 +128,11 @@ def gemm_floor(timings: list[dict]) -> list[Verdict]:
     return verdicts
 
 
-def cuda_tests(path: Path | None) -> Verdict:
+def cuda_tests(path: Path | None, exit_file: Path | None = None) -> Verdict:
     """Target 4 from pytest's JUnit XML: counts, and the failures and skips by name (a module that fails to
-    import is a test case with an error there)."""
+    import is a test case with an error there). `exit_file` holds pytest's exit status as run.sh recorded it:
+    stopped at the step's time limit (124), pytest still writes the report of the tests that ran, which alone
+    would look green."""
     target = "every requires_cuda test green"
     if path is None or not path.is_file():
         return Verdict(
@@ -144,6 +146,8 @@ def cuda_tests(path: Path | None) -> Verdict:
     skipped: list[tuple[str, str]] = []
     passed = 0
     for case in root.iter("testcase"):
+        if case.get("name") is None:  # the entry an interrupted run leaves for the test it was in
+            continue
         name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
         if case.find("failure") is not None or case.find("error") is not None:
             failed.append(name)
@@ -160,7 +164,20 @@ def cuda_tests(path: Path | None) -> Verdict:
     for reason, names in reasons.items():  # names only where few: a GPU-less run skips them all for one reason
         figure += f"; skipped ({reason}): " + (", ".join(names) if len(names) <= 5 else f"{len(names)} tests")
     green = passed > 0 and not failed
+    status = read_exit(exit_file)
+    if status not in (None, 0) and not (status == 1 and failed):  # 1 is pytest's "some tests failed"
+        stopped = " (stopped at the step's time limit: the tests after it did not run)" if status == 124 else ""
+        figure = f"pytest exit {status}{stopped}; {figure}"
+        green = False
     return Verdict(target, MET if green else NOT_MET, figure)
+
+
+def read_exit(path: Path | None) -> int | None:
+    """The exit status a file holds, or None where there is no such file (or it holds no number)."""
+    try:
+        return int(path.read_text().strip()) if path is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def train_share(data: Any, why: str) -> Verdict:
@@ -210,13 +227,15 @@ def environment() -> str:
     )
 
 
-def judge(contrastive: Path | None, tests: Path | None, train: Path | None) -> list[Verdict]:
+def judge(
+    contrastive: Path | None, tests: Path | None, train: Path | None, tests_exit: Path | None = None
+) -> list[Verdict]:
     data, why = read_json(contrastive)
     timings, probes = (data.get("timings", []), data.get("probes", [])) if data is not None else ([], [])
     kernel = [*speed_and_memory(timings), largest_batch(probes), *gemm_floor(timings)]
     if data is None:  # say why the kernel targets have no figures
         kernel = [Verdict(v.target, NOT_MEASURED, why) for v in kernel]
-    return [*kernel, cuda_tests(tests), train_share(*read_json(train))]
+    return [*kernel, cuda_tests(tests, tests_exit), train_share(*read_json(train))]
 
 
 def report(verdicts: list[Verdict], env: str) -> str:
@@ -240,10 +259,11 @@ def main() -> int:
     parser = benchmark_parser(__doc__, quick=None)
     parser.add_argument("--contrastive", type=Path, help="contrastive_gpu.json of bench_contrastive_gpu.py")
     parser.add_argument("--tests", type=Path, help="JUnit XML of the requires_cuda tests")
+    parser.add_argument("--tests-exit", type=Path, help="a file holding the test step's exit status (run.sh's)")
     parser.add_argument("--train", type=Path, help="train_gpu.json of bench_train_gpu.py")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for targets.md and .json")
     args = parser.parse_args()
-    verdicts = judge(args.contrastive, args.tests, args.train)
+    verdicts = judge(args.contrastive, args.tests, args.train, args.tests_exit)
     env = environment()
     text = report(verdicts, env)
     print(text)
