@@ -259,10 +259,28 @@ def _field_type_ok(value, default) -> bool:
     return value is None or isinstance(value, (str, list, Path))  # optional settings: features, teacher, prompts
 
 
+def _optional_field_ok(value, hint) -> bool:
+    """An optional setting (default None): None, or a value of the type it is annotated with."""
+    import typing
+
+    if value is None:
+        return True
+    for member in typing.get_args(hint):
+        if typing.get_origin(member) is list:
+            (item,) = typing.get_args(member)
+            if isinstance(value, list) and all(isinstance(v, item) for v in value):
+                return True
+        elif member in (float, int, str, Path) and _field_type_ok(value, member()):
+            return True
+    return False
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 @example(data=None)
 def test_any_value_in_a_training_config_file_is_refused_or_has_the_settings_type(data) -> None:
+    import typing
+
     from vlmkd.train.config import TrainConfig, field_names, resolve_config
 
     defaults = TrainConfig()
@@ -275,7 +293,12 @@ def test_any_value_in_a_training_config_file_is_refused_or_has_the_settings_type
         config = resolve_config({"train": "data/train.txt", name: value}, {})
     except InputError:
         return
-    assert _field_type_ok(getattr(config, name), getattr(defaults, name)), (name, value)
+    default = getattr(defaults, name)
+    if default is None:
+        hint = typing.get_type_hints(TrainConfig)[name]
+        assert _optional_field_ok(getattr(config, name), hint), (name, value)
+    else:
+        assert _field_type_ok(getattr(config, name), default), (name, value)
 
 
 # ------------------------------------------------------------------------------------- prompt-set files
