@@ -107,6 +107,7 @@ def fact_lines(facts: dict) -> list[str]:
 
 def write_study_report(studies: dict[float, tuple], report: Path) -> Path:
     """RESULTS.md and one per-class figure per imbalance factor beside it, from {factor: (spec, results, facts)}."""
+    ran_variants = {r["arm"].split("-", 1)[1] for _, results, _ in studies.values() for r in results if "-" in r["arm"]}
     lines = [
         "# MNIST-LT: does the text term cost the tail, and which training options protect it?",
         "",
@@ -121,11 +122,12 @@ def write_study_report(studies: dict[float, tuple], report: Path) -> Path:
         "- VLM-KD variants (arm `SOURCE-VARIANT`): `today` = the settings shipped before this study (weight 1, "
         "temperature 0.5 fixed, centred text and images, linear projection, no adaptor bias); each option on top "
         "of it; `default` = the library's defaults now.",
-        *(f"  - `{name}`: {settings}" for name, settings in VARIANTS.items() if settings),
+        *(f"  - `{name}`: {settings}" for name, settings in VARIANTS.items() if settings and name in ran_variants),
         "",
     ]
     for factor, (spec, results, facts) in studies.items():
-        arms = [arm.name for arm in spec.arms]
+        ran = {r["arm"] for r in results}
+        arms = [arm.name for arm in spec.arms if arm.name in ran]  # arms asked for but never run are left out
         counts = next((r["train_counts"] for r in results), [])
         lines += [f"## Imbalance factor {factor:g}", "", f"Training images per class (zero .. nine): {counts}.", ""]
         lines += [*fact_lines(facts), ""]
