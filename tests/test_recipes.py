@@ -90,6 +90,23 @@ def test_places_lt_names_classes_from_their_folders_and_accepts_leading_slashes(
     assert [s.label for s in built.splits["test"].samples] == [1, 0]
 
 
+def test_a_recipe_folder_is_reused_for_the_same_sources_and_refused_for_others(tmp_path) -> None:
+    files = {
+        name: [("data_256/a/airfield/00000001.jpg", 0)]
+        for name in ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt")
+    }
+    _write_lists(tmp_path / "lists", files)
+    for root in ("places", "other"):
+        _images(tmp_path / root, ["data_256/a/airfield/00000001.jpg"])
+    out = tmp_path / "out"
+    make_list_recipe("places-lt", tmp_path / "lists", tmp_path / "places", out, progress=False)
+    record = (out / "recipe.json").read_bytes()
+    again = make_list_recipe("places-lt", tmp_path / "lists", tmp_path / "places", out, progress=False)
+    assert again.splits["train"].classnames == ("airfield",) and (out / "recipe.json").read_bytes() == record
+    with pytest.raises(InputError, match=rf"{out}: holds .*places.*, not .*other.*; delete it or choose another"):
+        make_list_recipe("places-lt", tmp_path / "lists", tmp_path / "other", out, progress=False)
+
+
 def _inat_json(images: list[tuple[int, str, int]], names: dict[int, str]) -> dict:
     return {
         "images": [{"id": i, "file_name": path, "width": 6, "height": 6} for i, path, _ in images],

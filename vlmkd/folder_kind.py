@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmkd.bounded_read import read_json_file
+from vlmkd.bounded_read import read_json_file, short_repr
 from vlmkd.errors import InputError
 
 CAPTIONS, FEATURES, RUN, EVAL, EMPTY, OTHER = "caption store", "feature store", "training run", "eval", "empty", "other"
@@ -113,6 +113,33 @@ def refuse_unless(
         f"{path}: directory is not empty and is not a {stage}: it holds {found.description}; nothing was "
         f"changed there (even --overwrite replaces only a {stage}): choose another {flag}"
     )
+
+
+def reuse_recorded(
+    out_dir: Path,
+    record: str,
+    settings: dict,
+    *,
+    stage: str,
+    what: str,
+    holds: str = "",
+    recorded_keys: bool = False,
+) -> bool:
+    """True if `out_dir` already holds what `settings` make (its `record` file, `what`, says so); False if it is
+    empty or absent; `InputError` if it holds anything else. With `recorded_keys`, only the keys of `settings`
+    are compared (a record may carry more); `holds` opens the description of what stands there."""
+    manifest = out_dir / record
+    refuse_unless(out_dir, set(), stage=stage, flag="OUT", own=lambda folder: manifest.is_file())
+    if not manifest.is_file():
+        return False
+    found = read_json_file(manifest, what)
+    if recorded_keys and isinstance(found, dict):
+        found = {k: v for k, v in found.items() if k in settings}
+    if found != settings:
+        raise InputError(
+            f"{out_dir}: holds {holds}{short_repr(found)}, not {settings}; delete it or choose another directory"
+        )
+    return True
 
 
 def refuse_file_unless(path: Path, own: Callable[[bytes], bool], *, what: str, flag: str = "--out") -> None:

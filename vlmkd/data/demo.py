@@ -12,13 +12,12 @@ import numpy as np
 from PIL import Image
 
 from vlmkd.atomic_files import write_text_atomic
-from vlmkd.bounded_read import read_json_file, short_repr
 from vlmkd.data.dataset import CLASSNAMES_FILE, ImageList, load_image_list
 from vlmkd.data.listfile import write_classnames, write_list_file
 from vlmkd.data.longtail import longtail_counts, longtail_indices
 from vlmkd.data.mnist import DIGIT_NAMES, load_mnist_5k
 from vlmkd.errors import InputError
-from vlmkd.folder_kind import DEMO_RECORD, refuse_unless
+from vlmkd.folder_kind import DEMO_RECORD, reuse_recorded
 
 TRAIN_FILE = "train.txt"
 TEST_FILE = "test.txt"
@@ -68,17 +67,14 @@ def make_demo_dataset(
 
 
 def _is_complete(out_dir: Path, settings: dict) -> bool:
-    manifest = out_dir / MANIFEST_FILE
-    refuse_unless(out_dir, set(), stage="vlmkd demo dataset", flag="OUT", own=lambda folder: manifest.is_file())
-    if not manifest.is_file():
-        return False
-    found = read_json_file(manifest, "demo dataset manifest")
-    if found != settings:
-        raise InputError(
-            f"{out_dir}: holds a demo dataset made with {short_repr(found)}, not {settings}; delete it or choose "
-            "another directory"
-        )
-    return True
+    return reuse_recorded(
+        out_dir,
+        MANIFEST_FILE,
+        settings,
+        stage="vlmkd demo dataset",
+        what="demo dataset manifest",
+        holds="a demo dataset made with ",
+    )
 
 
 def _build(out_dir: Path, settings: dict) -> None:

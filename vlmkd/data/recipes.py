@@ -27,12 +27,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from vlmkd.atomic_files import write_bytes_atomic, write_text_atomic
-from vlmkd.bounded_read import read_json_file, short_repr
 from vlmkd.data.cifar import find_cifar, ldam_counts, ldam_indices
 from vlmkd.data.dataset import CLASSNAMES_FILE, ImageList, load_image_list
 from vlmkd.data.listfile import lines_of, parse_list_line, safe_relative_path, write_classnames, write_list_file
 from vlmkd.errors import InputError
-from vlmkd.folder_kind import RECIPE_RECORD, refuse_unless
+from vlmkd.folder_kind import RECIPE_RECORD, reuse_recorded
 
 RECIPE_FILE = RECIPE_RECORD
 IMAGES_LINK = "images"
@@ -324,15 +323,9 @@ def _classnames(
 
 def _reuse(out_dir: Path, settings: dict) -> bool:
     """True if `out_dir` holds this recipe already; an error if it holds anything else."""
-    manifest = out_dir / RECIPE_FILE
-    refuse_unless(out_dir, set(), stage="vlmkd recipe folder", flag="OUT", own=lambda folder: manifest.is_file())
-    if not manifest.is_file():
-        return False
-    recorded = read_json_file(manifest, "recipe record")
-    found = {k: v for k, v in recorded.items() if k in settings} if isinstance(recorded, dict) else recorded
-    if found != settings:
-        raise InputError(f"{out_dir}: holds {short_repr(found)}, not {settings}; delete it or choose another directory")
-    return True
+    return reuse_recorded(
+        out_dir, RECIPE_FILE, settings, stage="vlmkd recipe folder", what="recipe record", recorded_keys=True
+    )
 
 
 def _build(out_dir: Path, settings: dict, write: Callable[[Path], None]) -> None:
