@@ -40,6 +40,7 @@ from _common import (
     interleave,
     load_average,
     machine,
+    markdown_table,
     rate_series,
     seconds_series,
     timer,
@@ -152,18 +153,28 @@ def run(num_images: int, repeats: int, batches: tuple[int, ...], max_new_tokens:
 
 def table(results: list[Result]) -> str:
     loop = next(r for r in results if r.row.batch_size == 1)
-    lines = [
-        "| row | batch | images/s best | images/s median | speed-up vs loop (median) | CPU ms/image (median) "
-        "| shard writing, share of wall |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+    header = [
+        "row",
+        "batch",
+        "images/s best",
+        "images/s median",
+        "speed-up vs loop (median)",
+        "CPU ms/image (median)",
+        "shard writing, share of wall",
     ]
-    for r in results:
-        share = f"{100 * r.store_shares.median:.2f}%" if r.store_shares else "-"
-        lines.append(
-            f"| {r.row.name} | {r.row.batch_size} | {r.rates.best:.1f} | {r.rates.median:.1f} | "
-            f"{r.rates.median / loop.rates.median:.1f}x | {r.cpu_ms.median:.0f} | {share} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            r.row.name,
+            r.row.batch_size,
+            f"{r.rates.best:.1f}",
+            f"{r.rates.median:.1f}",
+            f"{r.rates.median / loop.rates.median:.1f}x",
+            f"{r.cpu_ms.median:.0f}",
+            f"{100 * r.store_shares.median:.2f}%" if r.store_shares else "-",
+        ]
+        for r in results
+    ]
+    return markdown_table(header, rows)
 
 
 def verdict(results: list[Result]) -> str:
@@ -247,22 +258,38 @@ def run_sharing(num_images: int, repeats: int, max_new_tokens: int) -> list[Shar
 
 
 def sharing_table(results: list[Sharing], num_images: int) -> str:
-    lines = [
-        "| model | image tokens per image | path | images/s best | images/s median | speed-up (median) "
-        "| vision passes per image | prefill tokens per image | decode tokens per image | captions equal |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    header = [
+        "model",
+        "image tokens per image",
+        "path",
+        "images/s best",
+        "images/s median",
+        "speed-up (median)",
+        "vision passes per image",
+        "prefill tokens per image",
+        "decode tokens per image",
+        "captions equal",
     ]
+    rows = []
     for r in results:
         base = r.rates["prompt by prompt"].median
         for path, rates in r.rates.items():
             counts = r.counts[path]
-            lines.append(
-                f"| tiny {r.model} | {r.image_tokens:,.0f} | {path} | {rates.best:.2f} | {rates.median:.2f} | "
-                f"{rates.median / base:.2f}x | {counts.vision_rows / r.one_pass_rows:.2f} | "
-                f"{counts.prefill_tokens / num_images:,.0f} | {counts.decode_tokens / num_images:,.0f} | "
-                f"{r.captions_equal[0]}/{r.captions_equal[1]} |"
+            rows.append(
+                [
+                    f"tiny {r.model}",
+                    f"{r.image_tokens:,.0f}",
+                    path,
+                    f"{rates.best:.2f}",
+                    f"{rates.median:.2f}",
+                    f"{rates.median / base:.2f}x",
+                    f"{counts.vision_rows / r.one_pass_rows:.2f}",
+                    f"{counts.prefill_tokens / num_images:,.0f}",
+                    f"{counts.decode_tokens / num_images:,.0f}",
+                    f"{r.captions_equal[0]}/{r.captions_equal[1]}",
+                ]
             )
-    return "\n".join(lines)
+    return markdown_table(header, rows, "lrlrrrrrrr")
 
 
 def sharing_verdict(results: list[Sharing]) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _common import Series, benchmark_parser, interleave, load_average, machine, seconds_series
+from _common import Series, benchmark_parser, interleave, load_average, machine, markdown_table, seconds_series
 
 from vlmkd.backends import backends
 from vlmkd.losses import TaskLoss, VlmkdContrastiveLoss, VlmkdObjective
@@ -129,40 +129,66 @@ def run(cases: list[Case], setup: Setup, repeats: int, steps: int, warmup: int) 
 
 def table(results: list[Result], setup: Setup) -> str:
     off = next(r for r in results if r.case.backend is None)
-    lines = [
-        "| row | images/s (best) | images/s (median) | wall ms/step (median) | CPU ms/step (median) "
-        "| VLM-KD cost vs off: wall | VLM-KD cost vs off: CPU |",
-        "|---|---|---|---|---|---|---|",
+    header = [
+        "row",
+        "images/s (best)",
+        "images/s (median)",
+        "wall ms/step (median)",
+        "CPU ms/step (median)",
+        "VLM-KD cost vs off: wall",
+        "VLM-KD cost vs off: CPU",
     ]
+    rows = []
     for result in results:
         wall, cpu = result.seconds.median, result.cpu_seconds.median
         costs = ["-", "-"]
         if result is not off:
             costs = [f"{100 * (wall / off.seconds.median - 1):+.1f}%"]
             costs += [f"{100 * (cpu / off.cpu_seconds.median - 1):+.1f}%"]
-        lines.append(
-            f"| {result.case.name} | {setup.batch / result.seconds.best:.0f} | {setup.batch / wall:.0f} "
-            f"| {1000 * wall:.1f} | {1000 * cpu:.1f} | {costs[0]} | {costs[1]} |"
+        rows.append(
+            [
+                result.case.name,
+                f"{setup.batch / result.seconds.best:.0f}",
+                f"{setup.batch / wall:.0f}",
+                f"{1000 * wall:.1f}",
+                f"{1000 * cpu:.1f}",
+                *costs,
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows, "l" * len(header))
 
 
 def speed_table(results: list[Result], setup: Setup) -> str:
     """Per backbone: images/s of each speed setting and its speed-up over eager (median wall and CPU time)."""
-    lines = [
-        "| backbone | setting | images/s (best) | images/s (median) | wall ms/step (median) | CPU ms/step (median) "
-        "| speed-up vs eager: wall | speed-up vs eager: CPU | first step (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "backbone",
+        "setting",
+        "images/s (best)",
+        "images/s (median)",
+        "wall ms/step (median)",
+        "CPU ms/step (median)",
+        "speed-up vs eager: wall",
+        "speed-up vs eager: CPU",
+        "first step (s)",
     ]
+    rows = []
     for result in results:
         eager = next(r for r in results if r.case.arch == result.case.arch and r.case.name == "eager")
         wall, cpu = result.seconds.median, result.cpu_seconds.median
-        lines.append(
-            f"| {result.case.arch} | {result.case.name} | {setup.batch / result.seconds.best:.0f} "
-            f"| {setup.batch / wall:.0f} | {1000 * wall:.1f} | {1000 * cpu:.1f} "
-            f"| {eager.seconds.median / wall:.2f}x | {eager.cpu_seconds.median / cpu:.2f}x | {result.first_step:.1f} |"
+        rows.append(
+            [
+                result.case.arch,
+                result.case.name,
+                f"{setup.batch / result.seconds.best:.0f}",
+                f"{setup.batch / wall:.0f}",
+                f"{1000 * wall:.1f}",
+                f"{1000 * cpu:.1f}",
+                f"{eager.seconds.median / wall:.2f}x",
+                f"{eager.cpu_seconds.median / cpu:.2f}x",
+                f"{result.first_step:.1f}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows, "l" * len(header))
 
 
 def speed_summary(results: list[Result]) -> str:
