@@ -237,7 +237,7 @@ class TrainConfig(StageConfig):
                 notes.append("--features is unused: --vlmkd-weight 0 turns the VLM-KD term off (a baseline run)")
             why = "--vlmkd-weight 0" if self.features else "no --features"
             notes += [
-                f"{_flag(n)} has no effect: the VLM-KD term is off ({why})" for n in VLMKD_SETTINGS if n in changed
+                f"{flag_name(n)} has no effect: the VLM-KD term is off ({why})" for n in VLMKD_SETTINGS if n in changed
             ]
         else:
             if "temperature_lr" in changed and not self.learn_temperature:
@@ -254,7 +254,7 @@ class TrainConfig(StageConfig):
             if self.teacher:
                 notes.append("--teacher is unused: --kd-weight 0 turns logit KD off")
             why = "--kd-weight 0" if self.teacher else "no --teacher"
-            notes += [f"{_flag(n)} has no effect: logit KD is off ({why})" for n in KD_SETTINGS if n in changed]
+            notes += [f"{flag_name(n)} has no effect: logit KD is off ({why})" for n in KD_SETTINGS if n in changed]
         if "la_tau" in changed and self.task_loss != "logit_adjust":
             notes.append(f"--la-tau has no effect: the task loss is {self.task_loss}, not logit_adjust")
         if "momentum" in changed and self.optimizer != "sgd":
@@ -286,7 +286,8 @@ def field_default(spec: Field) -> Any:
     return spec.default_factory() if spec.default_factory is not MISSING else spec.default
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting: `vlmkd_decay` -> `--vlmkd-decay`."""
     return "--" + name.replace("_", "-")
 
 

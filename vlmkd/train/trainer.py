@@ -32,7 +32,7 @@ from vlmkd.train.checkpoint import (
     save_classifier,
     sweep_temporary,
 )
-from vlmkd.train.config import ADDED_SETTINGS, TrainConfig, write_config
+from vlmkd.train.config import ADDED_SETTINGS, TrainConfig, flag_name, write_config
 from vlmkd.train.distributed import Dist, barrier, cleanup, gather_batch, init_distributed, mean_across
 from vlmkd.train.header import run_header
 from vlmkd.train.metrics_log import MetricsLog, read_metrics
@@ -457,7 +457,7 @@ def _find_resume(resume: str | None, output: Path) -> Path | None:
 
 def _as_flag(name: str, value: object) -> str:
     """A saved setting as it is written on `vlmkd-train`'s command line."""
-    flag = "--" + name.replace("_", "-")
+    flag = flag_name(name)
     if isinstance(value, bool):
         return flag if value else flag.replace("--", "--no-", 1)
     if value is None:
