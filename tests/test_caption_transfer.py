@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vlmkd.caption.engines.base import ServedCaption
 from vlmkd.caption.prompts import load_prompt_set
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.caption.transfer import export_captions, import_captions
@@ -124,6 +125,46 @@ def test_one_caption_per_image_with_prompt_id_for_every_row(tiny_dataset, tmp_pa
                             prompt_id="alt", progress=False).store  # fmt: skip
     assert store.prompt_ids == ("alt",)
     assert store.read_table().column("caption").to_pylist() == [f"alt text {i}" for i in range(len(tiny_dataset))]
+
+
+def test_served_as_names_survive_export_and_import(tiny_dataset, tmp_path):
+    """Captions a server answered as another model (kept with `--served-model record`) carry that name through
+    export and import, back into the shards' metadata; the others carry none."""
+    manifest = make_manifest(
+        dataset_fingerprint=tiny_dataset.fingerprint(), num_images=len(tiny_dataset),
+        prompt_set=prompt_set_record("mine", {"G": "Describe this image."}), engine="openai", model_id="vlm",
+        num_shards=2,
+    )  # fmt: skip
+    original = CaptionStore.create(tmp_path / "original", manifest)
+    served = {1: "other-vlm", 7: "vlm-v2 ✓"}
+    for shard in range(2):
+        original.write_shard(shard, [
+            (i, tiny_dataset.samples[i].path, "G",
+             ServedCaption(caption_of(i, "G"), served[i]) if i in served else caption_of(i, "G"))
+            for i in original.shard_range(shard)
+        ])  # fmt: skip
+    exported = tmp_path / "exported.jsonl"
+    export_captions(original, exported)
+    lines = [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()]
+    assert {line["image_index"]: line["served_as"] for line in lines if "served_as" in line} == served
+    assert all(line["caption"] == caption_of(line["image_index"], "G") for line in lines)
+
+    back = import_captions(exported, tiny_dataset, tmp_path / "back", progress=False).store
+    assert back.served_as() == original.served_as() == {"other-vlm": [(1, "G")], "vlm-v2 ✓": [(7, "G")]}
+    assert back.read_table().equals(original.read_table())
+    export_captions(back, exported)  # over its own earlier export, whose first line names no server
+    assert [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()] == lines
+
+
+def test_a_served_as_that_is_not_a_short_name_is_refused_naming_the_line(tiny_dataset, tmp_path):
+    rows = rows_for(tiny_dataset)
+    rows[3]["served_as"] = "x" * 257
+    with pytest.raises(InputError, match=r"rows.jsonl:4: served_as must be a model name of at most 256"):
+        import_captions(write_jsonl(tmp_path / "rows.jsonl", rows), tiny_dataset, tmp_path / "store", progress=False)
+    rows[3]["served_as"] = 5
+    with pytest.raises(InputError, match=r"rows.jsonl:4: served_as must be a model name"):
+        import_captions(write_jsonl(tmp_path / "rows.jsonl", rows), tiny_dataset, tmp_path / "store", progress=False)
+    assert not (tmp_path / "store").exists()
 
 
 def test_export_then_import_round_trips_exactly(tiny_dataset, tmp_path, capsys):

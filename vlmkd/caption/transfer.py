@@ -9,7 +9,9 @@ named `imported`, with empty templates (what was asked is not known).
 
 Rows: an image reference (`image_index`, 0-based in dataset order, and/or `image_path`, the dataset's own
 relative path or the image's absolute path), `prompt_id` (or one `prompt_id` for every row), and `caption`
-(or `text`). Other columns are ignored. Every (image, prompt) pair of the dataset must appear exactly once;
+(or `text`), and optionally `served_as`: the model name a server gave for that caption instead of the one asked
+for (what `export_captions` writes for captions kept with `--served-model record`; stored again in the shard's
+metadata). Other columns are ignored. Every (image, prompt) pair of the dataset must appear exactly once;
 anything else is an `InputError` naming the file, the line (row for Parquet) and the problem.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 
 from vlmkd.atomic_files import atomic_write
 from vlmkd.bounded_read import short_repr
+from vlmkd.caption.engines.base import MAX_SERVED_NAME_CHARS, ServedCaption
 from vlmkd.caption.prompts import PromptSet, is_prompt_id, load_prompt_set
 from vlmkd.caption.shard_file import MAX_CAPTION_CHARS, caption_problem
 from vlmkd.caption.store import CaptionStore, Row, make_manifest, prompt_set_record
@@ -40,6 +43,7 @@ IMPORTED_PROMPT_SET = "imported"  # name of the prompt set recorded when no `pro
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 CAPTION_COLUMNS = ("caption", "text")
 EXPORT_KEYS = ("image_index", "image_path", "prompt_id", "caption")
+SERVED_AS_COLUMN = "served_as"  # exported only on captions a server answered as another model
 DEFAULT_SHARD_SIZE = 256  # images per shard, as vlmkd-caption
 
 
@@ -122,31 +126,35 @@ def import_captions(
 def export_captions(store: str | Path | CaptionStore, out: str | Path) -> int:
     """Write every row of a complete caption store to `out` as JSONL (UTF-8, atomically); returns the rows.
 
-    One object per line with keys `image_index`, `image_path`, `prompt_id`, `caption`, in (image, prompt)
-    order, so `import_captions` of the file rebuilds the same rows and prompt order.
+    One object per line with keys `image_index`, `image_path`, `prompt_id`, `caption` (and `served_as` on a
+    caption whose server named another model, as `CaptionStore.served_as` records it), in (image, prompt) order,
+    so `import_captions` of the file rebuilds the same rows, prompt order and served-as names.
     """
     store = store if isinstance(store, CaptionStore) else CaptionStore.open(Path(store))
     out = Path(out)
     refuse_file_unless(out, is_export, what="JSONL caption export")  # once it replaced STORE/manifest.json
     table = store.read_table()
     columns = [table.column(name).to_pylist() for name in EXPORT_KEYS]
+    served = {caption: name for name, captions in store.served_as().items() for caption in captions}
     with atomic_write(out, ignore_dir_errors=True) as handle:
         for values in zip(*columns, strict=True):
-            line = json.dumps(dict(zip(EXPORT_KEYS, values, strict=True)), ensure_ascii=False)
+            row = dict(zip(EXPORT_KEYS, values, strict=True))
+            name = served.get((row["image_index"], row["prompt_id"]))
+            line = json.dumps(row if name is None else row | {SERVED_AS_COLUMN: name}, ensure_ascii=False)
             handle.write(line.encode("utf-8") + b"\n")
     return table.num_rows
 
 
 def is_export(head: bytes) -> bool:
     """Whether a file starting with `head` is an earlier `export_captions` output (or empty): its first line is
-    an object with exactly the exported keys, in their order."""
+    an object with exactly the exported keys, in their order (`served_as` after them where recorded)."""
     if not head:
         return True
     try:
         first = json.loads(head.split(b"\n", 1)[0])
     except ValueError:
         return False
-    return isinstance(first, dict) and tuple(first) == EXPORT_KEYS
+    return isinstance(first, dict) and tuple(first) in (EXPORT_KEYS, (*EXPORT_KEYS, SERVED_AS_COLUMN))
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -250,7 +258,13 @@ class _RowChecker:
         index = self._index(where, record)
         prompt = self._prompt(where, record)
         caption = self._caption(where, record)
-        return index, prompt, caption
+        served_as = record.get(SERVED_AS_COLUMN)
+        if served_as in (None, ""):
+            return index, prompt, caption
+        if not isinstance(served_as, str) or len(served_as) > MAX_SERVED_NAME_CHARS:
+            raise InputError(f"{where}: {SERVED_AS_COLUMN} must be a model name of at most {MAX_SERVED_NAME_CHARS} "
+                             f"characters, got {short_repr(served_as)}")  # fmt: skip
+        return index, prompt, ServedCaption(caption, served_as)
 
     def _index(self, where: str, record: Mapping[str, Any]) -> int:
         has_index = record.get("image_index") not in (None, "")
