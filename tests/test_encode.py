@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from vlmkd.caption.engines.base import ServedCaption
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.cli import main as vlmkd_main
 from vlmkd.encode.runner import encode_captions, encode_unique
@@ -301,6 +302,25 @@ def test_cli_encodes_and_reports_refusals_in_one_line(tmp_path: Path, tiny_datas
     assert vlmkd_main(["encode", str(theirs.path), "--out", str(out), "--quiet"]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"vlmkd encode: error: {out} holds features of another job") and error.count("\n") == 1
+
+
+def test_cli_warns_once_when_captions_were_answered_as_another_model(tmp_path: Path, tiny_dataset, capsys):
+    served = {(2, "T1"): "vlm-v2", (5, "G"): "vlm-v2", (9, "T2"): "other"}
+
+    def caption(index: int, prompt: str) -> str:
+        text = default_caption(index, prompt)
+        return ServedCaption(text, served[index, prompt]) if (index, prompt) in served else text
+
+    store = caption_store(tmp_path / "captions", tiny_dataset, caption=caption)
+    plain = caption_store(tmp_path / "plain", tiny_dataset)
+    assert vlmkd_main(["encode", str(store.path), "--out", str(tmp_path / "features"), "--quiet"]) == 0
+    error = capsys.readouterr().err
+    assert error == (
+        f"vlmkd encode: warning: {store.path}: 3 captions were answered by a server as another model than 'fake-vlm' "
+        f"('other' 1, 'vlm-v2' 2); `vlmkd caption-info {store.path} --json` lists them under served_as\n"
+    )
+    assert vlmkd_main(["encode", str(plain.path), "--out", str(tmp_path / "plain-features"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -59,7 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         done = f"encoded in {time.perf_counter() - start:.1f} s"
     print(f"{store.path}: {images} images x {prompts} prompts x {dim} float16 features ({encoder}); {done}")
+    warning = served_as_warning(config.captions)
+    if warning:
+        print(f"vlmkd encode: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def served_as_warning(captions: Path) -> str | None:
+    """One line when the store holds captions whose server said it served another model than the one asked for
+    (kept with `vlmkd-caption --served-model record`): the features then mix what those models wrote."""
+    from vlmkd.caption.store import CaptionStore
+
+    store = CaptionStore.open(captions)
+    served = store.served_as()
+    if not served:
+        return None
+    total = sum(len(found) for found in served.values())
+    names = ", ".join(f"{name!r} {len(found)}" for name, found in sorted(served.items()))
+    return (
+        f"{captions}: {total} captions were answered by a server as another model than {store.manifest['model_id']!r} "
+        f"({names}); `vlmkd caption-info {captions} --json` lists them under served_as"
+    )
 
 
 def _finished_manifest(out: Path) -> dict | None:
