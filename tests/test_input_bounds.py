@@ -246,3 +246,54 @@ def test_captioning_skips_an_image_too_large_to_decode_and_records_why(tmp_path:
     ((index, path, reason),) = store.failed_images()
     assert (index, path) == (0, "images/big.png") and "mode I;16 would take 1.9 GiB to decode" in reason, reason
     assert store.read_table().column("image_index").to_pylist() == [1, 1]
+
+
+def _big_png_lists(tmp_path: Path) -> tuple[Path, Path]:
+    """A training list of small images and a list with the 12000 x 12000 16-bit PNG among them."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "big.png").write_bytes(gray16_png(12000, 12000))
+    for i in range(4):
+        _png(np.full((8, 8, 3), 60 * i, np.uint8)).save(tmp_path / "images" / f"s{i}.png")
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"images/s{i}.png {i % 2}\n" for i in range(4)), encoding="utf-8")
+    with_big = tmp_path / "with_big.txt"
+    with_big.write_text("images/s0.png 0\nimages/big.png 1\nimages/s2.png 0\nimages/s3.png 1\n", encoding="utf-8")
+    return small, with_big
+
+
+def test_train_and_eval_refuse_an_image_too_large_to_decode_in_one_line(tmp_path: Path, capsys) -> None:
+    """Rule 5 in training and evaluation: the 16-bit 12000 x 12000 PNG is refused from its header, in one line
+    naming the file, before 1.9 GiB is decoded; the training run it stops writes no model."""
+    small, with_big = _big_png_lists(tmp_path)
+    train = ["train", "--device", "cpu", "--epochs", "1", "--num-workers", "0", "--no-progress", "--image-size", "8",
+             "--batch-size", "2"]  # fmt: skip
+    big = tmp_path / "images" / "big.png"
+    assert vlmkd_main([*train, "--train", str(with_big), "--output", str(tmp_path / "refused")]) == 2
+    assert f"{big}: image of 12000x12000 pixels in mode I;16 would take 1.9 GiB" in one_line(capsys, "train")
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+
+    assert vlmkd_main([*train, "--train", str(small), "--output", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    argv = [
+        "eval",
+        str(tmp_path / "run"),
+        str(with_big),
+        "--out",
+        str(tmp_path / "eval"),
+        "--no-plots",
+        "--num-workers",
+        "0",
+    ]
+    assert vlmkd_main(argv) == 2
+    assert f"{big}: image of 12000x12000 pixels in mode I;16 would take 1.9 GiB" in one_line(capsys, "eval")
+
+
+def test_a_command_refusing_an_image_over_pils_own_limit_prints_only_its_line(tmp_path: Path) -> None:
+    """144 Mpx is over PIL's 89 Mpx warning limit: a command's stderr is its one line, not PIL's two-line
+    DecompressionBombWarning before it (a real process: pytest would capture the warning)."""
+    _, with_big = _big_png_lists(tmp_path)
+    argv = [sys.executable, "-m", "vlmkd", "data", "load", str(with_big), "--workers", "0", "--image-size", "8"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("vlmkd data: error: "), done.stderr
+    assert "would take 1.9 GiB to decode" in done.stderr

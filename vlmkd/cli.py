@@ -61,6 +61,7 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
     `prog` names the command in messages (default `vlmkd NAME`; the `vlmkd-*` scripts pass their own name).
     """
     prog = prog or f"vlmkd {name}"
+    _pil_size_warning_off()
     try:
         return _resolve(name)(list(argv))
     except VlmkdError as error:
@@ -76,6 +77,17 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
         rerun = "rerunning it with --resume continues" if name == "train" else "a rerun resumes"
         print(f"{prog}: interrupted; finished work is kept and {rerun} from it", file=sys.stderr)
         return 130
+
+
+def _pil_size_warning_off() -> None:
+    """In vlmkd's own commands, PIL's DecompressionBombWarning (images over 89 Mpx) is not shown: the commands
+    check every image against their own pixel and decode-memory limits (`vlmkd.data.images`) and refuse one in
+    a single line, which PIL's two-line warning would only precede."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _usage() -> str:
