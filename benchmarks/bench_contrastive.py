@@ -32,6 +32,7 @@ from _common import (
     interleave,
     load_average,
     machine,
+    markdown_table,
     seconds_series,
     timer,
     write_report,
@@ -185,11 +186,9 @@ def table(results: list[Result]) -> str:
     def ms(seconds: float) -> str:
         return f"{seconds * 1e3:,.2f}"
 
-    lines = [
-        "| B | Dv | positives | device | row | fwd best (ms) | fwd median | full best (ms) | full median "
-        "| full vs GEMMs | full vs eager | full vs compile | peak extra (MiB) | rounds |",
-        "|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["B", "Dv", "positives", "device", "row", "fwd best (ms)", "fwd median", "full best (ms)", "full median",
+              "full vs GEMMs", "full vs eager", "full vs compile", "peak extra (MiB)", "rounds"]  # fmt: skip
+    rows = []
     by_key = {(r.case, r.row, r.mode): r for r in results}
 
     def paired(result: Result, base: str) -> float:
@@ -205,8 +204,8 @@ def table(results: list[Result]) -> str:
             cells += [ms(fwd.seconds.best), ms(fwd.seconds.median), ms(full.seconds.best), ms(full.seconds.median)]
             cells += [f"{ratio:.2f}x" for ratio in ratios]
             cells += [f"{full.peak_bytes / 2**20:,.1f}", len(full.seconds)]
-            lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    return "\n".join(lines)
+            rows.append(cells)
+    return markdown_table(header, rows, align="rrlll" + "r" * 9)
 
 
 def report(results: list[Result], seconds: float, clock: str) -> str:

@@ -25,7 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import Series, benchmark_parser, interleave, load_average, machine, rate_series, timer, write_report
+from _common import (
+    Series,
+    benchmark_parser,
+    interleave,
+    load_average,
+    machine,
+    markdown_table,
+    rate_series,
+    timer,
+    write_report,
+)
 
 from vlmkd.caption.store import CaptionStore, make_manifest, prompt_set_record
 from vlmkd.encode import DEFAULT_ENCODER, TextEncoder, encode_captions, load_text_encoder
@@ -145,19 +155,15 @@ def measure(args: argparse.Namespace) -> list[Result]:
 
 def table(results: list[Result]) -> str:
     baselines = {r.case: r.rates.median for r in results if r.row.path == BASELINE}
-    lines = [
-        "| captions | mean tokens | path | batch | threads | captions/s (best) | captions/s (median) | vs baseline "
-        "(median) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        words = f"{r.case.name} ({r.case.min_words}-{r.case.max_words} words)"
-        lines.append(
-            f"| {words} | {r.mean_tokens:.0f} | {r.row.path} | {r.row.batch_size} | {r.row.threads} | "
-            f"{r.rates.best:,.0f} | "
-            f"{r.rates.median:,.0f} | {r.rates.median / baselines[r.case]:.2f}x |"
-        )
-    return "\n".join(lines)
+    header = ["captions", "mean tokens", "path", "batch", "threads", "captions/s (best)", "captions/s (median)",
+              "vs baseline (median)"]  # fmt: skip
+    rows = [
+        [f"{r.case.name} ({r.case.min_words}-{r.case.max_words} words)", f"{r.mean_tokens:.0f}", r.row.path,
+         r.row.batch_size, r.row.threads, f"{r.rates.best:,.0f}", f"{r.rates.median:,.0f}",
+         f"{r.rates.median / baselines[r.case]:.2f}x"]
+        for r in results
+    ]  # fmt: skip
+    return markdown_table(header, rows, align="lrlrrrrr")
 
 
 def report(results: list[Result], args: argparse.Namespace, load_before: str) -> str:

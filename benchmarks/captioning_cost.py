@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from _common import markdown_table
+
 
 @dataclass(frozen=True)
 class Model:
@@ -120,18 +122,14 @@ def cost_table() -> str:
     """The per-image table, today (prompt by prompt) vs shared, with the GPU hours of two datasets."""
     work, hardware = Workload(), Hardware()
     rows = {"prompt by prompt (before)": image_cost(False), "image shared (now)": image_cost(True)}
-    header = (
-        "| path | vision TFLOP | prefill TFLOP | decode TFLOP | decode GB read | KV cache GB held | prefill ms "
-        "| decode ms | images/s | " + " | ".join(f"{name} H100-hours" for name in DATASETS) + " |"
-    )
-    lines = [header, "|---" * (9 + len(DATASETS)) + "|"]
-    for name, c in rows.items():
-        hours = " | ".join(f"{count / c['images_per_s'] / 3600:.1f}" for count in DATASETS.values())
-        lines.append(
-            f"| {name} | {c['vision_tflop']:.1f} | {c['prefill_tflop']:.1f} | {c['decode_tflop']:.1f} | "
-            f"{c['decode_gb']:.0f} | {c['kv_cache_gb']:.2f} | {c['prefill_ms']:.0f} | {c['decode_ms']:.0f} | "
-            f"{c['images_per_s']:.1f} | {hours} |"
-        )
+    header = ["path", "vision TFLOP", "prefill TFLOP", "decode TFLOP", "decode GB read", "KV cache GB held",
+              "prefill ms", "decode ms", "images/s", *(f"{name} H100-hours" for name in DATASETS)]  # fmt: skip
+    table = markdown_table(header, [
+        [name, f"{c['vision_tflop']:.1f}", f"{c['prefill_tflop']:.1f}", f"{c['decode_tflop']:.1f}",
+         f"{c['decode_gb']:.0f}", f"{c['kv_cache_gb']:.2f}", f"{c['prefill_ms']:.0f}", f"{c['decode_ms']:.0f}",
+         f"{c['images_per_s']:.1f}", *(f"{count / c['images_per_s'] / 3600:.1f}" for count in DATASETS.values())]
+        for name, c in rows.items()
+    ])  # fmt: skip
     assumptions = (
         f"Per image: {work.image_tokens:,} image tokens ({work.tiles} tiles), {work.template_tokens} template tokens, "
         f"{work.prompts} prompts of {work.prompt_tokens} own tokens, answers of {work.answer_tokens} tokens, decoded "
@@ -139,7 +137,7 @@ def cost_table() -> str:
         f"{hardware.compute_utilisation:.0%} of {hardware.flops / 1e12:.0f} TFLOP/s for prefill and "
         f"{hardware.memory_utilisation:.0%} of {hardware.bandwidth / 1e12:.2f} TB/s for decode."
     )
-    return "\n".join([*lines, "", assumptions])
+    return "\n".join([table, "", assumptions])
 
 
 if __name__ == "__main__":
