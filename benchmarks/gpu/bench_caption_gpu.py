@@ -16,6 +16,7 @@ flip a greedy token: captions equal is reported per dtype, expected exact in flo
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import shutil
@@ -125,6 +126,25 @@ def verdict(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
+def report(cases: list, args: argparse.Namespace) -> str:
+    """caption_gpu.md: the setup, the table of the dtypes measured so far and the verdict."""
+    return "\n".join(
+        [
+            "# Captioning on the GPU: shared prefix vs prompt by prompt (`hf` engine)",
+            "",
+            f"{'tiny random LLaVA-NeXT (make-tiny llava-next)' if args.model is None else args.model}, "
+            f"{args.images} random photo-sized images x the 5 default prompts, batches of {args.batch_images} images, "
+            f"greedy, {args.max_new_tokens} new tokens, on {args.device}; {args.rounds} interleaved timed rounds "
+            f"per dtype after an untimed pass that counts the work and compares the captions. {machine()}.",
+            "",
+            table(cases, args.images),
+            "",
+            verdict(cases),
+            "",
+        ]
+    )
+
+
 def main() -> int:
     parser = benchmark_parser(__doc__, quick=None)
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for caption_gpu.md and .json")
@@ -150,26 +170,13 @@ def main() -> int:
     try:
         model = args.model or make_tiny_vlm("llava-next", work / "llava-next")
         requests = photo_requests(args.images)
-        cases = [run_case(model, dtype, args.device, requests, args) for dtype in args.dtypes]
+        cases = []
+        for dtype in args.dtypes:  # the report is rewritten after each dtype: a run stopped at its limit keeps it
+            cases.append(run_case(model, dtype, args.device, requests, args))
+            write_report(args.out / "caption_gpu.md", report(cases, args), {"cases": cases})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = "\n".join(
-        [
-            "# Captioning on the GPU: shared prefix vs prompt by prompt (`hf` engine)",
-            "",
-            f"{'tiny random LLaVA-NeXT (make-tiny llava-next)' if args.model is None else args.model}, "
-            f"{args.images} random photo-sized images x the 5 default prompts, batches of {args.batch_images} images, "
-            f"greedy, {args.max_new_tokens} new tokens, on {args.device}; {args.rounds} interleaved timed rounds "
-            f"per dtype after an untimed pass that counts the work and compares the captions. {machine()}.",
-            "",
-            table(cases, args.images),
-            "",
-            verdict(cases),
-            "",
-        ]
-    )
-    print(text)
-    write_report(args.out / "caption_gpu.md", text, {"cases": cases})
+    print(report(cases, args))
     return 0
 
 
