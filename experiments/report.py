@@ -11,8 +11,8 @@ from experiments.arms import VARIANTS
 from experiments.attributes import ATTRIBUTES
 from experiments.shapes import FEATURE_NAMES
 from experiments.sources import SOURCES
-from vlmkd.experiment.report import cell, class_lines, confusion_lines, plot_class_differences, verdict
-from vlmkd.experiment.statistics import TEST_NAME, split_difference, split_summary
+from vlmkd.experiment.report import ALPHA, cell, class_lines, confusion_lines, plot_class_differences, verdict
+from vlmkd.experiment.statistics import TEST_NAME, PairedDifference, split_difference, split_summary
 
 PROBES = ("pixels", "untrained", "baseline", "vlmkd")
 SOURCE_WORDS = {
@@ -105,6 +105,43 @@ def fact_lines(facts: dict) -> list[str]:
     return lines
 
 
+def glance_lines(studies: dict[float, tuple]) -> list[str]:
+    """The whole study in one table: a row per variant, a column per imbalance factor and text source, each cell
+    Few / All minus the baseline, paired by seed (`*`: p < ALPHA in both tests; `=`: every prediction of every
+    seed equal to the baseline's; the seed count where it is under 10; empty: not run)."""
+    columns = [
+        (factor, source)
+        for factor, (_, results, _) in studies.items()
+        for source in SOURCES
+        if any(r["arm"].startswith(source + "-") for r in results)
+    ]
+    ran = [v for v in VARIANTS if any(r["arm"] == f"{s}-{v}" for f, s in columns for r in studies[f][1])]
+    lines = ["| variant | " + " | ".join(f"IF {factor:g} `{source}`" for factor, source in columns) + " |",
+             "|---|" + "---|" * len(columns)]  # fmt: skip
+    for variant in ran:
+        cells = []
+        for factor, source in columns:
+            results = studies[factor][1]
+            few, every = (split_difference(results, f"{source}-{variant}", "baseline", s) for s in ("few", "all"))
+            cells.append(_glance_cell(few, every))
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _glance_cell(few: PairedDifference, every: PairedDifference) -> str:
+    if few.n == 0:
+        return ""
+    seeds = f" ({few.n} seeds)" if few.n < 10 else ""
+    if few.identical and every.identical:
+        return "=" + seeds
+
+    def marked(difference: PairedDifference) -> str:
+        significant = difference.n > 1 and difference.p_t < ALPHA and difference.p_sign_flip < ALPHA
+        return f"{difference.mean:+.1f}{'*' if significant else ''}"
+
+    return f"{marked(few)} / {marked(every)}{seeds}"
+
+
 def write_study_report(studies: dict[float, tuple], report: Path) -> Path:
     """RESULTS.md and one per-class figure per imbalance factor beside it, from {factor: (spec, results, facts)}."""
     ran_variants = {r["arm"].split("-", 1)[1] for _, results, _ in studies.values() for r in results if "-" in r["arm"]}
@@ -123,6 +160,14 @@ def write_study_report(studies: dict[float, tuple], report: Path) -> Path:
         "temperature 0.5 fixed, centred text and images, linear projection, no adaptor bias); each option on top "
         "of it; `default` = the library's defaults now.",
         *(f"  - `{name}`: {settings}" for name, settings in VARIANTS.items() if settings and name in ran_variants),
+        "",
+        "## At a glance: Few / All minus the baseline (points)",
+        "",
+        "Paired by seed; `*` where both tests give p < 0.05 for that split (uncorrected: over this many cells a few "
+        "would pass by chance); `=` where every test prediction of every seed equals the baseline's; an empty cell "
+        "was not run. The sections below give each arm's accuracies, p-values and fraction of chance.",
+        "",
+        *glance_lines(studies),
         "",
     ]
     for factor, (spec, results, facts) in studies.items():
