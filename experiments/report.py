@@ -105,6 +105,26 @@ def fact_lines(facts: dict) -> list[str]:
     return lines
 
 
+def _same_as_default_lines(studies: dict[float, tuple]) -> list[str]:
+    """A line per variant whose every run predicted exactly what the same seed's `default` run did (one whose
+    settings come to the defaults on `mnist_lt`): its seeds are a subset of the defaults', not other evidence."""
+    lines = []
+    for variant in VARIANTS:
+        pairs = [
+            (r["confusion"], defaults[r["seed"]])
+            for _, results, _ in studies.values()
+            for source in SOURCES
+            if variant != "default"
+            for defaults in [{d["seed"]: d["confusion"] for d in results if d["arm"] == f"{source}-default"}]
+            for r in results
+            if r["arm"] == f"{source}-{variant}" and r["seed"] in defaults
+        ]
+        if pairs and all(mine == theirs for mine, theirs in pairs):
+            lines.append(f"  - `{variant}` is what the defaults do here: each of its {len(pairs)} runs predicted "
+                         "exactly what the same seed's `default` run did")  # fmt: skip
+    return lines
+
+
 def glance_lines(studies: dict[float, tuple]) -> list[str]:
     """The whole study in one table: a row per variant, a column per imbalance factor and text source, each cell
     Few / All minus the baseline, paired by seed (`*`: p < ALPHA in both tests; `=`: every prediction of every
@@ -131,7 +151,7 @@ def glance_lines(studies: dict[float, tuple]) -> list[str]:
 def _glance_cell(few: PairedDifference, every: PairedDifference) -> str:
     if few.n == 0:
         return ""
-    seeds = f" ({few.n} seeds)" if few.n < 10 else ""
+    seeds = f" ({few.n} seed{'s' if few.n > 1 else ''})" if few.n < 10 else ""
     if few.identical and every.identical:
         return "=" + seeds
 
@@ -160,6 +180,7 @@ def write_study_report(studies: dict[float, tuple], report: Path) -> Path:
         "temperature 0.5 fixed, centred text and images, linear projection, no adaptor bias); each option on top "
         "of it; `default` = the library's defaults now.",
         *(f"  - `{name}`: {settings}" for name, settings in VARIANTS.items() if settings and name in ran_variants),
+        *_same_as_default_lines(studies),
         "",
         "## At a glance: Few / All minus the baseline (points)",
         "",
