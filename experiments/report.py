@@ -11,7 +11,14 @@ from experiments.arms import VARIANTS
 from experiments.attributes import ATTRIBUTES
 from experiments.shapes import FEATURE_NAMES
 from experiments.sources import SOURCES
-from vlmkd.experiment.report import ALPHA, cell, class_lines, confusion_lines, plot_class_differences, verdict
+from vlmkd.experiment.report import (
+    cell,
+    class_lines,
+    confusion_lines,
+    plot_class_differences,
+    significant,
+    verdict,
+)
 from vlmkd.experiment.statistics import TEST_NAME, PairedDifference, split_difference, split_summary
 
 PROBES = ("pixels", "untrained", "baseline", "vlmkd")
@@ -108,16 +115,21 @@ def fact_lines(facts: dict) -> list[str]:
 def _same_as_default_lines(studies: dict[float, tuple]) -> list[str]:
     """A line per variant whose every run predicted exactly what the same seed's `default` run did (one whose
     settings come to the defaults on `mnist_lt`): its seeds are a subset of the defaults', not other evidence."""
+    by_arm: dict[tuple[float, str], dict[int, list]] = {}  # (factor, arm) -> seed -> confusion matrix
+    for factor, (_, results, _) in studies.items():
+        for r in results:
+            by_arm.setdefault((factor, r["arm"]), {})[r["seed"]] = r["confusion"]
     lines = []
     for variant in VARIANTS:
+        if variant == "default":
+            continue
         pairs = [
-            (r["confusion"], defaults[r["seed"]])
-            for _, results, _ in studies.values()
+            (confusion, defaults[seed])
+            for factor in studies
             for source in SOURCES
-            if variant != "default"
-            for defaults in [{d["seed"]: d["confusion"] for d in results if d["arm"] == f"{source}-default"}]
-            for r in results
-            if r["arm"] == f"{source}-{variant}" and r["seed"] in defaults
+            for defaults in [by_arm.get((factor, f"{source}-default"), {})]
+            for seed, confusion in by_arm.get((factor, f"{source}-{variant}"), {}).items()
+            if seed in defaults
         ]
         if pairs and all(mine == theirs for mine, theirs in pairs):
             lines.append(f"  - `{variant}` is what the defaults do here: each of its {len(pairs)} runs predicted "
@@ -127,8 +139,8 @@ def _same_as_default_lines(studies: dict[float, tuple]) -> list[str]:
 
 def glance_lines(studies: dict[float, tuple]) -> list[str]:
     """The whole study in one table: a row per variant, a column per imbalance factor and text source, each cell
-    Few / All minus the baseline, paired by seed (`*`: p < ALPHA in both tests; `=`: every prediction of every
-    seed equal to the baseline's; the seed count where it is under 10; empty: not run)."""
+    Few / All minus the baseline, paired by seed (`*`: `significant`, p < 0.05 in both tests; `=`: every
+    prediction of every seed equal to the baseline's; the seed count where it is under 10; empty: not run)."""
     columns = [
         (factor, source)
         for factor, (_, results, _) in studies.items()
@@ -156,8 +168,7 @@ def _glance_cell(few: PairedDifference, every: PairedDifference) -> str:
         return "=" + seeds
 
     def marked(difference: PairedDifference) -> str:
-        significant = difference.n > 1 and difference.p_t < ALPHA and difference.p_sign_flip < ALPHA
-        return f"{difference.mean:+.1f}{'*' if significant else ''}"
+        return f"{difference.mean:+.1f}{'*' if significant(difference) else ''}"
 
     return f"{marked(few)} / {marked(every)}{seeds}"
 

@@ -126,7 +126,7 @@ def verdict(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
-def report(cases: list, args: argparse.Namespace) -> str:
+def report(cases: list[Case], args: argparse.Namespace) -> str:
     """caption_gpu.md: the setup, the table of the dtypes measured so far and the verdict."""
     return "\n".join(
         [

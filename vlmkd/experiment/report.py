@@ -37,14 +37,18 @@ def cell(difference: PairedDifference, digits: int = 1) -> str:
     return f"{difference.mean:+.{digits}f} (p {difference.p_t:.3f} / {difference.p_sign_flip:.3f})"
 
 
+def significant(difference: PairedDifference) -> bool:
+    """Both tests, the paired t-test and the sign-flip test, give p < ALPHA (never with fewer than 2 seeds)."""
+    return difference.n > 1 and difference.p_t < ALPHA and difference.p_sign_flip < ALPHA
+
+
 def verdict(arm: str, reference: str, split: str, difference: PairedDifference) -> str:
     """One sentence: did `arm` move `split` against `reference`, beyond seed noise?"""
     if difference.n < 2:
         return f"- {arm}, {split}: too few paired seeds ({difference.n}) to test"
     if difference.identical:
         return f"- {arm}, {split}: identical to {reference} on every one of {difference.n} seeds"
-    significant = difference.p_t < ALPHA and difference.p_sign_flip < ALPHA
-    word = ("a gain" if difference.mean > 0 else "a cost") if significant else "no change beyond seed noise"
+    word = ("a gain" if difference.mean > 0 else "a cost") if significant(difference) else "no change beyond seed noise"
     return (
         f"- {arm}, {split}: {difference.mean:+.1f} points over {difference.n} seeds, {word} "
         f"(t = {difference.t:.2f}, p = {difference.p_t:.3f}; sign-flip p = {difference.p_sign_flip:.3f})"
